@@ -1,0 +1,114 @@
+"""Run a scan: expand paths, analyse every file (in parallel when there are many), apply the policy."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+
+from mlwarden import __version__
+from mlwarden.artifacts.artifact import Artifact
+from mlwarden.core.errors import UsageError
+from mlwarden.core.findings import Finding
+from mlwarden.core.policy import Policy
+from mlwarden.scan.context import INCOMPLETE, ScanContext
+from mlwarden.scan.result import FileResult, ScanReport
+
+Progress = Callable[[FileResult], None]
+
+
+def expand(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Expand files and directories (recursively, sorted, symlinked directories not followed).
+
+    Raises:
+        UsageError: a path does not exist. (Unreadable files are reported per file, not here.)
+    """
+    out: list[Path] = []
+    seen: set[Path] = set()
+    for raw in paths:
+        p = Path(raw)
+        if not p.exists() and not p.is_symlink():
+            raise UsageError(f"no such file or directory: {p}")
+        if p.is_dir():
+            for root, dirs, files in os.walk(p, followlinks=False):
+                dirs.sort()
+                for name in sorted(files):
+                    child = Path(root) / name
+                    if child not in seen:
+                        seen.add(child)
+                        out.append(child)
+        elif p not in seen:
+            seen.add(p)
+            out.append(p)
+    return out
+
+
+def _apply_policy(findings: list[Finding], policy: Policy) -> tuple[Finding, ...]:
+    out: list[Finding] = []
+    for f in findings:
+        override = policy.rules.get(f.rule_id)
+        if override is not None:
+            if not override.enabled:
+                continue
+            if override.severity is not None:
+                f = f.with_severity(override.severity)
+        out.append(f)
+    return tuple(out)
+
+
+def scan_file(path: Path, policy: Policy) -> FileResult:
+    """Statically analyse one file on disk. Never raises for bad content; see :class:`FileResult`."""
+    started = time.monotonic()
+    display = str(path)
+    try:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            return FileResult(display, None, (), (), 0.0, error=f"{display}: not a regular file")
+        artifact = Artifact.from_path(path, display)
+    except OSError as exc:
+        return FileResult(display, None, (), (), time.monotonic() - started,
+                          error=f"{display}: {exc.strerror or exc}")
+    ctx = ScanContext(policy)
+    if st.st_size > policy.limits.max_file_size:
+        ctx.report(INCOMPLETE.finding(artifact.location(), f"file is {st.st_size} bytes, max_file_size is "
+                                      f"{policy.limits.max_file_size}", limit="max_file_size"))
+    else:
+        ctx.descend(artifact)
+    formats = tuple((" ▸ ".join(chain), fmt.value) for chain, fmt in ctx.formats)
+    return FileResult(display, st.st_size, formats, _apply_policy(ctx.findings, policy),
+                      time.monotonic() - started)
+
+
+def _scan_many(files: list[Path], policy: Policy, jobs: int) -> Iterator[FileResult]:
+    if jobs <= 1 or len(files) < 4:
+        for f in files:
+            yield scan_file(f, policy)
+        return
+    chunk = max(1, min(64, len(files) // (jobs * 8)))
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        yield from pool.map(scan_file, files, [policy] * len(files), chunksize=chunk)
+
+
+def scan_paths(
+    paths: Iterable[str | os.PathLike[str]],
+    policy: Policy | None = None,
+    *,
+    jobs: int | None = None,
+    progress: Progress | None = None,
+) -> ScanReport:
+    """Statically scan files and directories and return the report (see :func:`mlwarden.scan`)."""
+    policy = policy or Policy()
+    started_at = datetime.now(UTC)
+    t0 = time.monotonic()
+    files = expand(paths)
+    jobs = jobs if jobs and jobs > 0 else (os.cpu_count() or 1)
+    results: list[FileResult] = []
+    for result in _scan_many(files, policy, jobs):
+        results.append(result)
+        if progress is not None:
+            progress(result)
+    return ScanReport(tuple(results), policy.fail_on, started_at, time.monotonic() - t0, __version__)

@@ -1,0 +1,69 @@
+"""Scan results: per-file outcomes and the report that aggregates them against a policy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from mlwarden.core.findings import Finding, Severity
+
+
+@dataclass(frozen=True, slots=True)
+class FileResult:
+    """What happened to one top-level file.
+
+    ``error`` is set only when the file could not be scanned at all (unreadable, vanished); a file that
+    was read but could not be fully analysed has findings instead.
+    """
+
+    path: str
+    size: int | None
+    formats: tuple[tuple[str, str], ...]  # (location chain joined with " ▸ ", format) for every layer
+    findings: tuple[Finding, ...]
+    duration: float
+    error: str | None = None
+
+    @property
+    def max_severity(self) -> Severity | None:
+        """The worst severity among the findings, or ``None`` when there are none."""
+        return max((f.severity for f in self.findings), default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class ScanReport:
+    """The outcome of one scan run."""
+
+    files: tuple[FileResult, ...]
+    fail_on: Severity
+    started_at: datetime
+    duration: float
+    tool_version: str
+    modes: tuple[str, ...] = field(default=("static",))
+
+    @property
+    def findings(self) -> tuple[Finding, ...]:
+        """All findings of all files, in file order."""
+        return tuple(f for r in self.files for f in r.findings)
+
+    @property
+    def errors(self) -> tuple[FileResult, ...]:
+        """Files that could not be scanned at all."""
+        return tuple(r for r in self.files if r.error is not None)
+
+    @property
+    def failing(self) -> tuple[Finding, ...]:
+        """Findings at or above the failing severity."""
+        return tuple(f for f in self.findings if f.severity >= self.fail_on)
+
+    def exit_code(self) -> int:
+        """0 nothing at or above ``fail_on``; 1 findings at or above it; 2 a file could not be scanned."""
+        if self.errors:
+            return 2
+        return 1 if self.failing else 0
+
+    def counts(self) -> dict[str, int]:
+        """Number of findings per severity name (every severity present, zero included)."""
+        out = {str(s): 0 for s in Severity}
+        for f in self.findings:
+            out[str(f.severity)] += 1
+        return out
