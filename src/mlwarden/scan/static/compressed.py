@@ -1,0 +1,191 @@
+"""Compressed layers (gzip, bzip2, xz/lzma, zlib, joblib's ZF, lz4, zstd), removed under bomb limits.
+
+joblib compresses whole pickles this way and people ship ``model.pkl.gz``; the decompressed stream is
+handed back to the dispatcher, so a gzip-wrapped pickle is analysed exactly like a plain one.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import lzma
+import zlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, BinaryIO
+
+from mlwarden.artifacts.artifact import HEAD_SIZE
+from mlwarden.artifacts.sniff import Format
+from mlwarden.core.errors import LimitExceeded
+from mlwarden.core.findings import Severity, rule
+from mlwarden.scan.context import MissingDependency
+from mlwarden.scan.static.base import Handler
+
+if TYPE_CHECKING:
+    from mlwarden.artifacts.artifact import Artifact
+    from mlwarden.scan.context import ScanContext
+
+CORRUPT = rule(
+    "MLW-CMP-001", "Compressed data is corrupt or truncated", Severity.LOW, cwe=20,
+    description="Decompression failed part-way; what decompressed before the error was analysed (a loader "
+    "would stop at the same point).", remediation="Obtain an intact copy of the file.",
+)
+
+_ERRORS = (EOFError, OSError, zlib.error, lzma.LZMAError, ValueError)
+_JOBLIB_ZF_HEADER = 21  # b"ZF" + hex length left-justified to 19 characters
+
+
+class _ZlibReader(io.RawIOBase):
+    """A forward-only zlib stream (seeking backwards restarts from the beginning)."""
+
+    def __init__(self, opener: Callable[[], BinaryIO], skip: int) -> None:
+        self._opener, self._skip = opener, skip
+        self._restart()
+
+    def _restart(self) -> None:
+        self._raw = self._opener()
+        self._raw.seek(self._skip)
+        self._d = zlib.decompressobj()
+        self._buf = b""
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        target = {io.SEEK_SET: offset, io.SEEK_CUR: self._pos + offset}.get(whence)
+        if target is None:
+            raise io.UnsupportedOperation("seek from end of a zlib stream")
+        if target < self._pos:
+            self._raw.close()
+            self._restart()
+        while self._pos < target and self.read(min(1 << 20, target - self._pos)):
+            pass
+        return self._pos
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        while not self._buf and not self._d.eof:
+            chunk = self._raw.read(1 << 16)
+            if not chunk:
+                raise EOFError("compressed stream ended before the end-of-stream marker")
+            self._buf = self._d.decompress(chunk, 1 << 20)
+            while not self._buf and self._d.unconsumed_tail:
+                self._buf = self._d.decompress(self._d.unconsumed_tail, 1 << 20)
+        n = min(len(buffer), len(self._buf))
+        buffer[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        if not self._buf and self._d.unconsumed_tail:
+            self._buf = self._d.decompress(self._d.unconsumed_tail, 1 << 20)
+        self._pos += n
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()
+        super().close()
+
+
+class _Guarded(io.RawIOBase):
+    """Counts decompressed bytes against the limits; turns decompression errors into end-of-data."""
+
+    def __init__(self, inner: BinaryIO, limit: int, on_error: Callable[[str], None]) -> None:
+        self._inner, self._limit, self._on_error = inner, limit, on_error
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        try:
+            self._pos = self._inner.seek(offset, whence)
+        except _ERRORS as exc:
+            self._on_error(f"{type(exc).__name__}: {exc}")
+        return self._pos
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        try:
+            data = self._inner.read(len(buffer))
+        except _ERRORS as exc:
+            self._on_error(f"{type(exc).__name__}: {exc}")
+            return 0
+        n = len(data)
+        buffer[:n] = data
+        self._pos += n
+        if self._pos > self._limit:
+            raise LimitExceeded("max_member_size", f"decompressed more than {self._limit} bytes")
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self._inner.close()
+        super().close()
+
+
+def _decoder(fmt: Format, artifact: Artifact) -> Callable[[], BinaryIO]:
+    if fmt is Format.GZIP:
+        return lambda: gzip.GzipFile(fileobj=artifact.open(), mode="rb")  # type: ignore[return-value]
+    if fmt is Format.BZIP2:
+        return lambda: bz2.BZ2File(artifact.open())  # type: ignore[return-value]
+    if fmt is Format.XZ:
+        return lambda: lzma.LZMAFile(artifact.open(), format=lzma.FORMAT_XZ)  # type: ignore[return-value]
+    if fmt is Format.LZMA:
+        return lambda: lzma.LZMAFile(artifact.open(), format=lzma.FORMAT_ALONE)  # type: ignore[return-value]
+    if fmt is Format.ZLIB:
+        return lambda: _ZlibReader(artifact.open, 0)  # type: ignore[return-value]
+    if fmt is Format.JOBLIB_ZF:
+        return lambda: _ZlibReader(artifact.open, _JOBLIB_ZF_HEADER)  # type: ignore[return-value]
+    if fmt is Format.LZ4:
+        try:
+            import lz4.frame  # type: ignore[import-not-found]
+        except ImportError:
+            raise MissingDependency("lz4", "compression") from None
+        return lambda: lz4.frame.LZ4FrameFile(artifact.open())  # type: ignore[no-any-return]
+    if fmt is Format.ZSTD:
+        try:
+            import zstandard  # type: ignore[import-not-found]
+        except ImportError:
+            raise MissingDependency("zstandard", "compression") from None
+        return lambda: zstandard.ZstdDecompressor().stream_reader(artifact.open())  # type: ignore[no-any-return]
+    raise ValueError(f"not a compressed format: {fmt}")
+
+
+class CompressedHandler(Handler):
+    """Removes one compression layer and analyses what is inside."""
+
+    formats = (Format.GZIP, Format.BZIP2, Format.XZ, Format.LZMA, Format.ZLIB, Format.JOBLIB_ZF, Format.LZ4,
+               Format.ZSTD)
+
+    def scan(self, artifact: Artifact, ctx: ScanContext) -> None:
+        """Decompress lazily (bounded) and descend into the content."""
+        from mlwarden.artifacts.sniff import sniff
+
+        fmt = sniff(artifact)
+        decode = _decoder(fmt, artifact)
+        errors: list[str] = []
+        compressed = artifact.size or 0
+        limit = min(ctx.limits.max_member_size,
+                    max(int(compressed * ctx.limits.max_compression_ratio), 64 << 20))
+
+        def opener() -> BinaryIO:
+            return _Guarded(decode(), limit, errors.append)  # type: ignore[return-value]
+
+        with opener() as fh:
+            head = fh.read(HEAD_SIZE)
+        child = artifact.child(f"<{fmt.value}>", None, opener, head)
+        try:
+            ctx.descend(child)
+        finally:
+            if errors:
+                ctx.report(CORRUPT.finding(artifact.location(), errors[0], format=fmt.value))

@@ -1,0 +1,130 @@
+"""Globals known to be safe to import and call while unpickling a model.
+
+Allowlist first: a global that is neither here nor in the denylist is reported as unknown, never
+silently accepted. Each entry was checked to only construct data (containers, arrays, tensors,
+estimators) and to neither evaluate strings, touch files or the network, nor hand back an arbitrary
+callable. Entries were gathered from the benign models the test suite builds (sklearn, PyTorch state
+dicts, full modules, checkpoints, pandas, numpy, TorchScript constants, joblib, xgboost, lightgbm).
+
+Three kinds of entries:
+- :data:`EXACT`: ``module.name`` allowed as written.
+- :data:`CLASS_PREFIXES`: below these packages, *class-like* names (upper-case first letter, no dots)
+  are allowed: estimator and layer constructors only store their parameters. Functions are not
+  (``pandas.read_csv`` lives under ``pandas`` and fetches URLs).
+- :data:`HELPER_PREFIXES`: below these packages, unpickling helpers by their naming convention
+  (``_reconstruct``, ``_unpickle*``, ``_new_*``, ``_rebuild*``, ``__pyx_unpickle_*``) are allowed too.
+"""
+
+from __future__ import annotations
+
+import re
+
+_NUMPY_SCALARS = (
+    "bool_ bool int8 int16 int32 int64 uint8 uint16 uint32 uint64 intc uintc intp uintp longlong ulonglong "
+    "float16 float32 float64 longdouble half single double complex64 complex128 clongdouble csingle cdouble "
+    "str_ bytes_ void object_ datetime64 timedelta64 generic number integer floating complexfloating "
+    "unicode_ string_ float_ int_ uint long ulong short ushort byte ubyte"
+).split()
+
+_TORCH_DTYPES = (
+    "float32 float64 float16 bfloat16 float8_e4m3fn float8_e5m2 float8_e4m3fnuz float8_e5m2fnuz complex32 "
+    "complex64 complex128 uint8 uint16 uint32 uint64 int8 int16 int32 int64 bool quint8 qint8 qint32 quint4x2 "
+    "quint2x4 half float double cfloat cdouble long int short bits8 bits16"
+).split()
+
+_TORCH_STORAGES = (
+    "FloatStorage DoubleStorage HalfStorage BFloat16Storage LongStorage IntStorage ShortStorage CharStorage "
+    "ByteStorage BoolStorage ComplexFloatStorage ComplexDoubleStorage QUInt8Storage QInt8Storage QInt32Storage "
+    "QUInt4x2Storage QUInt2x4Storage UntypedStorage TypedStorage"
+).split()
+
+EXACT: frozenset[str] = frozenset(
+    [
+        # Python containers and value types (constructing them runs no user code).
+        *(f"builtins.{n}" for n in (
+            "set frozenset dict list tuple bytearray bytes complex int float str bool slice range object "
+            "Ellipsis NotImplemented").split()),
+        "collections.OrderedDict", "collections.defaultdict", "collections.deque", "collections.Counter",
+        "copyreg._reconstructor", "copyreg.__newobj__", "copyreg.__newobj_ex__",
+        "_codecs.encode",  # protocol 2 encodes bytes as _codecs.encode(str, "latin1")
+        "datetime.datetime", "datetime.date", "datetime.time", "datetime.timedelta", "datetime.timezone",
+        "decimal.Decimal", "fractions.Fraction", "uuid.UUID", "re._compile", "argparse.Namespace",
+        "types.SimpleNamespace", "random.Random", "enum.Enum", "ipaddress.IPv4Address", "zoneinfo.ZoneInfo",
+        "pathlib.Path", "pathlib.PosixPath", "pathlib.WindowsPath", "pathlib.PurePath", "pathlib.PurePosixPath",
+        "pathlib.PureWindowsPath", "pathlib._local.PosixPath", "pathlib._local.Path", "pathlib._local.WindowsPath",
+        # numpy arrays, dtypes, scalars and random states.
+        "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct",
+        "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar", "numpy.ndarray", "numpy.dtype",
+        "numpy.core.numeric._frombuffer", "numpy._core.numeric._frombuffer", "numpy.ma.core._mareconstruct",
+        "numpy.ma.core.MaskedArray", "numpy.matrix", "numpy.matrixlib.defmatrix.matrix",
+        "numpy.random._pickle.__randomstate_ctor", "numpy.random._pickle.__bit_generator_ctor",
+        "numpy.random._pickle.__generator_ctor", "numpy.random.mtrand.RandomState",
+        "numpy.random._generator.Generator", "numpy.random._mt19937.MT19937", "numpy.random._pcg64.PCG64",
+        "numpy.random._pcg64.PCG64DXSM", "numpy.random._philox.Philox", "numpy.random._sfc64.SFC64",
+        "numpy.random.bit_generator.SeedSequence",
+        *(f"numpy.{n}" for n in _NUMPY_SCALARS),
+        *(f"numpy.core.numerictypes.{n}" for n in _NUMPY_SCALARS),
+        *(f"numpy._core.numerictypes.{n}" for n in _NUMPY_SCALARS),
+        # PyTorch tensors, storages, parameters and the helpers torch.save uses to rebuild them.
+        *(f"torch._utils.{n}" for n in (
+            "_rebuild_tensor _rebuild_tensor_v2 _rebuild_tensor_v3 _rebuild_parameter "
+            "_rebuild_parameter_with_state _rebuild_sparse_tensor _rebuild_sparse_csr_tensor _rebuild_nested_tensor "
+            "_rebuild_qtensor _rebuild_device_tensor_from_numpy _rebuild_device_tensor_from_cpu_tensor "
+            "_rebuild_meta_tensor_no_storage _rebuild_wrapper_subclass _rebuild_from_type_v2 _rebuild_xla_tensor "
+            "_rebuild_mlc_tensor").split()),
+        "torch._tensor._rebuild_from_type_v2", "torch._tensor._rebuild_from_type",
+        *(f"torch.{n}" for n in _TORCH_STORAGES), *(f"torch.storage.{n}" for n in _TORCH_STORAGES),
+        *(f"torch.{n}" for n in _TORCH_DTYPES),
+        "torch.Tensor", "torch.Size", "torch.device", "torch.dtype", "torch.layout", "torch.strided",
+        "torch.sparse_coo", "torch.sparse_csr", "torch.memory_format", "torch.contiguous_format",
+        "torch.channels_last", "torch.channels_last_3d", "torch.preserve_format", "torch.per_tensor_affine",
+        "torch.per_channel_affine", "torch.per_tensor_symmetric", "torch.per_channel_symmetric",
+        "torch.serialization._get_layout", "torch.nn.parameter.Parameter", "torch.nn.parameter.Buffer",
+        "torch.nn.parameter.UninitializedParameter", "torch.nn.parameter.UninitializedBuffer",
+        "torch.torch_version.TorchVersion", "torch.autograd.grad_mode.no_grad",
+        # TorchScript constants.pkl helpers (they build lists and tensors from ids).
+        *(f"torch.jit._pickle.{n}" for n in (
+            "build_intlist build_tensorlist build_doublelist build_boollist build_tensor_from_id "
+            "restore_type_tag build_complexlist").split()),
+        # joblib's array wrappers (the array bytes are analysed separately by the emulator).
+        "joblib.numpy_pickle.NumpyArrayWrapper", "joblib.numpy_pickle_compat.NDArrayWrapper",
+        "joblib.numpy_pickle_compat.ZNDArrayWrapper", "sklearn.externals.joblib.numpy_pickle.NumpyArrayWrapper",
+        # scipy sparse matrices inside estimators.
+        "scipy.sparse._csr.csr_matrix", "scipy.sparse._csc.csc_matrix", "scipy.sparse._coo.coo_matrix",
+        "scipy.sparse.csr.csr_matrix", "scipy.sparse.csc.csc_matrix",
+    ]
+)
+
+CLASS_PREFIXES: tuple[str, ...] = (
+    "sklearn", "torch.nn.modules", "torch.optim", "pandas.core", "pandas._libs", "scipy.sparse", "xgboost",
+    "lightgbm", "catboost", "numpy.dtypes", "torch.distributions", "torch.nn.utils.parametrizations",
+)
+
+# Pure tensor math: every function in these modules is allowed (activation functions stored on modules).
+FUNCTION_MODULES: frozenset[str] = frozenset({"torch.nn.functional", "torch.nn.init", "math"})
+
+HELPER_PREFIXES: tuple[str, ...] = ("pandas.core", "pandas._libs", "sklearn", "numpy", "scipy.sparse")
+_HELPER_NAME = re.compile(r"^(__pyx_unpickle_\w+|_?_?(reconstruct|unpickle|new_|rebuild|restore)\w*|new_block\w*)$")
+
+# numpy ufuncs (FunctionTransformer(func=np.log1p) etc.): pure element-wise math.
+NUMPY_UFUNC_MODULES = frozenset({"numpy", "numpy.core.umath", "numpy._core.umath", "scipy.special"})
+
+
+def _under(module: str, prefixes: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in prefixes)
+
+
+def is_allowed(module: str, name: str, extra: frozenset[str] = frozenset()) -> bool:
+    """Whether ``module.name`` is on the built-in or the policy's allowlist."""
+    full = f"{module}.{name}"
+    if full in EXACT or full in extra:
+        return True
+    if "." in name:  # attribute traversal is only ever allowed when written out exactly
+        return False
+    if any(module == e[:-2] or module.startswith(e[:-2] + ".") for e in extra if e.endswith(".*")):
+        return name[:1].isupper()
+    if module in FUNCTION_MODULES:
+        return not name.startswith("_")
+    if _under(module, CLASS_PREFIXES) and name[:1].isupper():
+        return True
+    return _under(module, HELPER_PREFIXES) and bool(_HELPER_NAME.match(name))

@@ -1,0 +1,241 @@
+"""Turn what the emulator sees into findings: judge globals, inspect calls, follow embedded payloads."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from math import prod
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from mlwarden.artifacts.artifact import HEAD_SIZE, SliceReader, skip
+from mlwarden.core.findings import Confidence, Finding, Rule
+from mlwarden.scan.static.pickle import rules
+from mlwarden.scan.static.pickle.emulator import Call, Container, Emulator, Ext, Global, Hooks, Opaque, render
+from mlwarden.scan.static.pickle.opcodes import Blob, PickleFormatError, looks_like_pickle
+from mlwarden.scan.static.pickle.rules import Verdict
+
+if TYPE_CHECKING:
+    from mlwarden.artifacts.artifact import Artifact
+    from mlwarden.scan.context import ScanContext
+
+_JOBLIB_WRAPPERS = {"joblib.numpy_pickle.NumpyArrayWrapper", "sklearn.externals.joblib.numpy_pickle.NumpyArrayWrapper"}
+_UFUNC = {"numpy.core._ufunc_reconstruct", "numpy._core._ufunc_reconstruct", "numpy.core.umath._ufunc_reconstruct"}
+_PARTIAL = {"functools.partial", "_functools.partial"}
+_DTYPE = re.compile(r"^[<>=|]?([a-zA-Z])(\d*)$")
+_MAX_PREVIEWS = 3
+
+
+@dataclass
+class _Hit:
+    """All occurrences of one judged global in one pickle stream."""
+
+    rule: Rule
+    name: str
+    first_pos: int
+    matched: str = ""
+    count: int = 0
+    calls: list[str] = field(default_factory=list)
+
+
+class PickleAnalyzer(Hooks):
+    """Analyses every pickle in one stream of one artifact and reports through the scan context."""
+
+    def __init__(self, artifact: Artifact, ctx: ScanContext) -> None:
+        self.artifact = artifact
+        self.ctx = ctx
+        self.allow = frozenset(ctx.policy.pickle.allow)
+        self.deny = frozenset(ctx.policy.pickle.deny)
+        self.preview = ctx.limits.max_pickle_arg_preview
+        self.hits: dict[tuple[str, str], _Hit] = {}  # (rule id, global) -> occurrences
+        self.by_name: dict[str, _Hit] = {}  # global (or extension) -> its hit, to attach call previews
+        self.verdicts: dict[int, Verdict] = {}  # id(Global) -> verdict
+        self.extra: list[Finding] = []
+        self.budget = [ctx.limits.max_pickle_opcodes]
+
+    # -- hooks -------------------------------------------------------------------------------------
+    def on_global(self, g: Global) -> None:
+        g.module, g.name = rules.normalise(g.module, g.name)
+        j = rules.judge(g.module, g.name, self.allow, self.deny)
+        self.verdicts[id(g)] = j.verdict
+        if j.rule is not None:
+            self._hit(j.rule, g.full, g.pos, g.full, j.matched)
+
+    def on_ext(self, e: Ext) -> None:
+        self._hit(rules.UNRESOLVED, f"<copyreg extension {e.code}>", e.pos, f"<copyreg extension {e.code}>")
+
+    def on_unresolved_global(self, pos: int, module: Any, name: Any) -> None:
+        what = f"STACK_GLOBAL({render(module, 80)}, {render(name, 80)})"
+        self._hit(rules.UNRESOLVED, what, pos, what)
+
+    def on_call(self, call: Call) -> None:
+        func = call.func
+        if isinstance(func, Global):
+            verdict = self.verdicts.get(id(func))
+            if func.full in self.by_name:
+                self._preview(self.by_name[func.full], call)
+            if verdict is Verdict.CONDITIONAL:
+                self._conditional(func, call)
+            elif verdict is Verdict.ALLOWED:
+                return
+        elif isinstance(func, Ext):
+            hit = self.by_name.get(f"<copyreg extension {func.code}>")
+            if hit is not None:
+                self._preview(hit, call)
+        self._embedded(call)
+
+    def on_build(self, target: Any, state: Any, pos: int, stream: BinaryIO) -> None:
+        if isinstance(target, Global):
+            self.extra.append(rules.MUTATES_GLOBAL.finding(
+                self.artifact.location(pos), f"BUILD on {target.full} with state {render(state, self.preview)}",
+                **{"global": target.full}))
+        elif isinstance(target, Call) and isinstance(target.func, Global) and target.func.full in _JOBLIB_WRAPPERS:
+            self._joblib_array(state, pos, stream)
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def _hit(self, rule: Rule, name: str, pos: int, shown: str, matched: str | None = None) -> None:
+        key = (rule.id, name)
+        hit = self.hits.get(key)
+        if hit is None:
+            hit = self.hits[key] = _Hit(rule, name, pos, matched=matched or name)
+            hit.calls.append(f"imports {shown}")
+            self.by_name.setdefault(name, hit)
+        hit.count += 1
+
+    def _preview(self, hit: _Hit, call: Call) -> None:
+        text = render(call, self.preview)
+        if hit.calls and hit.calls[0].startswith("imports "):
+            hit.calls[0] = text
+        elif len(hit.calls) < _MAX_PREVIEWS and text not in hit.calls:
+            hit.calls.append(text)
+
+    def _conditional(self, func: Global, call: Call) -> None:
+        args = call.args if isinstance(call.args, tuple) else ()
+        if func.full in _PARTIAL:
+            target = args[0] if args else None
+            if isinstance(target, Global):
+                return  # the wrapped callable was judged on import
+            self._opaque(call, "functools.partial of a callable that is not a plain global")
+        elif func.full in _UFUNC:
+            if len(args) == 2 and all(isinstance(a, str) for a in args):
+                module, name = args
+                synthetic = Global(module, name, call.pos)
+                if module not in {"numpy", "numpy.core.umath", "numpy._core.umath", "scipy.special"}:
+                    shown = render(call, self.preview)
+                    self._hit(rules.CATEGORY_RULES[rules.Category.INDIRECTION], shown, call.pos, shown)
+                self.on_global(synthetic)
+            else:
+                self._opaque(call, "ufunc reconstruction with computed names")
+        elif func.full == "torch.storage._load_from_bytes":
+            if not (args and isinstance(args[0], bytes | Blob)):
+                self._opaque(call, "storage bytes are not literal")
+        # embedded payloads of conditional helpers are followed by _embedded()
+
+    def _opaque(self, call: Call, why: str) -> None:
+        self.extra.append(rules.OPAQUE_CALL.finding(self.artifact.location(call.pos),
+                                                    f"{why}: {render(call, self.preview)}"))
+
+    def _embedded(self, call: Call) -> None:
+        """Follow bytes arguments that are themselves pickles or archives (pickle.loads(b'...') and kin)."""
+        args = call.args if isinstance(call.args, tuple) else ()
+        for arg in args:
+            if isinstance(arg, bytes | bytearray) and len(arg) >= 2:
+                data = bytes(arg)
+                if data[:1] == b"\x80" or data[:2] == b"PK" or looks_like_pickle(data[:HEAD_SIZE]):
+                    child = self.artifact.child(f"<embedded @ byte {call.pos}>", len(data),
+                                                lambda d=data: _bytes_io(d), data[:HEAD_SIZE])
+                    self.ctx.descend(child)
+            elif isinstance(arg, Blob) and not arg.is_text:
+                start, length = arg.offset, arg.length
+                outer = self.artifact
+
+                def opener(s: int = start, n: int = length) -> BinaryIO:
+                    return SliceReader(outer.open, s, n)  # type: ignore[return-value]
+
+                with opener() as fh:
+                    head = fh.read(HEAD_SIZE)
+                child = self.artifact.child(f"<embedded @ byte {call.pos}>", length, opener, head)
+                self.ctx.descend(child)
+
+    def _joblib_array(self, state: Any, pos: int, stream: BinaryIO) -> None:
+        """Skip (or analyse, for object arrays) the array bytes joblib writes after a NumpyArrayWrapper."""
+        fields: dict[str, Any] = {}
+        if isinstance(state, Container) and state.kind == "dict":
+            fields = {k: v for k, v in state.items if isinstance(k, str)}
+        shape, dtype = fields.get("shape"), fields.get("dtype")
+        descr = dtype.args[0] if isinstance(dtype, Call) and isinstance(dtype.args, tuple) and dtype.args else None
+        m = _DTYPE.match(descr) if isinstance(descr, str) else None
+        if not isinstance(shape, tuple) or not all(isinstance(d, int) and d >= 0 for d in shape) or m is None:
+            raise PickleFormatError(pos, "joblib array wrapper with a shape/dtype the scanner cannot size")
+        if fields.get("numpy_array_alignment_bytes") is not None:
+            pad = stream.read(1)
+            if len(pad) != 1 or skip(stream, pad[0]) != pad[0]:
+                raise PickleFormatError(pos, "truncated joblib array padding")
+        kind, size = m.group(1), int(m.group(2) or 0)
+        if kind == "O":
+            self.run_stream(stream, nested=True)  # object arrays are a nested pickle in the same stream
+            return
+        itemsize = size * 4 if kind == "U" else size
+        nbytes = prod(shape) * itemsize
+        if skip(stream, nbytes) != nbytes:
+            raise PickleFormatError(pos, f"truncated joblib array data ({nbytes} bytes announced)")
+
+    # -- driving -----------------------------------------------------------------------------------
+    def run_stream(self, stream: BinaryIO, nested: bool = False, legacy_torch: bool = False) -> None:
+        """Emulate consecutive pickles from the stream's position until the data stops being pickles."""
+        index = 0
+        limit = self.ctx.limits.max_pickles_per_stream
+        while True:
+            self.ctx.check_time()
+            start = stream.tell()
+            first = stream.read(1)
+            if not first:
+                return
+            stream.seek(start)
+            if index >= limit:
+                from mlwarden.core.errors import LimitExceeded
+
+                raise LimitExceeded("max_pickles_per_stream", f"more than {limit} pickles in one stream")
+            result = Emulator(stream, 0, self.ctx.limits, self).run(start, self.budget)
+            index += 1
+            if result.error is not None:
+                if result.opcodes <= 1 and index > 1 and not legacy_torch:
+                    self.extra.append(rules.TRAILING.finding(self.artifact.location(start),
+                                                             f"{self._size_from(start)} bytes after the last STOP"))
+                else:
+                    self.extra.append(rules.MALFORMED.finding(self.artifact.location(result.error.offset),
+                                                              result.error.message))
+                return
+            if nested:
+                return
+            if index == 1 and result.value == TORCH_LEGACY_MAGIC:
+                legacy_torch = True
+            if legacy_torch and index >= 5:
+                return  # magic, protocol, sys_info, the data pickle, storage keys; raw storages follow
+
+    def _size_from(self, start: int) -> str:
+        size = self.artifact.size
+        return str(size - start) if size is not None else "some"
+
+    def findings(self) -> list[Finding]:
+        """The findings collected so far (one per judged global, plus structural findings)."""
+        out: list[Finding] = []
+        for hit in sorted(self.hits.values(), key=lambda h: h.first_pos):
+            evidence = "; ".join(hit.calls)
+            if hit.count > 1:
+                evidence += f" (referenced {hit.count} times)"
+            confidence = Confidence.HIGH if not hit.calls[0].startswith("imports ") else hit.rule.confidence
+            out.append(hit.rule.finding(self.artifact.location(hit.first_pos), evidence, confidence=confidence,
+                                        **{"global": hit.name, "matched": hit.matched, "occurrences": hit.count}))
+        return out + self.extra
+
+
+TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+
+def _bytes_io(data: bytes) -> BinaryIO:
+    import io
+
+    return io.BytesIO(data)
+
+
+__all__ = ["Opaque", "PickleAnalyzer", "TORCH_LEGACY_MAGIC"]
