@@ -75,13 +75,21 @@ def _magic(head: bytes) -> Format | None:
             return fmt
     if len(head) >= 262 and head[257:262] == b"ustar":
         return Format.TAR
-    # raw LZMA ("alone") as written by joblib's lzma compressor: properties byte 0x5d, then dict size.
-    if len(head) >= 13 and head[0] == 0x5D and head[1:5] in (b"\x00\x00\x80\x00", b"\x00\x00\x00\x01",
-                                                            b"\x00\x00\x00\x04", b"\x00\x00\x10\x00"):
+    if _lzma_alone(head):
         return Format.LZMA
     if len(head) >= 2 and head[0] == 0x78 and (head[0] * 256 + head[1]) % 31 == 0:
         return Format.ZLIB
     return None
+
+
+def _lzma_alone(head: bytes) -> bool:
+    """Raw LZMA ("alone", joblib's ``lzma`` compressor): properties byte, 2^n dictionary, size or -1."""
+    if len(head) < 13 or head[0] >= 225:
+        return False
+    (dict_size,) = struct.unpack("<I", head[1:5])
+    (usize,) = struct.unpack("<Q", head[5:13])
+    power_of_two = dict_size & (dict_size - 1) == 0 or (dict_size & (dict_size - 1)) & ((dict_size & (dict_size - 1)) - 1) == 0
+    return head[0] == 0x5D and 4096 <= dict_size <= 1 << 30 and power_of_two and (usize == (1 << 64) - 1 or usize < 1 << 48)
 
 
 def _safetensors(head: bytes, size: int | None) -> Format | None:

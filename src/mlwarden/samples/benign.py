@@ -71,7 +71,7 @@ def _estimators(ctx: BuildContext, folder: Path) -> list[Made]:
         "logistic_regression": LogisticRegression().fit(x, y),
         "random_forest": RandomForestClassifier(n_estimators=8, max_depth=4, random_state=0).fit(x, y),
         "gradient_boosting": GradientBoostingClassifier(n_estimators=10, random_state=0).fit(x, y),
-        "svc": SVC(probability=True, random_state=0).fit(x, y),
+        "svc": SVC(random_state=0).fit(x, y),
         "kmeans": KMeans(n_clusters=3, n_init=2, random_state=0).fit(x),
         "pca": PCA(n_components=3, random_state=0).fit(x),
         "decision_tree": DecisionTreeRegressor(max_depth=3, random_state=0).fit(x, x[:, 2]),
@@ -146,8 +146,8 @@ def _numpy(ctx: BuildContext, folder: Path) -> list[Made]:
         Made(paths["arrays.npz"], "plain .npz of numeric arrays"),
         Made(paths["arrays_compressed.npz"], "compressed .npz with a unicode string array"),
         Made(paths["structured.npy"], ".npy of a structured dtype"),
-        Made(paths["objects.npy"], "object-dtype .npy of plain Python ints, strings, None and a tuple (a pickle "
-                                   "whose only globals are numpy's array reconstructors)"),
+        Made(paths["objects.npy"], "object-dtype .npy of plain Python ints, strings, None and a tuple "
+                                   "(a pickle whose only globals are numpy's array reconstructors)"),
     ]
 
 

@@ -79,12 +79,11 @@ def _full_modules(ctx: BuildContext, folder: Path) -> list[Made]:
 
     models = torch_models()
     torch.manual_seed(0)
-    whole = {
-        "sequential_mlp": models["mlp"],
-        "sequential_cnn": models["cnn"],
-        "transformer": nn.Transformer(d_model=16, nhead=2, num_encoder_layers=1, num_decoder_layers=1,
-                                      dim_feedforward=32),
-    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nested-tensor performance hint
+        transformer = nn.Transformer(d_model=16, nhead=2, num_encoder_layers=1, num_decoder_layers=1,
+                                     dim_feedforward=32)
+    whole = {"sequential_mlp": models["mlp"], "sequential_cnn": models["cnn"], "transformer": transformer}
     out = []
     for name, model in whole.items():
         path = folder / f"{name}.pt"
@@ -124,10 +123,12 @@ def _checkpoints(ctx: BuildContext, folder: Path) -> list[Made]:
             "model_state_dict": model.state_dict(),
             "optimizer_state_dict": opt.state_dict(),
             "scheduler_state_dict": sched.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                    "python": random.getstate()},
             "args": argparse.Namespace(lr=1e-3, batch_size=8, optimizer=opt_name, layers=[32, 4]),
             "metrics": {"loss": float(nn_loss.item()), "accuracy": 0.5, "history": [1.4, 1.2]},
-            "paths": {"output_dir": pathlib.Path("runs/exp1"), "data": pathlib.PurePosixPath("data/train.csv")},
+            "paths": {"output_dir": pathlib.Path("runs/exp1"),
+                      "data": pathlib.PurePosixPath("data/train.csv")},
         }
         for legacy in (False, True):
             path = folder / f"checkpoint_{opt_name}{'_legacy' if legacy else ''}.pt"
@@ -142,20 +143,26 @@ def _torchscript(ctx: BuildContext, folder: Path) -> list[Made]:
     import torch
 
     models = torch_models()
-    scripted = torch.jit.script(models["mlp"].eval())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        traced = torch.jit.trace(models["cnn"].eval(), torch.zeros(1, 3, 16, 16))
     out = []
-    for name, module in (("scripted_mlp", scripted), ("traced_cnn", traced)):
-        path = folder / f"{name}.pt"
-        torch.jit.save(module, str(path))
-        out.append(Made(path, f"TorchScript archive ({name.split('_')[0]})"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript is deprecated, but its archives are still everywhere
+        scripted = torch.jit.script(models["mlp"].eval())
+        traced = torch.jit.trace(models["cnn"].eval(), torch.zeros(1, 3, 16, 16))
+        for name, module in (("scripted_mlp", scripted), ("traced_cnn", traced)):
+            path = folder / f"{name}.pt"
+            torch.jit.save(module, str(path))
+            out.append(Made(path, f"TorchScript archive ({name.split('_')[0]})"))
     return out
 
 
 @register("benign", "keras", requires=("keras",))
 def _keras(ctx: BuildContext, folder: Path) -> list[Made]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # keras' own numpy-2 and legacy-.h5 warnings
+        return _keras_models(folder)
+
+
+def _keras_models(folder: Path) -> list[Made]:
     import keras
 
     keras.utils.set_random_seed(0)
@@ -168,13 +175,11 @@ def _keras(ctx: BuildContext, folder: Path) -> list[Made]:
     functional = keras.Model(inputs, outputs, name="functional_model")
     functional.compile(optimizer="adam", loss="binary_crossentropy")
     out = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # keras warns that .h5 is legacy
-        for name, model in (("sequential", seq), ("functional", functional)):
-            for ext in ("keras", "h5"):
-                path = folder / f"{name}.{ext}"
-                model.save(path)
-                out.append(Made(path, f"Keras 3 {name} model saved as .{ext}"))
+    for name, model in (("sequential", seq), ("functional", functional)):
+        for ext in ("keras", "h5"):
+            path = folder / f"{name}.{ext}"
+            model.save(path)
+            out.append(Made(path, f"Keras 3 {name} model saved as .{ext}"))
     return out
 
 
@@ -189,9 +194,11 @@ def onnx_mlp() -> Any:
              for name, shape in (("W1", (4, 8)), ("B1", (8,)), ("W2", (8, 3)), ("B2", (3,)))]
     nodes = [helper.make_node("MatMul", ["x", "W1"], ["h0"]), helper.make_node("Add", ["h0", "B1"], ["h1"]),
              helper.make_node("Relu", ["h1"], ["h2"]), helper.make_node("MatMul", ["h2", "W2"], ["h3"]),
-             helper.make_node("Add", ["h3", "B2"], ["h4"]), helper.make_node("Softmax", ["h4"], ["y"], axis=-1)]
-    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3])], inits)
+             helper.make_node("Add", ["h3", "B2"], ["h4"]),
+             helper.make_node("Softmax", ["h4"], ["y"], axis=-1)]
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])
+    y_info = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3])
+    graph = helper.make_graph(nodes, "mlp", [x_info], [y_info], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="mlwarden")
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -262,9 +269,8 @@ def _safetensors(ctx: BuildContext, folder: Path) -> list[Made]:
               str(path), metadata={"framework": "numpy"})
     out = [Made(path, "safetensors written from numpy arrays")]
     try:
-        import torch
         from safetensors.torch import save_file as save_torch
-    except ImportError:
+    except ImportError:  # no torch: the numpy file alone
         return out
     tpath = folder / "torch.safetensors"
     save_torch({k: v.contiguous() for k, v in torch_models()["mlp"].state_dict().items()}, str(tpath),
@@ -283,8 +289,8 @@ def write_hf_folder(folder: Path, *, config: dict[str, Any], tokenizer_config: d
     (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2), encoding="utf-8")
     (folder / "generation_config.json").write_text(
         json.dumps({"bos_token_id": 1, "eos_token_id": 2, "max_new_tokens": 64}, indent=2), encoding="utf-8")
-    (folder / "special_tokens_map.json").write_text(
-        json.dumps({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}, indent=2), encoding="utf-8")
+    special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+    (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2), encoding="utf-8")
     for name, text in (extra_files or {}).items():
         (folder / name).write_text(text, encoding="utf-8")
     rng = np.random.default_rng(0)
@@ -305,8 +311,8 @@ HF_CONFIG: dict[str, Any] = {
 def hf_tokenizer_config(template: str) -> dict[str, Any]:
     """A tokenizer_config.json body carrying ``template`` as its chat template."""
     return {"tokenizer_class": "LlamaTokenizerFast", "model_max_length": 128, "bos_token": "<s>",
-            "eos_token": "</s>", "unk_token": "<unk>", "add_bos_token": True, "clean_up_tokenization_spaces": False,
-            "chat_template": template}
+            "eos_token": "</s>", "unk_token": "<unk>", "add_bos_token": True,
+            "clean_up_tokenization_spaces": False, "chat_template": template}
 
 
 @register("benign", "hf-folder", requires=("safetensors", "numpy"))

@@ -12,6 +12,7 @@ import io
 import json
 import pickletools
 import struct
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,8 @@ def rewrite_zip(data: bytes, rename: dict[str, str] | None = None) -> bytes:
     return out.getvalue()
 
 
-def patch_zip(data: bytes, member: str, *, set_flags: int = 0, clear_flags: int = 0, crc_xor: int = 0) -> bytes:
+def patch_zip(data: bytes, member: str, *, set_flags: int = 0, clear_flags: int = 0,
+              crc_xor: int = 0) -> bytes:
     """Rewrite one member's general-purpose flags and/or CRC in both its local and central headers."""
     buf = bytearray(data)
     with zipfile.ZipFile(io.BytesIO(data)) as zf:  # parsing the directory only; no member is read
@@ -103,7 +105,8 @@ def _torch_renamed(ctx: BuildContext, folder: Path) -> list[Made]:
     data = _torch_zip(ctx, "torch-zip-renamed")
     path = folder / "model.txt"
     path.write_bytes(rewrite_zip(data, rename={_prefix(data) + "/": "zz_not_archive/"}))
-    return [Made(path, "torch zip with a non-standard top-level folder, named .txt; data.pkl runs exec", EXEC)]
+    return [Made(path, "torch zip with a non-standard top-level folder, named .txt; data.pkl runs exec",
+                 EXEC)]
 
 
 def _flagged(family: str, description: str, *, rewrite: bool = False, **patch: int) -> None:
@@ -152,7 +155,8 @@ def _torch_legacy_main(ctx: BuildContext, folder: Path) -> list[Made]:
     import torch
 
     path = folder / "model.bin"
-    torch.save(_torch_payload_checkpoint(ctx, "torch-legacy-main"), path, _use_new_zipfile_serialization=False)
+    checkpoint = _torch_payload_checkpoint(ctx, "torch-legacy-main")
+    torch.save(checkpoint, path, _use_new_zipfile_serialization=False)
     return [Made(path, "legacy torch checkpoint whose main pickle holds a builtins.exec __reduce__", EXEC)]
 
 
@@ -169,7 +173,8 @@ def _joblib(ctx: BuildContext, folder: Path) -> list[Made]:
         obj = {"coef": np.arange(6.0).reshape(2, 3), "hook": Reduce(builtins.exec, pysrc(ctx, family))}
         path = folder / name
         joblib.dump(obj, path, compress=compress)
-        out.append(Made(path, f"joblib.dump (compress={compress!r}) of a dict holding an exec __reduce__", EXEC))
+        out.append(Made(path, f"joblib.dump (compress={compress!r}) of a dict holding an exec __reduce__",
+                        EXEC))
     return out
 
 
@@ -195,9 +200,12 @@ def _keras_zip(folder: Path, name: str, edit: Any) -> Path:
     import keras
 
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Lambda(lambda x: x * 2.0)])
     benign = folder / f".{name}.tmp.keras"
-    model.save(benign)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # keras' own numpy-2 deprecation noise
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3),
+                                  keras.layers.Lambda(lambda x: x * 2.0)])
+        model.save(benign)
     data = benign.read_bytes()
     benign.unlink()
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
@@ -298,7 +306,8 @@ def _gguf(ctx: BuildContext, folder: Path) -> list[Made]:
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return [Made(path, "GGUF whose tokenizer.chat_template is a Jinja2 SSTI reaching os.popen", ("os.popen",))]
+    return [Made(path, "GGUF whose tokenizer.chat_template is a Jinja2 SSTI reaching os.popen",
+                 ("os.popen",))]
 
 
 @register("malicious", "hf-tokenizer-ssti", requires=("safetensors", "numpy"))

@@ -26,12 +26,12 @@ from mlwarden.samples import BuildContext, Made, register
 
 
 def glob(module: str, name: str) -> bytes:
-    """GLOBAL opcode (protocols 0-3 style): ``c<module>\\n<name>\\n``."""
+    r"""GLOBAL opcode (protocols 0-3 style): ``c<module>\n<name>\n``."""
     return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
 
 
 def sglob(module: str, name: str) -> bytes:
-    """STACK_GLOBAL (protocol 4+): two SHORT_BINUNICODE strings then ``\\x93``."""
+    r"""STACK_GLOBAL (protocol 4+): two SHORT_BINUNICODE strings then ``\x93``."""
     return sstr(module) + sstr(name) + b"\x93"
 
 
@@ -201,7 +201,8 @@ _TABLE: list[tuple[str, str, tuple[str, ...], int, Body]] = [
                        glob("timeit", "default_timer"), bint(1))),
     ("pickle-cprofile-run", "cProfile.run(src)", ("cProfile.run",), 2,
      lambda c, f: call(glob("cProfile", "run"), ustr(pysrc(c, f)))),
-    ("pickle-pdb-run", "pdb.run(src)", ("pdb.run",), 2, lambda c, f: call(glob("pdb", "run"), ustr(pysrc(c, f)))),
+    ("pickle-pdb-run", "pdb.run(src)", ("pdb.run",), 2,
+     lambda c, f: call(glob("pdb", "run"), ustr(pysrc(c, f)))),
     ("pickle-ctypes-cdll", "ctypes.CDLL of a library path (its constructors would run)", ("ctypes.CDLL",), 2,
      lambda c, f: call(glob("ctypes", "CDLL"), ustr(str(c.canary_dir / "evil.so")))),
     ("pickle-shutil-rmtree", "shutil.rmtree of a folder inside the canary dir", ("shutil.rmtree",), 2,
@@ -217,7 +218,8 @@ _TABLE: list[tuple[str, str, tuple[str, ...], int, Body]] = [
      lambda c, f: call(glob("builtins", "open"), ustr(c.canary(f)), ustr("w"))),
     ("pickle-logging-listen", "threading.Thread.start(logging.config.listen(port)): config server",
      ("logging.config.listen",), 4,
-     lambda c, f: call(sglob("threading", "Thread.start"), call(sglob("logging.config", "listen"), bint(c.port)))),
+     lambda c, f: call(sglob("threading", "Thread.start"),
+                       call(sglob("logging.config", "listen"), bint(c.port)))),
     ("pickle-numpy-runstring", "numpy.testing._private.utils.runstring(src, {}) executes source",
      ("numpy.testing._private.utils.runstring",), 2,
      lambda c, f: call(glob("numpy.testing._private.utils", "runstring"), ustr(pysrc(c, f)), dct())),
@@ -245,7 +247,8 @@ _TABLE: list[tuple[str, str, tuple[str, ...], int, Body]] = [
      lambda c, f: call(sglob("torch._inductor.codecache", "PyCodeCache.load"), ustr(pysrc(c, f)))),
     ("pickle-torch-jit-execwrapper", "torch.jit.unsupported_tensor_ops.execWrapper(src, {}, {})",
      ("torch.jit.unsupported_tensor_ops.execWrapper",), 2,
-     lambda c, f: call(glob("torch.jit.unsupported_tensor_ops", "execWrapper"), ustr(pysrc(c, f)), dct(), dct())),
+     lambda c, f: call(glob("torch.jit.unsupported_tensor_ops", "execWrapper"), ustr(pysrc(c, f)),
+                       dct(), dct())),
     ("pickle-torch-serialization-load", "torch.serialization.load of a second-stage file in the canary dir",
      ("torch.serialization.load",), 2,
      lambda c, f: call(glob("torch.serialization", "load"), ustr(str(c.canary_dir / "stage2.pt")))),
@@ -282,7 +285,8 @@ def _register_table() -> None:
     for family, description, expect, protocol, body in _TABLE:
 
         def build(ctx: BuildContext, folder: Path, *, family: str = family, description: str = description,
-                  expect: tuple[str, ...] = expect, protocol: int = protocol, body: Body = body) -> list[Made]:
+                  expect: tuple[str, ...] = expect, protocol: int = protocol,
+                  body: Body = body) -> list[Made]:
             raw = body(ctx, family)
             data = (raw + b".") if protocol == 0 else pkl(raw, protocol)
             path = folder / "model.pkl"
@@ -321,7 +325,8 @@ def _truncated(ctx: BuildContext, folder: Path) -> list[Made]:
 @register("malicious", "pickle-concatenated")
 def _concatenated(ctx: BuildContext, folder: Path) -> list[Made]:
     path = folder / "model.pkl"
-    path.write_bytes(pickle.dumps({"weights": [0.25, 0.5]}, protocol=2) + exec_pickle(ctx, "pickle-concatenated"))
+    first = pickle.dumps({"weights": [0.25, 0.5]}, protocol=2)
+    path.write_bytes(first + exec_pickle(ctx, "pickle-concatenated"))
     return [Made(path, "benign pickle followed by a second pickle calling builtins.exec", ("builtins.exec",))]
 
 

@@ -107,11 +107,19 @@ class ZipHandler(Handler):
         torch_like = any(i.filename.endswith("data.pkl") for i in infos)
         for info in infos:
             ctx.check_time()
-            self._member(artifact, ctx, info, torch_like)
+            try:
+                self._member(artifact, ctx, info, torch_like)
+            except LimitExceeded:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one bad member must never hide the ones after it
+                ctx.report(UNREADABLE.finding(artifact.location(), f"member {info.filename!r}: "
+                                              f"{type(exc).__name__}: {exc}", member=info.filename))
 
     def _member(self, artifact: Artifact, ctx: ScanContext, info: zipfile.ZipInfo, torch_like: bool) -> None:
         name = info.filename
         loc = artifact.location()
+        if not name:
+            raise ValueError("member without a name")
         if _unsafe(name):
             ctx.report(UNSAFE_NAME.finding(loc, f"member {name!r}", member=name))
         mode = info.external_attr >> 16
@@ -197,9 +205,9 @@ def _local_headers(artifact: Artifact, ctx: ScanContext) -> list[zipfile.ZipInfo
         while pos + 30 <= size and len(infos) < ctx.limits.max_members:
             fh.seek(pos)
             local = fh.read(30)
-            if local[:4] != b"PK\x03\x04":
+            if len(local) != 30 or local[:4] != b"PK\x03\x04":
                 break
-            (_, flags, method, _, _, crc, csize, usize, nlen, elen) = struct.unpack("<4sHHHHIIIHH", local)
+            (_, _, flags, method, _, _, crc, csize, usize, nlen, elen) = struct.unpack("<4sHHHHHIIIHH", local)
             name = fh.read(nlen).decode("utf-8" if flags & 0x800 else "cp437", "replace")
             info = zipfile.ZipInfo(name)
             info.flag_bits, info.compress_type, info.CRC = flags, method, crc

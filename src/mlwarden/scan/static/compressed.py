@@ -108,8 +108,13 @@ class _Guarded(io.RawIOBase):
         return self._pos
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_END:
+            raise io.UnsupportedOperation("the end of a compressed stream is unknown until it is read")
+        target = offset if whence == io.SEEK_SET else self._pos + offset
+        if target > self._limit:
+            raise LimitExceeded("max_member_size", f"decompressed more than {self._limit} bytes")
         try:
-            self._pos = self._inner.seek(offset, whence)
+            self._pos = self._inner.seek(target)
         except _ERRORS as exc:
             self._on_error(f"{type(exc).__name__}: {exc}")
         return self._pos

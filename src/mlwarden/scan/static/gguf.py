@@ -94,7 +94,8 @@ class _Reader:
             raise _Corrupt(self.pos, f"{what}: needs {n} bytes, only {self.left()} left in the file")
         self.pos += n
         if self.pos > self.ctx.limits.max_header_size:
-            raise LimitExceeded("max_header_size", f"GGUF header larger than {self.ctx.limits.max_header_size}")
+            raise LimitExceeded("max_header_size",
+                                f"GGUF header larger than {self.ctx.limits.max_header_size}")
         self.steps += 1
         if self.steps % 65536 == 0:
             self.ctx.check_time()
@@ -239,7 +240,8 @@ class GgufHandler(Handler):
             n_dims = r.unpack("I", f"dimension count of {name!r}")
             if n_dims > GGML_MAX_DIMS:
                 raise _Corrupt(pos, f"tensor {name!r} has {n_dims} dimensions (ggml allows {GGML_MAX_DIMS})")
-            dims = [r.unpack("I" if r.version == 1 else "Q", f"dimensions of {name!r}") for _ in range(n_dims)]
+            dim_code = "I" if r.version == 1 else "Q"
+            dims = [r.unpack(dim_code, f"dimensions of {name!r}") for _ in range(n_dims)]
             ttype = r.unpack("I", f"type of {name!r}")
             offset = r.unpack("Q", f"offset of {name!r}")
             if name in names:
@@ -270,7 +272,8 @@ class GgufHandler(Handler):
                 break
             end = data_start + offset + nbytes
             if end > r.size:
-                problems.append((pos, f"tensor {name!r} ends at byte {end}, past the end of the file ({r.size})"))
+                problems.append((pos, f"tensor {name!r} ends at byte {end}, past the end of the file "
+                                 f"({r.size})"))
             expected = offset + _align(nbytes, alignment)
         if problems:
             reasons = [p[1] for p in problems]

@@ -74,8 +74,9 @@ _NON_MODELING = frozenset({
 _NON_MODELING_MODULES = frozenset({"saving", "global_state", "file_utils", "io_utils", "python_utils",
                                    "module_utils"})
 _LOOKUPS = frozenset({"StringLookup", "IntegerLookup", "IndexLookup", "TextVectorization", "Hashing"})
-_TFOP_DANGER = re.compile(r"(^|\.)(io|gfile|py_func|py_function|numpy_function|saved_model|summary|raw_ops|"
-                          r"load_library|load_op_library|debugging|data)(\.|$)")
+_TFOP_DANGER = re.compile(r"(^|\.)(io|gfile|py_func|py_function|numpy_function|saved_model|summary|"
+                          r"load_library|load_op_library)(\.|$)|(^|\.)raw_ops\.(ReadFile|WriteFile|PyFunc\w*|"
+                          r"EagerPyFunc|MatchingFiles|ImmutableConst)$")
 _SUSPICIOUS_NAMES = frozenset({
     "os", "system", "popen", "Popen", "subprocess", "exec", "eval", "open", "__import__", "builtins",
     "socket", "compile", "getattr", "remove", "unlink", "rmtree", "check_output", "check_call", "spawn",

@@ -83,10 +83,10 @@ class NumpyHandler(Handler):
         major = head[6]
         if major == 1:
             (hlen,), start = struct.unpack("<H", head[8:10]), 10
-        elif major in (2, 3):
+        elif major in (2, 3) and len(head) >= 12:
             (hlen,), start = struct.unpack("<I", head[8:12]), 12
         else:
-            ctx.report(BAD_HEADER.finding(artifact.location(6), f"unknown format version {major}"))
+            ctx.report(BAD_HEADER.finding(artifact.location(6), f"unknown format version {major} or short header"))
             return
         if hlen > ctx.limits.max_header_size:
             raise LimitExceeded("max_header_size", f".npy header of {hlen} bytes")

@@ -124,8 +124,9 @@ class SafetensorsHandler(Handler):
             raw = fh.read(n)
             data_len = (artifact.size - 8 - len(raw)) if artifact.size is not None else skip(fh, _U64)
         if len(raw) < n:
-            ctx.report(HEADER_INVALID.finding(artifact.location(0), f"header length {n} runs past the end "
-                                              f"of the file ({len(raw)} header bytes present)", header_length=n))
+            ctx.report(HEADER_INVALID.finding(
+                artifact.location(0), f"header length {n} runs past the end of the file ({len(raw)} header "
+                "bytes present)", header_length=n))
             return
         problems = _Problems()
         if n > REFERENCE_MAX_HEADER:
@@ -180,7 +181,8 @@ class SafetensorsHandler(Handler):
     def _validate(header: dict[str, Any], n: int, data_len: int, problems: _Problems) -> None:
         data_start = 8 + n
         meta = header.get("__metadata__")
-        if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
+        if meta is not None and not (isinstance(meta, dict)
+                                     and all(isinstance(v, str) for v in meta.values())):
             problems.add(METADATA_INVALID, "__metadata__ is not a mapping of strings to strings", 8)
         spans: list[tuple[int, int, str]] = []
         for name, info in header.items():
@@ -219,15 +221,16 @@ class SafetensorsHandler(Handler):
                 if bits >= 8 * _U64:
                     problems.add(TENSOR_INVALID, f"{name!r}: shape {shape} overflows", data_start + begin)
                 elif bits % 8:
-                    problems.add(TENSOR_INVALID, f"{name!r}: {dtype} x {shape} is not a whole number of bytes",
-                                 data_start + begin)
+                    problems.add(TENSOR_INVALID, f"{name!r}: {dtype} x {shape} is not a whole number of "
+                                 "bytes", data_start + begin)
                 elif end - begin != bits // 8:
                     problems.add(TENSOR_INVALID, f"{name!r}: {end - begin} bytes for {dtype} {shape}, which "
                                  f"needs {bits // 8}", data_start + begin)
         SafetensorsHandler._layout(spans, data_start, data_len, problems)
 
     @staticmethod
-    def _layout(spans: list[tuple[int, int, str]], data_start: int, data_len: int, problems: _Problems) -> None:
+    def _layout(spans: list[tuple[int, int, str]], data_start: int, data_len: int,
+                problems: _Problems) -> None:
         spans.sort()
         cursor, previous = 0, None
         for begin, end, name in spans:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -123,6 +124,8 @@ _BENIGN_METHODS = frozenset({
     "isoformat", "zfill", "center", "ljust", "rjust", "partition", "rpartition", "copy", "setdefault",
     "removeprefix", "removesuffix", "swapcase", "format",
 })
+#: Filters returning generators, whose ``|string`` is an object repr (``()|select|string``: "<generator...").
+_GENERATOR_FILTERS = frozenset({"select", "reject", "map", "selectattr", "rejectattr", "batch", "slice", "attr"})
 #: Filters that take an attribute path (``attribute=`` keyword, or first positional for some).
 _ATTRIBUTE_FILTERS = {"map": None, "selectattr": 0, "rejectattr": 0, "groupby": 0, "sort": None,
                       "sum": None, "unique": None, "min": None, "max": None}
@@ -229,8 +232,9 @@ class _Analyser:
             if items is None or not isinstance(sep, str) or any(not isinstance(i, str | int) for i in items):
                 return None
             return sep.join(str(i) for i in items)
-        simple = {"lower": str.lower, "upper": str.upper, "title": str.title, "capitalize": str.capitalize,
-                  "trim": str.strip, "string": str}
+        simple: dict[str, Callable[[str], str]] = {
+            "lower": str.lower, "upper": str.upper, "title": str.title, "capitalize": str.capitalize,
+            "trim": str.strip, "string": str}
         if name in simple and isinstance(value, str):
             return simple[name](value)
         if name == "reverse" and isinstance(value, str | list):
@@ -337,8 +341,10 @@ class _Analyser:
             if position is not None and len(node.args) > position:
                 self.judge_computed(node, node.args[position], f"{name}() attribute path")
         inner = getattr(node, "node", None)
-        if name == "string" and (isinstance(inner, nodes.Filter) or (
-                isinstance(inner, nodes.Name) and inner.name in _GADGETS and inner.name not in self.local_names)):
+        gadget = (isinstance(inner, nodes.Name) and inner.name in _GADGETS
+                  and inner.name not in self.local_names)
+        generator = isinstance(inner, nodes.Filter) and inner.name in _GENERATOR_FILTERS
+        if name == "string" and (generator or gadget):
             self.hit(SSTI_SUSPICIOUS, node, "turns an object's representation into a string (character "
                      "harvesting)")
 
@@ -398,7 +404,8 @@ def _report(hits: list[_Hit], artifact: Artifact, ctx: ScanContext, origin: str,
     for group in grouped.values():
         r = group[0].rule
         reasons = [f"line {h.line}: {h.reason}" for h in group[:_MAX_HITS]]
-        evidence = f"{origin}: " + "; ".join(reasons[:5]) + (f" (+{len(group) - 5} more)" if len(group) > 5 else "")
+        more = f" (+{len(group) - 5} more)" if len(group) > 5 else ""
+        evidence = f"{origin}: " + "; ".join(reasons[:5]) + more
         ctx.report(r.finding(artifact.location(offset), evidence, template=origin, reasons=reasons,
                              lines=sorted({h.line for h in group})))
 
@@ -422,12 +429,13 @@ def analyse_template(source: str, artifact: Artifact, ctx: ScanContext, origin: 
     try:
         tree = _environment().parse(source)
     except TemplateSyntaxError as exc:
-        ctx.report(UNPARSEABLE.finding(artifact.location(offset), f"{origin}: line {exc.lineno}: {exc.message}",
-                                       template=origin))
+        ctx.report(UNPARSEABLE.finding(artifact.location(offset), f"{origin}: line {exc.lineno}: "
+                                       f"{exc.message}", template=origin))
         tokens = sorted(set(_TEXT_TOKENS.findall(source)))
         if tokens:
-            ctx.report(UNPARSEABLE_TOKENS.finding(artifact.location(offset), f"{origin}: raw text contains "
-                                                  + ", ".join(tokens[:10]), template=origin, tokens=tokens[:20]))
+            ctx.report(UNPARSEABLE_TOKENS.finding(
+                artifact.location(offset), f"{origin}: raw text contains " + ", ".join(tokens[:10]),
+                template=origin, tokens=tokens[:20]))
         return
     except RecursionError:
         ctx.report(INCOMPLETE.finding(artifact.location(offset), f"{origin}: template nested too deeply "

@@ -106,8 +106,19 @@ FUNCTION_MODULES: frozenset[str] = frozenset({"torch.nn.functional", "torch.nn.i
 HELPER_PREFIXES: tuple[str, ...] = ("pandas.core", "pandas._libs", "sklearn", "numpy", "scipy.sparse")
 _HELPER_NAME = re.compile(r"^(__pyx_unpickle_\w+|_?_?(reconstruct|unpickle|new_|rebuild|restore)\w*|new_block\w*)$")
 
-# numpy ufuncs (FunctionTransformer(func=np.log1p) etc.): pure element-wise math.
-NUMPY_UFUNC_MODULES = frozenset({"numpy", "numpy.core.umath", "numpy._core.umath", "scipy.special"})
+# numpy ufuncs and reductions (FunctionTransformer(func=np.log1p), aggregation callbacks): pure math on arrays.
+NUMPY_MATH: frozenset[str] = frozenset((
+    "abs absolute acos acosh add arccos arccosh arcsin arcsinh arctan arctan2 arctanh asin asinh atan atan2 atanh "
+    "bitwise_and bitwise_count bitwise_invert bitwise_left_shift bitwise_not bitwise_or bitwise_right_shift "
+    "bitwise_xor cbrt ceil conj conjugate copysign cos cosh deg2rad degrees divide divmod equal exp exp2 expm1 fabs "
+    "float_power floor floor_divide fmax fmin fmod frexp gcd greater greater_equal heaviside hypot invert isfinite "
+    "isinf isnan isnat lcm ldexp left_shift less less_equal log log10 log1p log2 logaddexp logaddexp2 logical_and "
+    "logical_not logical_or logical_xor matmul maximum minimum mod modf multiply negative nextafter not_equal "
+    "positive pow power rad2deg radians reciprocal remainder right_shift rint sign signbit sin sinh spacing sqrt "
+    "square subtract tan tanh true_divide trunc mean median sum prod std var min max amin amax nanmean nanmedian "
+    "nansum nanstd nanvar argmax argmin clip round cumsum cumprod"
+).split())
+NUMPY_UFUNC_MODULES = frozenset({"numpy", "numpy.core.umath", "numpy._core.umath"})
 
 
 def _under(module: str, prefixes: tuple[str, ...]) -> bool:
@@ -123,6 +134,8 @@ def is_allowed(module: str, name: str, extra: frozenset[str] = frozenset()) -> b
         return False
     if any(module == e[:-2] or module.startswith(e[:-2] + ".") for e in extra if e.endswith(".*")):
         return name[:1].isupper()
+    if module in NUMPY_UFUNC_MODULES and name in NUMPY_MATH:
+        return True
     if module in FUNCTION_MODULES:
         return not name.startswith("_")
     if _under(module, CLASS_PREFIXES) and name[:1].isupper():

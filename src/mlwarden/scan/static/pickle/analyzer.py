@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from mlwarden.artifacts.artifact import HEAD_SIZE, SliceReader, skip
 from mlwarden.core.findings import Confidence, Finding, Rule
-from mlwarden.scan.static.pickle import rules
+from mlwarden.scan.static.pickle import allowlist, rules
 from mlwarden.scan.static.pickle.emulator import Call, Container, Emulator, Ext, Global, Hooks, Opaque, render
 from mlwarden.scan.static.pickle.opcodes import Blob, PickleFormatError, looks_like_pickle
 from mlwarden.scan.static.pickle.rules import Verdict
@@ -119,7 +119,7 @@ class PickleAnalyzer(Hooks):
             if len(args) == 2 and all(isinstance(a, str) for a in args):
                 module, name = args
                 synthetic = Global(module, name, call.pos)
-                if module not in {"numpy", "numpy.core.umath", "numpy._core.umath", "scipy.special"}:
+                if module not in allowlist.NUMPY_UFUNC_MODULES:
                     shown = render(call, self.preview)
                     self._hit(rules.CATEGORY_RULES[rules.Category.INDIRECTION], shown, call.pos, shown)
                 self.on_global(synthetic)

@@ -1,0 +1,46 @@
+# mlwarden — set-up, demo and tests. Everything a fresh machine needs is installed from here.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+DEMO   ?= demo-out
+
+.PHONY: setup demo test lint typecheck unit bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+# Build benign models and harmless-canary malicious ones, then scan both folders and print the reports.
+demo: setup
+	rm -rf $(DEMO) && mkdir -p $(DEMO)
+	$(PY) -m mlwarden.samples demo $(DEMO)
+	@echo; echo "== scanning benign models (expect PASS, exit 0) =="
+	$(VENV)/bin/mlwarden scan --no-progress $(DEMO)/benign
+	@echo; echo "== scanning malicious canaries (expect FAIL, exit 1) =="
+	$(VENV)/bin/mlwarden scan --no-progress $(DEMO)/malicious; test $$? -eq 1
+	@echo; echo "demo: OK — benign models pass, every malicious canary fails the scan (no canary ran)"
+	@test -z "$$(ls -A $(DEMO)/canary 2>/dev/null)"
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+unit: setup
+	$(PY) -m pytest -q -n 2 -p no:cacheprovider
+
+test: lint typecheck unit
+
+bench: setup
+	$(PY) -m pip install --quiet -e '.[benchmark]'
+	$(PY) benchmarks/detection.py
+	$(PY) benchmarks/large_checkpoint.py
+
+clean:
+	rm -rf $(VENV) $(DEMO) bench-out .pytest_cache .mypy_cache .ruff_cache
