@@ -41,7 +41,7 @@ def scan(
     from mlwarden.scan.engine import scan_paths
 
     if not isinstance(policy, Policy):
-        policy = load_policy(policy)
+        policy = load_policy(None if policy is None else Path(policy))
     paths = [path] if isinstance(path, str | os.PathLike | Path) else list(path)
     return scan_paths(paths, policy, jobs=jobs)
 

@@ -26,7 +26,7 @@ import pytest
 
 import mlwarden.samples as samples_mod
 from mlwarden.samples import Sample, build_all, build_benign, build_malicious, families
-from mlwarden.samples.__main__ import main
+from mlwarden.samples.__main__ import DEMO_FAMILIES, main
 from mlwarden.samples.malicious_containers import seven_zip
 from mlwarden.samples.malicious_formats import patch_zip
 
@@ -208,7 +208,8 @@ def test_labels_json_matches_samples(built: tuple[Path, Path, list[Sample]]) -> 
         if s.label == "benign":
             assert s.expect == ()
         elif s.family not in NO_EXPECT:
-            assert s.expect and all("." in e for e in s.expect), s.family
+            assert s.expect, s.family
+            assert all("." in e for e in s.expect), s.family
 
 
 def test_sizes_are_small(built: tuple[Path, Path, list[Sample]]) -> None:
@@ -400,3 +401,15 @@ def test_cli_builds_selection_and_writes_labels(tmp_path: Path, capsys: pytest.C
     with pytest.raises(SystemExit) as exc:
         main([str(out), "--only", "nope-*"])
     assert exc.value.code == 2
+
+
+def test_cli_demo_builds_the_demo_subset(tmp_path: Path) -> None:
+    out = tmp_path / "demo-out"
+    assert set(DEMO_FAMILIES) <= set(families())
+    assert main(["demo", str(out), "--only", "pickle-os-system"]) == 0  # --only still narrows a demo
+    assert (out / "malicious/pickle-os-system/model.pkl").is_file()
+    assert main(["demo", str(out), "--malicious-only", "--only", "zip-*"]) == 0
+    labels = json.loads((out / "labels.json").read_text(encoding="utf-8"))
+    assert {e["family"] for e in labels.values()} == {"zip-path-traversal", "zip-absolute-name"}
+    assert (out / "canary").is_dir()
+    assert not list((out / "canary").iterdir())

@@ -93,20 +93,25 @@ class SliceReader(io.RawIOBase):
         self._pos = 0
 
     def readable(self) -> bool:
+        """Always readable."""
         return True
 
     def seekable(self) -> bool:
+        """Always seekable (within the window)."""
         return True
 
     def tell(self) -> int:
+        """Position within the window."""
         return self._pos
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Move within the window (clamped at 0; reads past the end return nothing)."""
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._length}[whence]
         self._pos = max(0, base + offset)
         return self._pos
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        """Read from the underlying file at the window's offset."""
         remaining = self._length - self._pos
         if remaining <= 0:
             return 0
@@ -118,6 +123,7 @@ class SliceReader(io.RawIOBase):
         return len(data)
 
     def close(self) -> None:
+        """Close the underlying file."""
         if not self.closed:
             self._fh.close()
         super().close()

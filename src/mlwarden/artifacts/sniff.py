@@ -51,7 +51,8 @@ class Format(StrEnum):
     UNKNOWN = "unknown"
 
 
-_PICKLE_START = set(b"(].}NIFLSVXJKMGcdegilprstuU\x80\x88\x89\x8a\x8b\x8c\x8d\x8e\x8f\x90\x91\x92\x93\x94\x95\x96\x97\x98")
+# Opcodes that can start a pickle (protocol 0/1 have no PROTO opcode to recognise them by).
+_PICKLE_START = set(b"(].}NIFLSVXJKMGcdegilprstuU") | set(range(0x80, 0x99))
 
 
 def _magic(head: bytes) -> Format | None:
@@ -88,8 +89,9 @@ def _lzma_alone(head: bytes) -> bool:
         return False
     (dict_size,) = struct.unpack("<I", head[1:5])
     (usize,) = struct.unpack("<Q", head[5:13])
-    power_of_two = dict_size & (dict_size - 1) == 0 or (dict_size & (dict_size - 1)) & ((dict_size & (dict_size - 1)) - 1) == 0
-    return head[0] == 0x5D and 4096 <= dict_size <= 1 << 30 and power_of_two and (usize == (1 << 64) - 1 or usize < 1 << 48)
+    low = dict_size & (dict_size - 1)  # xz-utils writes 2^n or 2^n + 2^(n-1)
+    plausible_dict = 4096 <= dict_size <= 1 << 30 and (low == 0 or low & (low - 1) == 0)
+    return head[0] == 0x5D and plausible_dict and (usize == (1 << 64) - 1 or usize < 1 << 48)
 
 
 def _safetensors(head: bytes, size: int | None) -> Format | None:
@@ -98,7 +100,7 @@ def _safetensors(head: bytes, size: int | None) -> Format | None:
     (n,) = struct.unpack("<Q", head[:8])
     if n < 2 or (size is not None and 8 + n > size):
         return None
-    if head[8:9] == b"{":
+    if head[8:].lstrip(b" \t\r\n")[:1] == b"{":  # the reference loader accepts leading JSON whitespace
         return Format.SAFETENSORS
     return None
 
@@ -150,7 +152,7 @@ def _json_kind(artifact: Artifact, text: str) -> Format:
     snippet = text[:4096]
     if '"learner"' in snippet:
         return Format.XGBOOST_JSON
-    if '"chat_template"' in snippet or '"tokenizer_class"' in text:
+    if any(k in text for k in ('"chat_template"', '"tokenizer_class"', '"added_tokens_decoder"')):
         return Format.HF_TOKENIZER_CONFIG
     if '"class_name"' in snippet and '"config"' in snippet:
         return Format.KERAS_CONFIG
@@ -166,6 +168,8 @@ def _textual(artifact: Artifact) -> Format | None:
     stripped = text.lstrip("\ufeff \t\r\n")
     if not stripped:
         return Format.TEXT
+    if stripped.startswith(("{{", "{%", "{#")):
+        return Format.TEMPLATE
     if stripped[0] in "{[":
         return _json_kind(artifact, stripped)
     if stripped.startswith("tree\nversion=") or stripped.startswith("tree\r\nversion="):
@@ -176,7 +180,7 @@ def _textual(artifact: Artifact) -> Format | None:
 
 
 def _ubj(head: bytes) -> Format | None:
-    if head[:1] == b"{" and b"learner" in head[:64]:
+    if head[:1] == b"{" and head[1:2] in (b"i", b"U", b"I", b"l", b"L") and b"learner" in head[:64]:
         return Format.XGBOOST_UBJ
     return None
 

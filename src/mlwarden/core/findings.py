@@ -101,9 +101,15 @@ class Rule:
         severity: Severity | None = None,
         confidence: Confidence | None = None,
         message: str | None = None,
-        **details: Any,
+        details: dict[str, Any] | None = None,
+        **more: Any,
     ) -> Finding:
-        """Create a finding of this rule at ``location``."""
+        """Create a finding of this rule at ``location``.
+
+        Structured details (shown in JSON/SARIF) come as keyword arguments, or as ``details=`` when a key is
+        not a valid identifier or clashes with a parameter (``global``).
+        """
+        details = {**(details or {}), **more}
         return Finding(
             rule_id=self.id,
             title=message or self.title,

@@ -1,6 +1,7 @@
-"""``python -m mlwarden.samples OUT_DIR [--canary-dir D] [--only a,b] [--benign-only|--malicious-only]``.
+"""``python -m mlwarden.samples [demo] OUT_DIR [--canary-dir D] [--only a,b] [--benign-only|...]``.
 
-Builds the sample corpus and writes ``OUT_DIR/labels.json``. Nothing built is ever loaded.
+Builds the sample corpus and writes ``OUT_DIR/labels.json``. Nothing built is ever loaded. With the
+``demo`` word first, only a few representative families are built (what ``make demo`` scans).
 """
 
 from __future__ import annotations
@@ -13,9 +14,21 @@ from pathlib import Path
 
 from mlwarden.samples import build_benign, build_malicious, families, write_labels
 
+#: The representative subset ``make demo`` builds: everyday models, and one canary per attack surface.
+DEMO_FAMILIES = (
+    "sklearn-pipeline", "torch-state-dict", "torch-checkpoint", "numpy", "safetensors", "gguf", "hf-folder",
+    "pickle-os-system", "pickle-stack-global-decoys", "torch-zip-data-pkl", "torch-zip-extra-member",
+    "joblib-reduce", "numpy-object-payload", "gguf-ssti", "hf-auto-map", "nested-archive",
+    "zip-path-traversal",
+)
+
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, build the samples, print a one-line-per-label summary."""
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    demo = len(args_in) >= 2 and args_in[0] == "demo" and not args_in[1].startswith("-")
+    if demo:
+        args_in = args_in[1:]
     parser = argparse.ArgumentParser(prog="python -m mlwarden.samples",
                                      description="Build benign and malicious (canary) sample model files.")
     parser.add_argument("out_dir", type=Path, help="output directory (created if needed)")
@@ -28,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--malicious-only", action="store_true", help="build malicious samples only")
     parser.add_argument("--list", action="store_true", help="list the families and exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="report skipped families")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_in)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
 
     if args.list:
@@ -38,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     only = [p.strip() for p in args.only.split(",") if p.strip()] if args.only else None
+    if demo and only is None:
+        only = list(DEMO_FAMILIES)
     if only:
         import fnmatch
 

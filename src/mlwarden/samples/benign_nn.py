@@ -9,6 +9,7 @@ the builders only.
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -157,9 +158,15 @@ def _torchscript(ctx: BuildContext, folder: Path) -> list[Made]:
 
 @register("benign", "keras", requires=("keras",))
 def _keras(ctx: BuildContext, folder: Path) -> list[Made]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # keras' own numpy-2 and legacy-.h5 warnings
-        return _keras_models(folder)
+    absl = logging.getLogger("absl")  # keras logs its ".h5 is legacy" advice through absl
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # keras' own numpy-2 deprecation noise
+            return _keras_models(folder)
+    finally:
+        absl.setLevel(level)
 
 
 def _keras_models(folder: Path) -> list[Made]:

@@ -109,8 +109,8 @@ class ScanContext:
                 self.report(EMPTY.finding(artifact.location(), "0 bytes"))
                 return fmt
             handler = handler_for(fmt)
-            if handler is None and fmt is Format.TEXT:
-                return fmt  # plain text (version files, READMEs): no loader executes it
+            if handler is None and fmt in (Format.TEXT, Format.JSON):
+                return fmt  # plain text and JSON data (version files, metadata): no loader executes them
             if handler is None:
                 self.report(UNRECOGNISED.finding(artifact.location(), f"detected content type: {fmt.value}",
                                                  format=fmt.value))

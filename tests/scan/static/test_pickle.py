@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from mlwarden.core.findings import Severity
-from mlwarden.core.policy import Limits, Policy, PickleRules, RuleOverride
+from mlwarden.core.policy import Limits, PickleRules, Policy, RuleOverride
 from tests.conftest import failing, rule_ids, scan_bytes, scan_one
 
 
@@ -313,4 +313,5 @@ def test_never_raises_on_arbitrary_bytes(tmp_path: Path) -> None:
 def test_io_roundtrip_helpers_do_not_leak_between_scans(tmp_path: Path) -> None:
     a = scan_bytes(tmp_path, b"\x80\x02cos\nsystem\n.", "a.pkl")
     b = scan_bytes(tmp_path, pickle.dumps(io.BytesIO.__name__), "b.pkl")
-    assert failing(a) and not b.findings
+    assert failing(a)
+    assert not b.findings

@@ -146,8 +146,6 @@ def test_corrupt_variants_are_sniffed_and_fail(tmp_path: Path, name: str) -> Non
     assert failing(result)
 
 
-@pytest.mark.xfail(strict=False, reason="sniff.py requires '{' at byte 8; the reference loader accepts "
-                   "leading JSON whitespace since huggingface/safetensors#686")
 def test_leading_whitespace_header_is_sniffed(tmp_path: Path) -> None:
     result = scan_bytes(tmp_path, _build(b"  " + json.dumps(GOOD).encode(), b"\0" * 12), "model.safetensors")
     assert result.formats[0][1] == "safetensors"
@@ -224,7 +222,6 @@ def test_pickle_named_safetensors_is_judged_as_pickle(tmp_path: Path) -> None:
     path.write_bytes(pickle.dumps(Canary(), protocol=4))
     result = scan_one(path)
     assert result.formats[0][1] == "pickle"
-    if "MLW-GEN-002" in rule_ids(result) or not any(f.rule_id.startswith("MLW-PKL") for f in result.findings):
-        pytest.xfail("the pickle handler is not available yet")
+    assert "MLW-PKL-100" in rule_ids(result)
     assert any(f.severity >= Severity.HIGH for f in result.findings)
     assert not (tmp_path / "canary").exists()

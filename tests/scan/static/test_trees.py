@@ -55,8 +55,6 @@ def test_ubj_and_lightgbm_are_sniffed(models: dict[str, Path]) -> None:
     assert scan_one(models["lgb"]).formats[0][1] == "lightgbm-text"
 
 
-@pytest.mark.xfail(strict=False, reason="sniff.py's UBJSON check ('{' + 'learner' in the first 64 bytes) "
-                   "runs before the JSON check and also matches XGBoost JSON")
 def test_xgboost_json_is_sniffed_as_json(models: dict[str, Path]) -> None:
     assert scan_one(models["json"]).formats[0][1] == "xgboost-json"
 

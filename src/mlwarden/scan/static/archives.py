@@ -15,6 +15,7 @@ import stat
 import struct
 import tarfile
 import zipfile
+from collections.abc import Callable
 from typing import TYPE_CHECKING, BinaryIO
 
 from mlwarden.artifacts.artifact import HEAD_SIZE, SliceReader
@@ -82,9 +83,9 @@ def _unsafe(name: str) -> bool:
     return n.startswith("/") or bool(re.match(r"^[A-Za-z]:", n)) or ".." in n.split("/")
 
 
-def _head(opener: object, size: int) -> bytes:
-    with opener() as fh:  # type: ignore[operator]
-        return fh.read(size)  # type: ignore[no-any-return]
+def _head(opener: Callable[[], BinaryIO], size: int) -> bytes:
+    with opener() as fh:
+        return fh.read(size)
 
 
 class ZipHandler(Handler):
@@ -178,11 +179,11 @@ def _data_start(artifact: Artifact, info: zipfile.ZipInfo) -> tuple[int, str | N
     return info.header_offset + 30 + name_len + extra_len, local_name
 
 
-def _member_opener(artifact: Artifact, info: zipfile.ZipInfo, data_start: int):  # type: ignore[no-untyped-def]
+def _member_opener(artifact: Artifact, info: zipfile.ZipInfo, data_start: int) -> Callable[[], BinaryIO]:
     """An opener reading the member like PyTorch: flags and CRC ignored."""
     if info.compress_type == zipfile.ZIP_STORED:
         size = info.compress_size
-        return lambda: SliceReader(artifact.open, data_start, size)
+        return lambda: SliceReader(artifact.open, data_start, size)  # type: ignore[return-value]
     lenient = copy.copy(info)
     lenient.flag_bits &= ~0x61  # ignore encryption / patched-data / strong-encryption bits, as loaders do
 
@@ -246,7 +247,7 @@ class TarHandler(Handler):
                 if count > ctx.limits.max_members:
                     raise LimitExceeded("max_members", f"more than {ctx.limits.max_members} tar members")
                 self._member(artifact, ctx, member)
-                tar.members.clear()  # keep memory flat on archives with many members
+                tar.members = []  # type: ignore[attr-defined] # keep memory flat on archives with many members
 
     def _member(self, artifact: Artifact, ctx: ScanContext, m: tarfile.TarInfo) -> None:
         loc = artifact.location()

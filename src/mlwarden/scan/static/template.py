@@ -125,7 +125,8 @@ _BENIGN_METHODS = frozenset({
     "removeprefix", "removesuffix", "swapcase", "format",
 })
 #: Filters returning generators, whose ``|string`` is an object repr (``()|select|string``: "<generator...").
-_GENERATOR_FILTERS = frozenset({"select", "reject", "map", "selectattr", "rejectattr", "batch", "slice", "attr"})
+_GENERATOR_FILTERS = frozenset({"select", "reject", "map", "selectattr", "rejectattr", "batch", "slice",
+                                "attr"})
 #: Filters that take an attribute path (``attribute=`` keyword, or first positional for some).
 _ATTRIBUTE_FILTERS = {"map": None, "selectattr": 0, "rejectattr": 0, "groupby": 0, "sort": None,
                       "sum": None, "unique": None, "min": None, "max": None}

@@ -89,6 +89,13 @@ EXACT: frozenset[str] = frozenset(
         # joblib's array wrappers (the array bytes are analysed separately by the emulator).
         "joblib.numpy_pickle.NumpyArrayWrapper", "joblib.numpy_pickle_compat.NDArrayWrapper",
         "joblib.numpy_pickle_compat.ZNDArrayWrapper", "sklearn.externals.joblib.numpy_pickle.NumpyArrayWrapper",
+        # pandas containers re-exported at top level (not HDFStore/ExcelFile etc., which open files or URLs).
+        *(f"pandas.{n}" for n in (
+            "DataFrame Series Index RangeIndex MultiIndex CategoricalIndex DatetimeIndex TimedeltaIndex PeriodIndex "
+            "IntervalIndex Categorical CategoricalDtype Timestamp Timedelta Period Interval DatetimeTZDtype "
+            "IntervalDtype PeriodDtype SparseDtype StringDtype BooleanDtype Int8Dtype Int16Dtype Int32Dtype "
+            "Int64Dtype UInt8Dtype UInt16Dtype UInt32Dtype UInt64Dtype Float32Dtype Float64Dtype ArrowDtype "
+            "DateOffset Flags").split()),
         # scipy sparse matrices inside estimators.
         "scipy.sparse._csr.csr_matrix", "scipy.sparse._csc.csc_matrix", "scipy.sparse._coo.coo_matrix",
         "scipy.sparse.csr.csr_matrix", "scipy.sparse.csc.csc_matrix",
@@ -96,6 +103,10 @@ EXACT: frozenset[str] = frozenset(
 )
 
 CLASS_PREFIXES: tuple[str, ...] = (
+    # TorchScript archives: `__torch__.*` names are classes compiled from the archive's own code/ folder by
+    # torch.jit.load (never Python imports); that code is analysed as source separately.
+    "__torch__",
+    "pandas.arrays",
     "sklearn", "torch.nn.modules", "torch.optim", "pandas.core", "pandas._libs", "scipy.sparse", "xgboost",
     "lightgbm", "catboost", "numpy.dtypes", "torch.distributions", "torch.nn.utils.parametrizations",
 )

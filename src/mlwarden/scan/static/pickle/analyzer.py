@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import partial
 from math import prod
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -23,6 +24,9 @@ _UFUNC = {"numpy.core._ufunc_reconstruct", "numpy._core._ufunc_reconstruct", "nu
 _PARTIAL = {"functools.partial", "_functools.partial"}
 _DTYPE = re.compile(r"^[<>=|]?([a-zA-Z])(\d*)$")
 _MAX_PREVIEWS = 3
+_TRAILING_WINDOW = 1 << 20
+_MAX_CANDIDATES = 256
+_HIDDEN = re.compile(rb"\x80[\x02-\x05]|c[A-Za-z_][\w.]*\n[A-Za-z_][\w.]*\n")
 
 
 @dataclass
@@ -54,6 +58,7 @@ class PickleAnalyzer(Hooks):
 
     # -- hooks -------------------------------------------------------------------------------------
     def on_global(self, g: Global) -> None:
+        """Normalise and judge an imported global; anything not allowed becomes a hit."""
         g.module, g.name = rules.normalise(g.module, g.name)
         j = rules.judge(g.module, g.name, self.allow, self.deny)
         self.verdicts[id(g)] = j.verdict
@@ -61,13 +66,16 @@ class PickleAnalyzer(Hooks):
             self._hit(j.rule, g.full, g.pos, g.full, j.matched)
 
     def on_ext(self, e: Ext) -> None:
+        """EXT1/2/4 callables cannot be resolved without the loader's copyreg registry."""
         self._hit(rules.UNRESOLVED, f"<copyreg extension {e.code}>", e.pos, f"<copyreg extension {e.code}>")
 
     def on_unresolved_global(self, pos: int, module: Any, name: Any) -> None:
+        """STACK_GLOBAL operands computed at load time."""
         what = f"STACK_GLOBAL({render(module, 80)}, {render(name, 80)})"
         self._hit(rules.UNRESOLVED, what, pos, what)
 
     def on_call(self, call: Call) -> None:
+        """Attach call previews, check conditional helpers and follow embedded payloads."""
         func = call.func
         if isinstance(func, Global):
             verdict = self.verdicts.get(id(func))
@@ -84,10 +92,11 @@ class PickleAnalyzer(Hooks):
         self._embedded(call)
 
     def on_build(self, target: Any, state: Any, pos: int, stream: BinaryIO) -> None:
+        """BUILD on an imported object is an attack; on a joblib wrapper it means raw array bytes follow."""
         if isinstance(target, Global):
             self.extra.append(rules.MUTATES_GLOBAL.finding(
                 self.artifact.location(pos), f"BUILD on {target.full} with state {render(state, self.preview)}",
-                **{"global": target.full}))
+                details={"global": target.full}))
         elif isinstance(target, Call) and isinstance(target.func, Global) and target.func.full in _JOBLIB_WRAPPERS:
             self._joblib_array(state, pos, stream)
 
@@ -142,13 +151,12 @@ class PickleAnalyzer(Hooks):
                 data = bytes(arg)
                 if data[:1] == b"\x80" or data[:2] == b"PK" or looks_like_pickle(data[:HEAD_SIZE]):
                     child = self.artifact.child(f"<embedded @ byte {call.pos}>", len(data),
-                                                lambda d=data: _bytes_io(d), data[:HEAD_SIZE])
+                                                partial(_bytes_io, data), data[:HEAD_SIZE])
                     self.ctx.descend(child)
             elif isinstance(arg, Blob) and not arg.is_text:
                 start, length = arg.offset, arg.length
-                outer = self.artifact
 
-                def opener(s: int = start, n: int = length) -> BinaryIO:
+                def opener(s: int = start, n: int = length, outer: Artifact = self.artifact) -> BinaryIO:
                     return SliceReader(outer.open, s, n)  # type: ignore[return-value]
 
                 with opener() as fh:
@@ -166,14 +174,14 @@ class PickleAnalyzer(Hooks):
         m = _DTYPE.match(descr) if isinstance(descr, str) else None
         if not isinstance(shape, tuple) or not all(isinstance(d, int) and d >= 0 for d in shape) or m is None:
             raise PickleFormatError(pos, "joblib array wrapper with a shape/dtype the scanner cannot size")
-        if fields.get("numpy_array_alignment_bytes") is not None:
-            pad = stream.read(1)
-            if len(pad) != 1 or skip(stream, pad[0]) != pad[0]:
-                raise PickleFormatError(pos, "truncated joblib array padding")
         kind, size = m.group(1), int(m.group(2) or 0)
         if kind == "O":
             self.run_stream(stream, nested=True)  # object arrays are a nested pickle in the same stream
             return
+        if fields.get("numpy_array_alignment_bytes") is not None:  # one length byte, then padding
+            pad = stream.read(1)
+            if len(pad) != 1 or skip(stream, pad[0]) != pad[0]:
+                raise PickleFormatError(pos, "truncated joblib array padding")
         itemsize = size * 4 if kind == "U" else size
         nbytes = prod(shape) * itemsize
         if skip(stream, nbytes) != nbytes:
@@ -201,6 +209,7 @@ class PickleAnalyzer(Hooks):
                 if result.opcodes <= 1 and index > 1 and not legacy_torch:
                     self.extra.append(rules.TRAILING.finding(self.artifact.location(start),
                                                              f"{self._size_from(start)} bytes after the last STOP"))
+                    self._hidden_pickles(stream, start)
                 else:
                     self.extra.append(rules.MALFORMED.finding(self.artifact.location(result.error.offset),
                                                               result.error.message))
@@ -211,6 +220,26 @@ class PickleAnalyzer(Hooks):
                 legacy_torch = True
             if legacy_torch and index >= 5:
                 return  # magic, protocol, sys_info, the data pickle, storage keys; raw storages follow
+
+    def _hidden_pickles(self, stream: BinaryIO, start: int) -> None:
+        """Look for pickles smuggled into the trailing data (a custom loader may seek to them).
+
+        Candidates are protocol headers (``\x80\x02``..``\x80\x05``) and protocol-0 GLOBAL lines in the
+        first :data:`_TRAILING_WINDOW` bytes; each is emulated, and only ones that reach STOP count.
+        """
+        stream.seek(start)
+        window = stream.read(_TRAILING_WINDOW)
+        offsets = sorted({m.start() for m in _HIDDEN.finditer(window)})[:_MAX_CANDIDATES]
+        for rel in offsets:
+            self.ctx.check_time()
+            stream.seek(start + rel)
+            probe = PickleAnalyzer(self.artifact, self.ctx)
+            probe.budget = self.budget
+            result = Emulator(stream, 0, self.ctx.limits, probe).run(start + rel, self.budget)
+            if result.error is None and probe.hits:
+                for hit in probe.hits.values():
+                    hit.calls.append("in data after the last pickle: runs only if a loader seeks to it")
+                    self.hits.setdefault((hit.rule.id, f"{hit.name}@{hit.first_pos}"), hit)
 
     def _size_from(self, start: int) -> str:
         size = self.artifact.size
@@ -225,7 +254,8 @@ class PickleAnalyzer(Hooks):
                 evidence += f" (referenced {hit.count} times)"
             confidence = Confidence.HIGH if not hit.calls[0].startswith("imports ") else hit.rule.confidence
             out.append(hit.rule.finding(self.artifact.location(hit.first_pos), evidence, confidence=confidence,
-                                        **{"global": hit.name, "matched": hit.matched, "occurrences": hit.count}))
+                                        details={"global": hit.name, "matched": hit.matched,
+                                                 "occurrences": hit.count}))
         return out + self.extra
 
 

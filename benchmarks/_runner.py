@@ -1,0 +1,152 @@
+"""Per-tool scan runner, executed in a subprocess: ``python _runner.py TOOL LIST_FILE``.
+
+Runs under either venv (mlwarden's ``.venv`` or the peers' ``.venv-peers``), so it imports only the
+standard library at top level and the tool inside its adapter. ``LIST_FILE`` holds one path per line.
+Output is JSON lines on stdout: first ``{"import_seconds": s}`` (time to import the tool), then one
+``{"path", "flagged", "error", "skipped", "seconds", "detail"}`` object per file, in input order.
+
+The parent measures the wall time and peak RSS of this whole process, so interpreter start-up and the
+tool's import are part of each tool's cost, just as they are for a user running the tool's CLI.
+
+Verdicts (what counts as *flagged*) follow each tool's own notion of "unsafe":
+
+* mlwarden: any finding at or above the default policy's ``fail_on`` (MEDIUM).
+* picklescan: ``infected_files > 0`` (a Dangerous global); ``scan_err`` is reported as an error.
+* modelscan: any issue in the result dict; entries in ``errors`` are errors; a file listed in
+  ``summary.skipped`` (and not scanned) is reported as skipped.
+* fickling: the same per-file dispatch as fickling's own hub scanner (``fickling --hf``): ZIP files go
+  to ``scan_zip_archive``, pickles to ``scan_file(graceful=True)``; flagged when a result is not
+  ``is_safe`` (worse than LIKELY_SAFE). Formats fickling does not scan (npy, 7z, tar, others) are
+  skipped. Parse errors are both errors and flagged (fickling rates them SUSPICIOUS).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+Verdict = tuple[bool, str | None, bool, str]  # flagged, error, skipped, detail
+Scanner = Callable[[str], Verdict]
+
+
+def _short(text: object, limit: int = 160) -> str:
+    s = " ".join(str(text).split())
+    return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
+def _mlwarden() -> Scanner:
+    from pathlib import Path
+
+    from mlwarden.core.policy import Policy
+    from mlwarden.scan.engine import scan_file
+
+    policy = Policy()
+
+    def scan(path: str) -> Verdict:
+        result = scan_file(Path(path), policy)
+        bad = sorted((f for f in result.findings if f.severity >= policy.fail_on),
+                     key=lambda f: f.severity, reverse=True)
+        detail = "; ".join(f"{f.rule_id}[{f.severity}] {_short(f.evidence, 90)}" for f in bad[:3])
+        return bool(bad), result.error, False, detail
+
+    return scan
+
+
+def _picklescan() -> Scanner:
+    from picklescan.scanner import SafetyLevel, scan_file_path
+
+    def scan(path: str) -> Verdict:
+        res = scan_file_path(path)
+        dangerous = [f"{g.module}.{g.name}" for g in res.globals if g.safety == SafetyLevel.Dangerous]
+        return (res.infected_files > 0, "scan_err" if res.scan_err else None, False,
+                _short(", ".join(sorted(set(dangerous)))))
+
+    return scan
+
+
+def _modelscan() -> Scanner:
+    from modelscan.modelscan import ModelScan
+
+    scanner = ModelScan()
+
+    def scan(path: str) -> Verdict:
+        report: dict[str, Any] = scanner.scan(path)
+        issues = report.get("issues") or []
+        errors = report.get("errors") or []
+        summary = report.get("summary", {})
+        scanned = summary.get("scanned", {}).get("total_scanned", 0)
+        skipped = summary.get("skipped", {}).get("total_skipped", 0)
+        detail = ", ".join(sorted({f"{i.get('module')}.{i.get('operator')}" for i in issues}))
+        error = _short("; ".join(str(e.get("description", e)) for e in errors)) if errors else None
+        return bool(issues), error, bool(skipped) and not scanned and not issues, _short(detail)
+
+    return scan
+
+
+def _fickling() -> Scanner:
+    import zipfile
+    from pathlib import PurePosixPath
+
+    from fickling.loader import scan_file, scan_zip_archive
+    from fickling.polyglot import find_file_properties
+
+    raw_ext = {".bin", ".pkl", ".pickle"}
+    zip_ext = {".pt", ".pth"}
+
+    def scan(path: str) -> Verdict:
+        ext = PurePosixPath(path).suffix.lower()
+        props = find_file_properties(path)
+        if props["is_torch_zip"] or props["is_standard_zip"] or (ext in zip_ext and zipfile.is_zipfile(path)):
+            results = list(scan_zip_archive(path, graceful=True).values())
+        elif props["is_valid_pickle"] or ext in raw_ext:
+            results = [scan_file(path, graceful=True)]
+        else:
+            return False, None, True, "format not scanned by fickling"
+        flagged = any(not r.is_safe for r in results)
+        errors = [e for r in results for e in r.errors]
+        worst = max((r.severity for r in results), default=None)
+        return flagged, _short("; ".join(errors)) if errors else None, False, worst.name if worst else ""
+
+    return scan
+
+
+TOOLS: dict[str, Callable[[], Scanner]] = {
+    "mlwarden": _mlwarden, "picklescan": _picklescan, "modelscan": _modelscan, "fickling": _fickling,
+}
+
+
+def main() -> int:
+    """Scan every listed file with one tool and print one JSON line per file."""
+    tool, list_file = sys.argv[1], sys.argv[2]
+    logging.disable(logging.CRITICAL)  # peers log warnings per file; their cost is not what we measure
+    warnings.simplefilter("ignore")
+    with open(list_file, encoding="utf-8") as fh:
+        paths = [line.rstrip("\n") for line in fh if line.strip()]
+    t0 = time.perf_counter()
+    scan = TOOLS[tool]()
+    out = sys.stdout
+    out.write(json.dumps({"import_seconds": time.perf_counter() - t0}) + "\n")
+    devnull = open(os.devnull, "w")  # noqa: SIM115 - some peers print per file; keep stdout JSON-only
+    for path in paths:
+        started = time.perf_counter()
+        sys.stdout = devnull
+        try:
+            flagged, error, skipped, detail = scan(path)
+        except Exception as exc:  # noqa: BLE001 - a crash is a data point, not a reason to stop
+            flagged, error, skipped, detail = False, _short(f"crash: {type(exc).__name__}: {exc}"), False, ""
+        finally:
+            sys.stdout = out
+        out.write(json.dumps({"path": path, "flagged": flagged, "error": error, "skipped": skipped,
+                              "seconds": time.perf_counter() - started, "detail": detail}) + "\n")
+        out.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
