@@ -37,9 +37,27 @@ unit: setup
 
 test: lint typecheck unit
 
-bench: setup
-	$(PY) -m pip install --quiet -e '.[benchmark]'
+# Peer scanners live in their own venv: modelscan pins rich<15, which conflicts with mlwarden's deps.
+# Versions are pinned so that benchmark figures are reproducible; extras give each peer its best shot
+# (h5py: modelscan's .h5 scanner; py7zr: picklescan/fickling 7z support; typing_extensions: fickling
+# imports it without declaring it). No peer needs torch to scan torch files: they parse the pickles.
+PEERS_VENV  ?= .venv-peers
+PEERS_PKGS  := 'modelscan[h5py]==0.8.8' 'picklescan[7z]==1.0.5' 'fickling==0.1.12' typing_extensions
+PEERS_STAMP := $(PEERS_VENV)/.installed-$(shell echo $(PEERS_PKGS) | cksum | cut -d' ' -f1)
+
+.PHONY: bench-setup
+bench-setup: setup $(PEERS_STAMP)
+
+$(PEERS_STAMP):
+	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS_VENV)/bin/python -m pip install --quiet $(PEERS_PKGS)
+	rm -f $(PEERS_VENV)/.installed-* && touch $@
+
+# Measures and prints (never asserts); raw numbers go to bench-out/*.json. See benchmarks/README.md.
+bench: bench-setup
 	$(PY) benchmarks/detection.py
+	$(PY) benchmarks/small_models.py
 	$(PY) benchmarks/large_checkpoint.py
 
 clean:

@@ -200,3 +200,16 @@ def test_truncated_gzip_keeps_the_payload_finding(tmp_path: Path) -> None:
     result = scan_bytes(tmp_path, data)
     assert "MLW-PKL-100" in rule_ids(result)
     assert "MLW-CMP-001" in rule_ids(result)
+
+
+@pytest.mark.parametrize("codec", ["lz4", "zstd"])
+def test_lz4_and_zstd_layers(tmp_path: Path, codec: str) -> None:
+    if codec == "lz4":
+        lz4_frame = pytest.importorskip("lz4.frame")
+        data = lz4_frame.compress(EVIL)
+    else:
+        zstandard = pytest.importorskip("zstandard")
+        data = zstandard.ZstdCompressor().compress(EVIL)
+    [finding] = failing(scan_bytes(tmp_path, data))
+    assert finding.detail("global") == "os.system"
+    assert finding.location.chain[1] == f"<{codec}>"

@@ -315,3 +315,22 @@ def test_io_roundtrip_helpers_do_not_leak_between_scans(tmp_path: Path) -> None:
     b = scan_bytes(tmp_path, pickle.dumps(io.BytesIO.__name__), "b.pkl")
     assert failing(a)
     assert not b.findings
+
+
+def test_consecutive_pickles_limit(tmp_path: Path) -> None:
+    data = b"".join(pickle.dumps(i) for i in range(20))
+    assert scan_bytes(tmp_path, data, policy=Policy(limits=Limits(max_pickles_per_stream=20))).findings == ()
+    result = scan_bytes(tmp_path, data, policy=Policy(limits=Limits(max_pickles_per_stream=19)))
+    assert [f.detail("limit") for f in failing(result)] == ["max_pickles_per_stream"]
+
+
+def test_hidden_pickle_in_trailing_data(tmp_path: Path) -> None:
+    # A benign pickle, padding, then a payload no standard loader reaches but a custom one could seek to.
+    data = pickle.dumps({"epoch": 3}, protocol=2) + b"\x00" * 7 + EVIL_TRAILING
+    result = scan_bytes(tmp_path, data)
+    [finding] = failing(result)
+    assert finding.detail("global") == "os.system"
+    assert "after the last pickle" in finding.evidence
+
+
+EVIL_TRAILING = b"\x80\x02cos\nsystem\nX\x02\x00\x00\x00id\x85R."

@@ -92,34 +92,48 @@ class _ZlibReader(io.RawIOBase):
 
 
 class _Guarded(io.RawIOBase):
-    """Counts decompressed bytes against the limits; turns decompression errors into end-of-data."""
+    """A decompressed stream that counts bytes against the limit and turns decoder errors into end-of-data.
 
-    def __init__(self, inner: BinaryIO, limit: int, on_error: Callable[[str], None]) -> None:
-        self._inner, self._limit, self._on_error = inner, limit, on_error
+    Seeking is done by reading: forward by decompressing and discarding, backward by starting the decoder
+    again (some decoders cannot seek at all). Every byte produced counts against the limit, so a bomb is
+    stopped whichever way a handler moves through it.
+    """
+
+    def __init__(self, factory: Callable[[], BinaryIO], limit: int, on_error: Callable[[str], None]) -> None:
+        self._factory, self._limit, self._on_error = factory, limit, on_error
+        self._inner = factory()
         self._pos = 0
 
     def readable(self) -> bool:
+        """Always readable."""
         return True
 
     def seekable(self) -> bool:
+        """Seekable by re-reading (see the class docstring)."""
         return True
 
     def tell(self) -> int:
+        """Position in the decompressed data."""
         return self._pos
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Move by decompressing (forward) or restarting the decoder (backward); no seeking from the end."""
         if whence == io.SEEK_END:
             raise io.UnsupportedOperation("the end of a compressed stream is unknown until it is read")
         target = offset if whence == io.SEEK_SET else self._pos + offset
         if target > self._limit:
             raise LimitExceeded("max_member_size", f"decompressed more than {self._limit} bytes")
-        try:
-            self._pos = self._inner.seek(target)
-        except _ERRORS as exc:
-            self._on_error(f"{type(exc).__name__}: {exc}")
+        if target < self._pos:
+            self._inner.close()
+            self._inner = self._factory()
+            self._pos = 0
+        while self._pos < target:
+            if not self.read(min(1 << 20, target - self._pos)):
+                break
         return self._pos
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        """Decompress into ``buffer``, counting against the limit."""
         try:
             data = self._inner.read(len(buffer))
         except _ERRORS as exc:
@@ -133,6 +147,7 @@ class _Guarded(io.RawIOBase):
         return n
 
     def close(self) -> None:
+        """Close the decoder and the underlying file."""
         if not self.closed:
             self._inner.close()
         super().close()
@@ -153,16 +168,16 @@ def _decoder(fmt: Format, artifact: Artifact) -> Callable[[], BinaryIO]:
         return lambda: _ZlibReader(artifact.open, _JOBLIB_ZF_HEADER)  # type: ignore[return-value]
     if fmt is Format.LZ4:
         try:
-            import lz4.frame  # type: ignore[import-not-found]
+            import lz4.frame
         except ImportError:
             raise MissingDependency("lz4", "compression") from None
-        return lambda: lz4.frame.LZ4FrameFile(artifact.open())  # type: ignore[no-any-return]
+        return lambda: lz4.frame.LZ4FrameFile(artifact.open())
     if fmt is Format.ZSTD:
         try:
-            import zstandard  # type: ignore[import-not-found]
+            import zstandard
         except ImportError:
             raise MissingDependency("zstandard", "compression") from None
-        return lambda: zstandard.ZstdDecompressor().stream_reader(artifact.open())  # type: ignore[no-any-return]
+        return lambda: zstandard.ZstdDecompressor().stream_reader(artifact.open())
     raise ValueError(f"not a compressed format: {fmt}")
 
 
@@ -184,7 +199,7 @@ class CompressedHandler(Handler):
                     max(int(compressed * ctx.limits.max_compression_ratio), 64 << 20))
 
         def opener() -> BinaryIO:
-            return _Guarded(decode(), limit, errors.append)  # type: ignore[return-value]
+            return _Guarded(decode, limit, errors.append)  # type: ignore[return-value]
 
         with opener() as fh:
             head = fh.read(HEAD_SIZE)

@@ -9,6 +9,7 @@ from math import prod
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from mlwarden.artifacts.artifact import HEAD_SIZE, SliceReader, skip
+from mlwarden.core.errors import LimitExceeded
 from mlwarden.core.findings import Confidence, Finding, Rule
 from mlwarden.scan.static.pickle import allowlist, rules
 from mlwarden.scan.static.pickle.emulator import Call, Container, Emulator, Ext, Global, Hooks, Opaque, render
@@ -195,16 +196,12 @@ class PickleAnalyzer(Hooks):
         while True:
             self.ctx.check_time()
             start = stream.tell()
-            first = stream.read(1)
-            if not first:
-                return
-            stream.seek(start)
-            if index >= limit:
-                from mlwarden.core.errors import LimitExceeded
-
-                raise LimitExceeded("max_pickles_per_stream", f"more than {limit} pickles in one stream")
             result = Emulator(stream, 0, self.ctx.limits, self).run(start, self.budget)
+            if result.empty:
+                return
             index += 1
+            if index > limit:
+                raise LimitExceeded("max_pickles_per_stream", f"more than {limit} pickles in one stream")
             if result.error is not None:
                 if result.opcodes <= 1 and index > 1 and not legacy_torch:
                     self.extra.append(rules.TRAILING.finding(self.artifact.location(start),
@@ -222,7 +219,7 @@ class PickleAnalyzer(Hooks):
                 return  # magic, protocol, sys_info, the data pickle, storage keys; raw storages follow
 
     def _hidden_pickles(self, stream: BinaryIO, start: int) -> None:
-        """Look for pickles smuggled into the trailing data (a custom loader may seek to them).
+        r"""Look for pickles smuggled into the trailing data (a custom loader may seek to them).
 
         Candidates are protocol headers (``\x80\x02``..``\x80\x05``) and protocol-0 GLOBAL lines in the
         first :data:`_TRAILING_WINDOW` bytes; each is emulated, and only ones that reach STOP count.

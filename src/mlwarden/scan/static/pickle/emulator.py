@@ -149,6 +149,7 @@ class PickleResult:
     protocol: int = 0
     opcodes: int = 0
     error: PickleFormatError | None = None
+    empty: bool = False
 
 
 class Emulator:
@@ -208,6 +209,9 @@ class Emulator:
                 pos = stream.tell()
                 op = read_op(stream, pos + self.base)
                 if op is None:
+                    if result.opcodes == 0:
+                        result.empty = True  # clean end of data before a new pickle
+                        return result
                     raise PickleFormatError(pos + self.base, "pickle ended without STOP")
                 result.opcodes += 1
                 opcode_budget[0] -= 1
