@@ -40,9 +40,10 @@ test: lint typecheck unit
 # Peer scanners live in their own venv: modelscan pins rich<15, which conflicts with mlwarden's deps.
 # Versions are pinned so that benchmark figures are reproducible; extras give each peer its best shot
 # (h5py: modelscan's .h5 scanner; py7zr: picklescan/fickling 7z support; typing_extensions: fickling
-# imports it without declaring it). No peer needs torch to scan torch files: they parse the pickles.
+# imports it without declaring it; numpy<2.3: modelscan 0.8.8 calls numpy.lib.format._check_version,
+# gone in numpy 2.3, and would fail on every .npy). No peer needs torch: they parse the pickles.
 PEERS_VENV  ?= .venv-peers
-PEERS_PKGS  := 'modelscan[h5py]==0.8.8' 'picklescan[7z]==1.0.5' 'fickling==0.1.12' typing_extensions
+PEERS_PKGS  := 'modelscan[h5py]==0.8.8' 'picklescan[7z]==1.0.5' 'fickling==0.1.12' typing_extensions 'numpy<2.3'
 PEERS_STAMP := $(PEERS_VENV)/.installed-$(shell echo $(PEERS_PKGS) | cksum | cut -d' ' -f1)
 
 .PHONY: bench-setup

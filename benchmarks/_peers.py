@@ -4,10 +4,14 @@ mlwarden runs from the interpreter that runs the benchmark (``.venv``); the peer
 picklescan, fickling) run from ``.venv-peers`` because modelscan pins ``rich<15``, which conflicts with
 mlwarden's own dependencies. ``make bench-setup`` creates that venv.
 
-Peak RSS comes from ``os.wait4`` on the one child process, i.e. the kernel's ``ru_maxrss`` for that
-process (and, for the multi-process CLI run, the largest of its waited-for workers — a maximum, not a
-sum). ``RUSAGE_CHILDREN`` would not do: it reports the largest child ever waited for, so one big run would
-mask every later, smaller one.
+Peak RSS is the kernel's ``ru_maxrss`` for the tool's process as reported by GNU ``/usr/bin/time``
+(for the multi-process CLI run: the largest of the process and its workers — a maximum, not a sum).
+Two easier ways give wrong answers and are not used: ``RUSAGE_CHILDREN`` reports the largest child ever
+waited for (one big run masks every later one), and ``os.wait4`` on a child forked from this Python
+process includes *this* process's high-water mark, because Linux carries the pre-``exec`` memory's peak
+into ``ru_maxrss``. ``/usr/bin/time`` is a small C program, so its fork adds ~1 MiB at most. The
+runner also reports ``VmHWM`` from ``/proc/self/status`` (the post-``exec`` peak only) as a cross-check,
+and that figure is used if ``/usr/bin/time`` is missing.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ RUNNER = Path(__file__).resolve().parent / "_runner.py"
 PEERS_PY = REPO / ".venv-peers" / "bin" / "python"
 MLW_PY = Path(sys.executable)
 MLW_CLI = MLW_PY.parent / "mlwarden"
+GNU_TIME = Path("/usr/bin/time")
 PEERS = ("picklescan", "modelscan", "fickling")
 TOOLS = ("mlwarden", *PEERS)
 SEVERITIES = ("info", "low", "medium", "high", "critical")
@@ -47,6 +52,7 @@ class Run:
     rss_mb: float  # peak resident set size, MiB
     returncode: int
     import_seconds: float = 0.0
+    hwm_mb: float | None = None  # VmHWM reported by the runner itself (cross-check)
     rows: list[dict[str, Any]] = field(default_factory=list)  # one per file, from the runner
     stderr_tail: str = ""
 
@@ -77,12 +83,16 @@ def peer_versions() -> dict[str, str]:
 def machine() -> dict[str, Any]:
     """What the figures were measured on."""
     return {"date": datetime.now(UTC).strftime("%Y-%m-%d"), "cpus": os.cpu_count(),
-            "python": platform.python_version(), "platform": platform.platform()}
+            "python": platform.python_version(), "platform": platform.platform(),
+            "loadavg_1m": round(os.getloadavg()[0], 2)}
 
 
 def _measure(cmd: Sequence[str], timeout: float) -> tuple[float, float, int, str, str]:
     """Run ``cmd``; return wall seconds, peak RSS MiB, exit code, stdout, stderr tail."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, \
+            tempfile.NamedTemporaryFile("r", suffix=".rss") as rss_file:
+        if GNU_TIME.exists():
+            cmd = [str(GNU_TIME), "-f", "%M", "-o", rss_file.name, *cmd]
         started = time.perf_counter()
         proc = subprocess.Popen(list(cmd), stdout=out, stderr=err, start_new_session=True)
         timer = threading.Timer(timeout, lambda: os.killpg(proc.pid, signal.SIGKILL))
@@ -95,7 +105,11 @@ def _measure(cmd: Sequence[str], timeout: float) -> tuple[float, float, int, str
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
-        return wall, usage.ru_maxrss / 1024, proc.returncode, out.read(), err.read()[-2000:]
+        rss_kib = usage.ru_maxrss  # polluted by this process's peak (see module doc); fallback only
+        lines = rss_file.read().split()
+        if GNU_TIME.exists() and lines and lines[-1].isdigit():
+            rss_kib = int(lines[-1])
+        return wall, rss_kib / 1024, proc.returncode, out.read(), err.read()[-2000:]
 
 
 def run_tool(tool: str, paths: Iterable[Path | str], *, timeout: float = 900.0) -> Run:
@@ -113,6 +127,10 @@ def run_tool(tool: str, paths: Iterable[Path | str], *, timeout: float = 900.0) 
         obj = json.loads(line)
         if "import_seconds" in obj:
             run.import_seconds = obj["import_seconds"]
+        elif "hwm_kib" in obj:
+            run.hwm_mb = obj["hwm_kib"] / 1024 if obj["hwm_kib"] else None
+            if not GNU_TIME.exists() and run.hwm_mb:
+                run.rss_mb = run.hwm_mb
         else:
             run.rows.append(obj)
     return run

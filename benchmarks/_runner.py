@@ -3,7 +3,8 @@
 Runs under either venv (mlwarden's ``.venv`` or the peers' ``.venv-peers``), so it imports only the
 standard library at top level and the tool inside its adapter. ``LIST_FILE`` holds one path per line.
 Output is JSON lines on stdout: first ``{"import_seconds": s}`` (time to import the tool), then one
-``{"path", "flagged", "error", "skipped", "seconds", "detail"}`` object per file, in input order.
+``{"path", "flagged", "error", "skipped", "seconds", "detail"}`` object per file, in input order, and
+last ``{"hwm_kib": n}``, the process's own peak RSS since ``exec`` (``VmHWM``).
 
 The parent measures the wall time and peak RSS of this whole process, so interpreter start-up and the
 tool's import are part of each tool's cost, just as they are for a user running the tool's CLI.
@@ -14,10 +15,14 @@ Verdicts (what counts as *flagged*) follow each tool's own notion of "unsafe":
 * picklescan: ``infected_files > 0`` (a Dangerous global); ``scan_err`` is reported as an error.
 * modelscan: any issue in the result dict; entries in ``errors`` are errors; a file listed in
   ``summary.skipped`` (and not scanned) is reported as skipped.
-* fickling: the same per-file dispatch as fickling's own hub scanner (``fickling --hf``): ZIP files go
-  to ``scan_zip_archive``, pickles to ``scan_file(graceful=True)``; flagged when a result is not
-  ``is_safe`` (worse than LIKELY_SAFE). Formats fickling does not scan (npy, 7z, tar, others) are
-  skipped. Parse errors are both errors and flagged (fickling rates them SUSPICIOUS).
+* fickling: the per-file dispatch of fickling's own hub scanner (``fickling --hf``): ZIP files go to
+  ``scan_zip_archive`` (it analyses the ``.pkl``/``.pickle``/``.bin`` members), everything else to
+  ``scan_file(graceful=True)`` when it has a raw-pickle extension or parses as one (fickling's
+  ``check_pickle``); flagged when a result is not ``is_safe`` (worse than LIKELY_SAFE). Any other file
+  (npy, 7z, tar, onnx, ...) is *skipped*, as the hub scanner skips it. A parse error is an error and
+  flags (fickling rates it SUSPICIOUS). The hub scanner's format probe, ``fickling.polyglot``, imports
+  torch at module level, so we use ``zipfile.is_zipfile`` and a copy of ``check_pickle`` instead —
+  fickling then needs no torch.
 """
 
 from __future__ import annotations
@@ -93,27 +98,48 @@ def _fickling() -> Scanner:
     import zipfile
     from pathlib import PurePosixPath
 
+    from fickling.fickle import Pickled, StackedPickle
     from fickling.loader import scan_file, scan_zip_archive
-    from fickling.polyglot import find_file_properties
 
     raw_ext = {".bin", ".pkl", ".pickle"}
-    zip_ext = {".pt", ".pth"}
+
+    def is_valid_pickle(path: str) -> bool:
+        # fickling.polyglot.check_pickle(min_length=2), copied because fickling.polyglot imports torch.
+        with open(path, "rb") as fh:
+            try:
+                return len(Pickled.load(fh)) > 2
+            except Exception:  # noqa: BLE001
+                fh.seek(0)
+                try:
+                    return any(len(p) > 2 for p in StackedPickle.load(fh).pickled)
+                except Exception:  # noqa: BLE001
+                    return False
 
     def scan(path: str) -> Verdict:
-        ext = PurePosixPath(path).suffix.lower()
-        props = find_file_properties(path)
-        if props["is_torch_zip"] or props["is_standard_zip"] or (ext in zip_ext and zipfile.is_zipfile(path)):
+        if zipfile.is_zipfile(path):
             results = list(scan_zip_archive(path, graceful=True).values())
-        elif props["is_valid_pickle"] or ext in raw_ext:
+        elif PurePosixPath(path).suffix.lower() in raw_ext or is_valid_pickle(path):
             results = [scan_file(path, graceful=True)]
         else:
-            return False, None, True, "format not scanned by fickling"
+            return False, None, True, "not a pickle: format not scanned by fickling"
         flagged = any(not r.is_safe for r in results)
         errors = [e for r in results for e in r.errors]
         worst = max((r.severity for r in results), default=None)
         return flagged, _short("; ".join(errors)) if errors else None, False, worst.name if worst else ""
 
     return scan
+
+
+def _vm_hwm_kib() -> int | None:
+    """This process's peak RSS since ``exec`` (Linux only), as a cross-check of the parent's figure."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
 
 
 TOOLS: dict[str, Callable[[], Scanner]] = {
@@ -145,6 +171,7 @@ def main() -> int:
         out.write(json.dumps({"path": path, "flagged": flagged, "error": error, "skipped": skipped,
                               "seconds": time.perf_counter() - started, "detail": detail}) + "\n")
         out.flush()
+    out.write(json.dumps({"hwm_kib": _vm_hwm_kib()}) + "\n")
     return 0
 
 

@@ -69,3 +69,14 @@ def test_policy_is_immutable() -> None:
         p.fail_on = Severity.LOW  # type: ignore[misc]
     assert p.with_fail_on(Severity.LOW).fail_on is Severity.LOW
     assert p.fail_on is Severity.MEDIUM
+
+
+def test_documented_example_policy_is_valid(tmp_path: Path) -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "policy.md").read_text()
+    block = doc.split("```toml", 1)[1].split("```", 1)[0]
+    f = tmp_path / "doc.toml"
+    f.write_text(block)
+    p = load_policy(f)
+    assert p.pickle.allow == ("mycorp.models.TinyNet", "mycorp.layers.*")
+    assert p.rules["MLW-PKL-110"].severity is Severity.HIGH
+    assert p.limits == Policy().limits  # the documented values are the defaults

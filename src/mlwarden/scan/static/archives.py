@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from mlwarden.artifacts.artifact import HEAD_SIZE, SliceReader
 from mlwarden.artifacts.sniff import Format, sniff
 from mlwarden.core.errors import LimitExceeded
-from mlwarden.core.findings import Confidence, Severity, rule
+from mlwarden.core.findings import Confidence, Location, Severity, rule
 from mlwarden.scan.context import INCOMPLETE
 from mlwarden.scan.static.base import Handler
 
@@ -75,6 +75,7 @@ OPAQUE = rule(
 )
 
 _TORCH_STORAGE = re.compile(r"(^|/)data/\d+$")
+_TORCHSCRIPT_CODE = re.compile(r"(^|/)code/.+\.py$")
 _SMALL_HEAD = 256
 
 
@@ -118,9 +119,9 @@ class ZipHandler(Handler):
 
     def _member(self, artifact: Artifact, ctx: ScanContext, info: zipfile.ZipInfo, torch_like: bool) -> None:
         name = info.filename
-        loc = artifact.location()
         if not name:
             raise ValueError("member without a name")
+        loc = Location((*artifact.chain, name))
         if _unsafe(name):
             ctx.report(UNSAFE_NAME.finding(loc, f"member {name!r}", member=name))
         mode = info.external_attr >> 16
@@ -163,6 +164,8 @@ class ZipHandler(Handler):
             return
         if small and fmt in (Format.UNKNOWN, Format.TEXT, Format.EMPTY):
             return  # raw tensor storage: torch reads these bytes as numbers, never as code
+        if torch_like and fmt is Format.TEXT and _TORCHSCRIPT_CODE.search(name):
+            fmt = Format.PYTHON_SOURCE  # TorchScript code/ members: compiled by torch.jit.load
         ctx.descend(child, fmt)
 
 
@@ -250,7 +253,7 @@ class TarHandler(Handler):
                 tar.members = []  # type: ignore[attr-defined] # keep memory flat on archives with many members
 
     def _member(self, artifact: Artifact, ctx: ScanContext, m: tarfile.TarInfo) -> None:
-        loc = artifact.location()
+        loc = Location((*artifact.chain, m.name))
         if _unsafe(m.name):
             ctx.report(UNSAFE_NAME.finding(loc, f"member {m.name!r}", member=m.name))
         if m.issym() or m.islnk():

@@ -19,6 +19,7 @@ from mlwarden.artifacts.sniff import Format
 from mlwarden.core.findings import Confidence, Rule, Severity, rule
 from mlwarden.scan.static.base import Handler
 from mlwarden.scan.static.template import read_text
+from mlwarden.scan.static.torchscript import analyse_torchscript, is_torchscript_code
 
 if TYPE_CHECKING:
     from mlwarden.artifacts.artifact import Artifact
@@ -144,6 +145,8 @@ class PythonSourceHandler(Handler):
     def scan(self, artifact: Artifact, ctx: ScanContext) -> None:
         """Parse with :mod:`ast` (never import) and report dangerous calls with their line numbers."""
         source = read_text(artifact, ctx)
+        if is_torchscript_code(artifact):
+            analyse_torchscript(source, artifact, ctx)
         try:
             tree = ast.parse(source, filename=artifact.name)
         except SyntaxError as exc:
@@ -158,5 +161,6 @@ class PythonSourceHandler(Handler):
             ctx.report(visitor.rules[rule_id].finding(
                 artifact.location(), "; ".join(lines[:5]) + more, calls=lines[:_MAX_LINES],
                 lines=sorted({n for n, _ in hits})[:_MAX_LINES]))
-        ctx.report(SUMMARY.finding(artifact.location(), f"imports {sorted(visitor.imports)[:30]}",
-                                   imports=sorted(visitor.imports)[:100]))
+        if visitor.imports:
+            ctx.report(SUMMARY.finding(artifact.location(), f"imports {sorted(visitor.imports)[:30]}",
+                                       imports=sorted(visitor.imports)[:100]))
