@@ -59,7 +59,7 @@ class Run:
     @property
     def scan_seconds(self) -> float:
         """Time spent inside the per-file scan calls (excludes start-up and import)."""
-        return sum(r["seconds"] for r in self.rows)
+        return float(sum(r["seconds"] for r in self.rows))
 
 
 def require_peers() -> None:

@@ -6,14 +6,17 @@ labels from its test suite). Set ``mlwarden-samples`` is built fresh by ``python
 directory): it counts once, and a tool flags it if it flags any file in it.
 
 Each tool scans each set in ONE subprocess (see ``_runner.py``); wall time and peak RSS are of that
-process. Run: ``make bench`` or ``.venv/bin/python benchmarks/detection.py``. Nothing here asserts a
-target: it measures and prints, and writes ``bench-out/detection.json``.
+process, medians of ``--rounds`` (3) interleaved rounds. ``mlwarden scan --jobs 2`` is an extra row.
+Run: ``make bench`` or ``.venv/bin/python benchmarks/detection.py``. Nothing here asserts a target: it
+measures and prints, and writes ``bench-out/detection.json``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -22,12 +25,27 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _peers import MLW_PY, OUT, PEERS, REPO, TOOLS, Run, machine, peer_versions, ratio, require_peers, \
-    run_mlwarden_cli, run_tool, save, table  # noqa: E402
+from _peers import (
+    MLW_PY,
+    OUT,
+    PEERS,
+    REPO,
+    TOOLS,
+    Run,
+    machine,
+    peer_versions,
+    ratio,
+    require_peers,
+    run_mlwarden_cli,
+    run_tool,
+    save,
+    table,
+)
 
 CORPUS = REPO.parent / "shared" / "corpus" / "picklescan"
 FIXTURES = OUT / "fixtures"
 CANARY = OUT / "fixtures-canary"
+CLI = "mlwarden CLI --jobs 2"
 
 
 @dataclass(frozen=True)
@@ -103,28 +121,34 @@ def _wrap(title: str, names: list[str]) -> str:
                          subsequent_indent="      ")
 
 
-def bench_set(name: str, samples: list[Sample]) -> dict[str, Any]:
+def bench_set(name: str, samples: list[Sample], rounds: int) -> dict[str, Any]:
     """Run every tool over one set, print the table and the notable samples, return raw numbers."""
     files = sorted({f for s in samples for f in s.files})
     print(f"\n=== {name}: {sum(s.label == 'malicious' for s in samples)} malicious + "
           f"{sum(s.label == 'benign' for s in samples)} benign samples, {len(files)} files ===")
-    runs: dict[str, Run] = {tool: run_tool(tool, files) for tool in TOOLS}
-    runs["mlwarden CLI --jobs 2"] = run_mlwarden_cli(files, jobs=2)
+    all_runs: dict[str, list[Run]] = {name: [] for name in (*TOOLS, CLI)}
+    for _ in range(rounds):  # interleaved, so that load from elsewhere hits every tool alike
+        for tool in TOOLS:
+            all_runs[tool].append(run_tool(tool, files))
+        all_runs[CLI].append(run_mlwarden_cli(files, jobs=2))
+    runs = {name: rs[-1] for name, rs in all_runs.items()}  # verdicts: the last round (they are stable)
+    med = {name: {k: statistics.median(getattr(r, k) for r in rs) for k in ("wall", "scan_seconds", "rss_mb")}
+           for name, rs in all_runs.items()}
     v = {tool: verdicts(samples, run) for tool, run in runs.items()}
     scores = {tool: score(x) for tool, x in v.items()}
-    mlw = runs["mlwarden"]
+    mlw = med["mlwarden"]
     rows = []
-    for tool, run in runs.items():
-        s = scores[tool]
+    for tool in runs:
+        s, m = scores[tool], med[tool]
         peer = tool in PEERS
         rows.append([
             tool, f"{s['malicious_flagged']}/{s['malicious_total']}", f"{s['benign_flagged']}/{s['benign_total']}",
             f"{s['malicious_flagged_or_error']}/{s['benign_flagged_or_error']}", s["errors"], s["skipped"],
-            f"{run.wall:.2f}", f"{run.scan_seconds:.2f}", f"{run.rss_mb:.0f}",
-            ratio(mlw.wall, run.wall) if peer else "", ratio(mlw.rss_mb, run.rss_mb) if peer else "",
+            f"{m['wall']:.2f}", f"{m['scan_seconds']:.2f}", f"{m['rss_mb']:.0f}",
+            ratio(mlw["wall"], m["wall"]) if peer else "", ratio(mlw["rss_mb"], m["rss_mb"]) if peer else "",
         ])
     print(table(["tool", "malicious flagged", "benign flagged", "fail-closed mal/ben", "errors", "skipped",
-                 "wall s", "scan s", "peak RSS MiB", "mlw/peer wall", "mlw/peer RSS"], rows))
+                 f"wall s (median of {rounds})", "scan s", "peak RSS MiB", "mlw/peer wall", "mlw/peer RSS"], rows))
     for tool, run in runs.items():
         if run.returncode not in (0, 1) or run.stderr_tail:
             print(f"  ! {tool} exited {run.returncode}: {run.stderr_tail[-300:]}")
@@ -145,20 +169,23 @@ def bench_set(name: str, samples: list[Sample]) -> dict[str, Any]:
         crashes = [f"{s} ({y['error']})" for s, y in x.items() if y["error"] and "crash:" in y["error"]]
         if crashes:
             print(_wrap("crashed (exception escaped the tool's API)", crashes))
-    return {"runs": runs, "scores": scores, "verdicts": v}
+    return {"median": med, "runs": all_runs, "scores": scores, "verdicts": v}
 
 
 def main() -> int:
     """Build the fixture set, benchmark both sets, save ``bench-out/detection.json``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3, help="timing rounds (median); verdicts are stable")
+    args = parser.parse_args()
     require_peers()
     versions = peer_versions()
     print(f"detection benchmark — {machine()} — {versions}")
     results: dict[str, Any] = {"machine": machine(), "versions": versions}
     if CORPUS.joinpath("labels.json").exists():
-        results["picklescan-corpus"] = bench_set("picklescan-corpus", load_set(CORPUS))
+        results["picklescan-corpus"] = bench_set("picklescan-corpus", load_set(CORPUS), args.rounds)
     else:
         print(f"skipping picklescan-corpus: {CORPUS}/labels.json not found")
-    results["mlwarden-samples"] = bench_set("mlwarden-samples", build_fixtures())
+    results["mlwarden-samples"] = bench_set("mlwarden-samples", build_fixtures(), args.rounds)
     leaked = sorted(p.name for p in CANARY.glob("*")) if CANARY.exists() else []
     print("\ncanary check: " + (f"CANARY FILES APPEARED — something loaded a sample: {leaked}" if leaked
                                 else "no canary file appeared (no tool executed a payload)"))

@@ -4,7 +4,7 @@ The directory (generated once with the real libraries, seeded, cached in ``bench
 holds 50 plain-data pickles (protocols 2-5), 30 scikit-learn estimator pickles, 60 PyTorch zip state
 dicts and 60 ``.npy`` arrays. Here per-process start-up and per-file overhead dominate, not I/O.
 
-Each tool scans the whole directory in one subprocess, three rounds with tools interleaved; medians
+Each tool scans the whole directory in one subprocess, five rounds with tools interleaved; medians
 of wall time and peak RSS are printed with the ratios mlwarden/peer, plus ``mlwarden scan --jobs 2``.
 All files are benign, so every *flagged* file is a false positive (listed).
 
@@ -22,8 +22,21 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _peers import MLW_PY, OUT, PEERS, TOOLS, Run, machine, peer_versions, ratio, require_peers, \
-    run_mlwarden_cli, run_tool, save, table  # noqa: E402
+from _peers import (
+    MLW_PY,
+    OUT,
+    PEERS,
+    TOOLS,
+    Run,
+    machine,
+    peer_versions,
+    ratio,
+    require_peers,
+    run_mlwarden_cli,
+    run_tool,
+    save,
+    table,
+)
 
 DIR = OUT / "small_models"
 STAMP = DIR / ".complete-v1"
@@ -70,7 +83,7 @@ def ensure_models() -> list[Path]:
 def main() -> int:
     """Scan the directory ``--rounds`` times per tool (interleaved) and print medians and ratios."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     require_peers()
     versions = peer_versions()
@@ -101,11 +114,12 @@ def main() -> int:
                  "peak RSS MiB", "mlw/peer wall", "mlw/peer RSS"], rows))
     for name in names:
         last = runs[name][-1]
-        flagged = sorted({(Path(r["path"]).name.split("_")[0], r["detail"]) for r in last.rows if r["flagged"]})
+        fps = sorted({(Path(r["path"]).name.split("_")[0], r["detail"]) for r in last.rows if r["flagged"]})
         errs = [f"{Path(r['path']).name}: {r['error']}" for r in last.rows if r["error"]]
-        if flagged:
-            kinds = sorted({k for k, _ in flagged})
-            print(f"  {name} flags benign files of kind(s) {kinds}, e.g. {flagged[0][1][:150]!r}")
+        if fps:
+            kinds = sorted({k for k, _ in fps})
+            print(f"  {name} flags {sum(r['flagged'] for r in last.rows)} benign files, kind(s) {kinds}, "
+                  f"e.g. {fps[0][1][:150]!r}")
         if errs:
             print(f"  {name} errors ({len(errs)}), e.g. {errs[0][:200]}")
         if last.returncode not in (0, 1):

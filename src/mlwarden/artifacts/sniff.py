@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+import zlib
 from collections.abc import Callable
 from enum import StrEnum
 
@@ -78,9 +79,18 @@ def _magic(head: bytes) -> Format | None:
         return Format.TAR
     if _lzma_alone(head):
         return Format.LZMA
-    if len(head) >= 2 and head[0] == 0x78 and (head[0] * 256 + head[1]) % 31 == 0:
+    if len(head) >= 2 and head[0] == 0x78 and (head[0] * 256 + head[1]) % 31 == 0 and _inflates(head):
         return Format.ZLIB
     return None
+
+
+def _inflates(head: bytes) -> bool:
+    """A two-byte zlib header is common in random data; require the start to actually decompress."""
+    try:
+        zlib.decompressobj().decompress(head[:4096], 1024)
+    except zlib.error:
+        return False
+    return True
 
 
 def _lzma_alone(head: bytes) -> bool:

@@ -162,8 +162,8 @@ class ZipHandler(Handler):
         if fmt is Format.UNKNOWN and info.flag_bits & 0x1:
             ctx.report(ENCRYPTED.finding(child.location(), f"member {name!r} is encrypted", member=name))
             return
-        if small and fmt in (Format.UNKNOWN, Format.TEXT, Format.EMPTY):
-            return  # raw tensor storage: torch reads these bytes as numbers, never as code
+        if small and fmt not in (Format.PICKLE, Format.ZIP):
+            return  # raw tensor storage: torch reads these bytes as numbers; only a hidden pickle/zip matters
         if torch_like and fmt is Format.TEXT and _TORCHSCRIPT_CODE.search(name):
             fmt = Format.PYTHON_SOURCE  # TorchScript code/ members: compiled by torch.jit.load
         ctx.descend(child, fmt)

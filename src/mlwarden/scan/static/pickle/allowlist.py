@@ -81,7 +81,7 @@ EXACT: frozenset[str] = frozenset(
         "torch.per_channel_affine", "torch.per_tensor_symmetric", "torch.per_channel_symmetric",
         "torch.serialization._get_layout", "torch.nn.parameter.Parameter", "torch.nn.parameter.Buffer",
         "torch.nn.parameter.UninitializedParameter", "torch.nn.parameter.UninitializedBuffer",
-        "torch.torch_version.TorchVersion", "torch.autograd.grad_mode.no_grad",
+        "torch.torch_version.TorchVersion", "torch.autograd.grad_mode.no_grad", "torch.utils.hooks.RemovableHandle",
         # TorchScript constants.pkl helpers (they build lists and tensors from ids).
         *(f"torch.jit._pickle.{n}" for n in (
             "build_intlist build_tensorlist build_doublelist build_boollist build_tensor_from_id "
@@ -103,6 +103,7 @@ EXACT: frozenset[str] = frozenset(
 )
 
 CLASS_PREFIXES: tuple[str, ...] = (
+    "scipy.interpolate", "scipy.spatial", "scipy.stats", "scipy.optimize._optimize",
     # TorchScript archives: `__torch__.*` names are classes compiled from the archive's own code/ folder by
     # torch.jit.load (never Python imports); that code is analysed as source separately.
     "__torch__",
@@ -112,10 +113,22 @@ CLASS_PREFIXES: tuple[str, ...] = (
 )
 
 # Pure tensor math: every function in these modules is allowed (activation functions stored on modules).
-FUNCTION_MODULES: frozenset[str] = frozenset({"torch.nn.functional", "torch.nn.init", "math"})
+FUNCTION_MODULES: frozenset[str] = frozenset({"torch.nn.functional", "torch.nn.init", "math",
+                                              "scipy._lib.array_api_compat.numpy._aliases"})
+
+# scikit-learn packages whose module-level functions are pure computations that estimators keep as
+# parameters (score functions, metrics, kernels, solvers). Not sklearn.datasets (downloads, reads files),
+# not sklearn.utils (testing helpers, joblib re-exports) and not sklearn.externals.
+SKLEARN_FUNCTION_PACKAGES: tuple[str, ...] = tuple(f"sklearn.{p}" for p in (
+    "metrics feature_selection cluster preprocessing neighbors linear_model ensemble svm tree _loss "
+    "decomposition manifold kernel_approximation calibration gaussian_process covariance cross_decomposition "
+    "discriminant_analysis isotonic kernel_ridge mixture naive_bayes neural_network random_projection "
+    "semi_supervised impute compose pipeline feature_extraction multiclass multioutput dummy"
+).split())
 
 HELPER_PREFIXES: tuple[str, ...] = ("pandas.core", "pandas._libs", "sklearn", "numpy", "scipy.sparse")
-_HELPER_NAME = re.compile(r"^(__pyx_unpickle_\w+|_?_?(reconstruct|unpickle|new_|rebuild|restore)\w*|new_block\w*)$")
+_HELPER_NAME = re.compile(
+    r"^(__pyx_unpickle_\w+|_?_?(reconstruct|unpickle|new_|rebuild|restore)\w*|new_block\w*|newObj)$")
 
 # numpy ufuncs and reductions (FunctionTransformer(func=np.log1p), aggregation callbacks): pure math on arrays.
 NUMPY_MATH: frozenset[str] = frozenset((
@@ -149,6 +162,8 @@ def is_allowed(module: str, name: str, extra: frozenset[str] = frozenset()) -> b
         return True
     if module in FUNCTION_MODULES:
         return not name.startswith("_")
-    if _under(module, CLASS_PREFIXES) and name[:1].isupper():
+    if _under(module, CLASS_PREFIXES) and name.lstrip("_")[:1].isupper():
+        return True  # classes, private ones included (sklearn's _BinMapper, _CFNode)
+    if _under(module, SKLEARN_FUNCTION_PACKAGES) and name.isidentifier():
         return True
     return _under(module, HELPER_PREFIXES) and bool(_HELPER_NAME.match(name))
