@@ -60,6 +60,7 @@ def _magic(head: bytes) -> Format | None:
     table: list[tuple[bytes, Format]] = [
         (b"PK\x03\x04", Format.ZIP),
         (b"PK\x05\x06", Format.ZIP),  # empty zip
+        (b"PK\x07\x08", Format.ZIP),  # spanned-archive marker before the first local header
         (b"\x1f\x8b", Format.GZIP),
         (b"BZh", Format.BZIP2),
         (b"\xfd7zXZ\x00", Format.XZ),
@@ -242,4 +243,17 @@ def sniff(artifact: Artifact) -> Format:
         fmt = step()
         if fmt is not None:
             return fmt
-    return Format.TEXT if _text(head) is not None else Format.UNKNOWN
+    if _text(head) is not None:
+        return Format.TEXT
+    return Format.ZIP if _zip_by_end_record(artifact) else Format.UNKNOWN
+
+
+def _zip_by_end_record(artifact: Artifact) -> bool:
+    """Zip readers find archives from the end record, so data prepended to a zip does not hide it."""
+    if artifact.size is None or artifact.size < 22:
+        return False
+    with artifact.open() as fh:
+        fh.seek(max(0, artifact.size - 65_557))
+        tail = fh.read()
+    i = tail.rfind(b"PK\x05\x06")
+    return i != -1 and len(tail) - i >= 22

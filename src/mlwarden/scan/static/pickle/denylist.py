@@ -90,6 +90,10 @@ DANGEROUS_MODULES: dict[str, Category] = {
     "numpy.ctypeslib": Category.NATIVE, "numpy.lib.npyio": Category.DESERIALIZE,
     "numpy.lib.format": Category.DESERIALIZE, "numpy.lib._npyio_impl": Category.DESERIALIZE,
     "pandas.io": Category.NETWORK, "keras.utils": Category.NETWORK, "tensorflow.io": Category.FILESYSTEM,
+    "mlflow.projects": Category.COMMAND, "transformers.dynamic_module_utils": Category.CODE,
+    "huggingface_hub": Category.NETWORK, "transformers.utils.hub": Category.NETWORK,
+    "tensorflow.python.ops.script_ops": Category.CODE, "jinja2": Category.CODE, "subprocess32": Category.COMMAND,
+    "sh": Category.COMMAND, "plumbum": Category.COMMAND, "paramiko": Category.NETWORK, "fabric": Category.COMMAND,
 }
 
 # Single callables (and everything below them).
