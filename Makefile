@@ -62,4 +62,4 @@ bench: bench-setup
 	$(PY) benchmarks/large_checkpoint.py
 
 clean:
-	rm -rf $(VENV) $(DEMO) bench-out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-peers $(DEMO) bench-out .pytest_cache .mypy_cache .ruff_cache

@@ -18,6 +18,7 @@ from mlwarden.core.findings import Location
 
 HEAD_SIZE = 64 * 1024
 _CHUNK = 1024 * 1024
+_BUFFER = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,11 @@ class Artifact:
         return self.chain[-1]
 
     def open(self) -> BinaryIO:
-        """A fresh stream over the content."""
-        return self.opener()
+        """A fresh, buffered stream over the content (handlers read small pieces, often one byte)."""
+        stream = self.opener()
+        if isinstance(stream, io.RawIOBase):
+            return io.BufferedReader(stream, _BUFFER)
+        return stream
 
     def location(self, offset: int | None = None, phase: str | None = None) -> Location:
         """A :class:`Location` inside this artifact."""

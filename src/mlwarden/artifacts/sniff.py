@@ -7,7 +7,6 @@ structure (protobuf models), and the first match in :data:`_ORDER` wins.
 
 from __future__ import annotations
 
-import json
 import struct
 import zlib
 from collections.abc import Callable
@@ -142,6 +141,8 @@ def _text(head: bytes) -> str | None:
 
 
 def _json_kind(artifact: Artifact, text: str) -> Format:
+    import json
+
     obj = None
     if artifact.size is not None and artifact.size <= len(artifact.head):
         try:

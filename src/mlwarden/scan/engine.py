@@ -6,7 +6,6 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -88,6 +87,8 @@ def _scan_many(files: list[Path], policy: Policy, jobs: int) -> Iterator[FileRes
         for f in files:
             yield scan_file(f, policy)
         return
+    from concurrent.futures import ProcessPoolExecutor
+
     chunk = max(1, min(64, len(files) // (jobs * 8)))
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         yield from pool.map(scan_file, files, [policy] * len(files), chunksize=chunk)

@@ -13,7 +13,6 @@ import copy
 import re
 import stat
 import struct
-import tarfile
 import zipfile
 from collections.abc import Callable
 from typing import TYPE_CHECKING, BinaryIO
@@ -24,8 +23,11 @@ from mlwarden.core.errors import LimitExceeded
 from mlwarden.core.findings import Confidence, Location, Severity, rule
 from mlwarden.scan.context import INCOMPLETE
 from mlwarden.scan.static.base import Handler
+from mlwarden.scan.static.pickle.opcodes import looks_like_pickle
 
 if TYPE_CHECKING:
+    import tarfile
+
     from mlwarden.artifacts.artifact import Artifact
     from mlwarden.scan.context import ScanContext
 
@@ -158,12 +160,16 @@ class ZipHandler(Handler):
             ctx.report(UNREADABLE.finding(loc, f"member {name!r}: {type(exc).__name__}: {exc}", member=name))
             return
         child = artifact.child(name, info.file_size, opener, head)
+        if small:  # tensor storage: only a hidden pickle or archive would matter; don't sniff the bytes further
+            if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05") or looks_like_pickle(head):
+                ctx.descend(child, Format.PICKLE)
+            elif head.startswith(b"PK"):
+                ctx.descend(child, Format.ZIP)
+            return
         fmt = sniff(child)
         if fmt is Format.UNKNOWN and info.flag_bits & 0x1:
             ctx.report(ENCRYPTED.finding(child.location(), f"member {name!r} is encrypted", member=name))
             return
-        if small and fmt not in (Format.PICKLE, Format.ZIP):
-            return  # raw tensor storage: torch reads these bytes as numbers; only a hidden pickle/zip matters
         if torch_like and fmt is Format.TEXT and _TORCHSCRIPT_CODE.search(name):
             fmt = Format.PYTHON_SOURCE  # TorchScript code/ members: compiled by torch.jit.load
         ctx.descend(child, fmt)
@@ -230,6 +236,8 @@ class TarHandler(Handler):
 
     def scan(self, artifact: Artifact, ctx: ScanContext) -> None:
         """Walk every member; regular files are analysed as slices of the archive."""
+        import tarfile
+
         count = 0
         with artifact.open() as fh:
             try:
