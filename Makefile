@@ -28,6 +28,7 @@ demo: setup
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
 
 typecheck: setup
 	$(VENV)/bin/mypy

@@ -70,10 +70,13 @@ def require_peers() -> None:
 
 def peer_versions() -> dict[str, str]:
     """Installed versions of the three peers and of mlwarden (for the JSON output and README)."""
-    code = ("import importlib.metadata as m, json; print(json.dumps({n: m.version(n) for n in "
-            "('modelscan', 'picklescan', 'fickling')}))")
-    out: dict[str, str] = json.loads(subprocess.run([str(PEERS_PY), "-c", code], check=True,
-                                                    capture_output=True, text=True).stdout)
+    code = (
+        "import importlib.metadata as m, json; print(json.dumps({n: m.version(n) for n in "
+        "('modelscan', 'picklescan', 'fickling')}))"
+    )
+    out: dict[str, str] = json.loads(
+        subprocess.run([str(PEERS_PY), "-c", code], check=True, capture_output=True, text=True).stdout
+    )
     from importlib.metadata import version
 
     out["mlwarden"] = version("mlwarden")
@@ -82,15 +85,22 @@ def peer_versions() -> dict[str, str]:
 
 def machine() -> dict[str, Any]:
     """What the figures were measured on."""
-    return {"date": datetime.now(UTC).strftime("%Y-%m-%d"), "cpus": os.cpu_count(),
-            "python": platform.python_version(), "platform": platform.platform(),
-            "loadavg_1m": round(os.getloadavg()[0], 2)}
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+    }
 
 
 def _measure(cmd: Sequence[str], timeout: float) -> tuple[float, float, int, str, str]:
     """Run ``cmd``; return wall seconds, peak RSS MiB, exit code, stdout, stderr tail."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, \
-            tempfile.NamedTemporaryFile("r", suffix=".rss") as rss_file:
+    with (
+        tempfile.TemporaryFile("w+") as out,
+        tempfile.TemporaryFile("w+") as err,
+        tempfile.NamedTemporaryFile("r", suffix=".rss") as rss_file,
+    ):
         if GNU_TIME.exists():
             cmd = [str(GNU_TIME), "-f", "%M", "-o", rss_file.name, *cmd]
         started = time.perf_counter()
@@ -140,16 +150,34 @@ def run_mlwarden_cli(paths: Sequence[Path | str], jobs: int, *, timeout: float =
     """``mlwarden scan --jobs N`` over ``paths``; per-file verdicts come from its JSON report."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
-        cmd = [str(MLW_CLI), "scan", "--jobs", str(jobs), "--no-progress", "--format", "json",
-               "--output", str(report), *map(str, paths)]
+        cmd = [
+            str(MLW_CLI),
+            "scan",
+            "--jobs",
+            str(jobs),
+            "--no-progress",
+            "--format",
+            "json",
+            "--output",
+            str(report),
+            *map(str, paths),
+        ]
         wall, rss, code, _, stderr = _measure(cmd, timeout)
         data = json.loads(report.read_text(encoding="utf-8")) if report.exists() else {"files": []}
     fail_on = SEVERITIES.index(data.get("fail_on", "medium"))
     run = Run(f"mlwarden CLI --jobs {jobs}", wall, rss, code, stderr_tail=stderr if code > 1 else "")
     for f in data["files"]:
         flagged = any(SEVERITIES.index(x["severity"]) >= fail_on for x in f["findings"])
-        run.rows.append({"path": f["path"], "flagged": flagged, "error": f["error"], "skipped": False,
-                         "seconds": f["duration"], "detail": ""})
+        run.rows.append(
+            {
+                "path": f["path"],
+                "flagged": flagged,
+                "error": f["error"],
+                "skipped": False,
+                "seconds": f["duration"],
+                "detail": "",
+            }
+        )
     return run
 
 

@@ -55,8 +55,9 @@ def _mlwarden() -> Scanner:
 
     def scan(path: str) -> Verdict:
         result = scan_file(Path(path), policy)
-        bad = sorted((f for f in result.findings if f.severity >= policy.fail_on),
-                     key=lambda f: f.severity, reverse=True)
+        bad = sorted(
+            (f for f in result.findings if f.severity >= policy.fail_on), key=lambda f: f.severity, reverse=True
+        )
         detail = "; ".join(f"{f.rule_id}[{f.severity}] {_short(f.evidence, 90)}" for f in bad[:3])
         return bool(bad), result.error, False, detail
 
@@ -69,8 +70,12 @@ def _picklescan() -> Scanner:
     def scan(path: str) -> Verdict:
         res = scan_file_path(path)
         dangerous = [f"{g.module}.{g.name}" for g in res.globals if g.safety == SafetyLevel.Dangerous]
-        return (res.infected_files > 0, "scan_err" if res.scan_err else None, False,
-                _short(", ".join(sorted(set(dangerous)))))
+        return (
+            res.infected_files > 0,
+            "scan_err" if res.scan_err else None,
+            False,
+            _short(", ".join(sorted(set(dangerous)))),
+        )
 
     return scan
 
@@ -143,7 +148,10 @@ def _vm_hwm_kib() -> int | None:
 
 
 TOOLS: dict[str, Callable[[], Scanner]] = {
-    "mlwarden": _mlwarden, "picklescan": _picklescan, "modelscan": _modelscan, "fickling": _fickling,
+    "mlwarden": _mlwarden,
+    "picklescan": _picklescan,
+    "modelscan": _modelscan,
+    "fickling": _fickling,
 }
 
 
@@ -168,8 +176,19 @@ def main() -> int:
             flagged, error, skipped, detail = False, _short(f"crash: {type(exc).__name__}: {exc}"), False, ""
         finally:
             sys.stdout = out
-        out.write(json.dumps({"path": path, "flagged": flagged, "error": error, "skipped": skipped,
-                              "seconds": time.perf_counter() - started, "detail": detail}) + "\n")
+        out.write(
+            json.dumps(
+                {
+                    "path": path,
+                    "flagged": flagged,
+                    "error": error,
+                    "skipped": skipped,
+                    "seconds": time.perf_counter() - started,
+                    "detail": detail,
+                }
+            )
+            + "\n"
+        )
         out.flush()
     out.write(json.dumps({"hwm_kib": _vm_hwm_kib()}) + "\n")
     return 0

@@ -74,8 +74,11 @@ def build_fixtures() -> list[Sample]:
     """Rebuild the mlwarden sample corpus under ``bench-out/fixtures`` (a few seconds)."""
     shutil.rmtree(FIXTURES, ignore_errors=True)
     shutil.rmtree(CANARY, ignore_errors=True)
-    subprocess.run([str(MLW_PY), "-m", "mlwarden.samples", str(FIXTURES), "--canary-dir", str(CANARY)],
-                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [str(MLW_PY), "-m", "mlwarden.samples", str(FIXTURES), "--canary-dir", str(CANARY)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     return load_set(FIXTURES)
 
 
@@ -117,23 +120,28 @@ def score(v: dict[str, dict[str, Any]]) -> dict[str, int]:
 def _wrap(title: str, names: list[str]) -> str:
     if not names:
         return f"  {title}: none"
-    return textwrap.fill(", ".join(names), width=110, initial_indent=f"  {title} ({len(names)}): ",
-                         subsequent_indent="      ")
+    return textwrap.fill(
+        ", ".join(names), width=110, initial_indent=f"  {title} ({len(names)}): ", subsequent_indent="      "
+    )
 
 
 def bench_set(name: str, samples: list[Sample], rounds: int) -> dict[str, Any]:
     """Run every tool over one set, print the table and the notable samples, return raw numbers."""
     files = sorted({f for s in samples for f in s.files})
-    print(f"\n=== {name}: {sum(s.label == 'malicious' for s in samples)} malicious + "
-          f"{sum(s.label == 'benign' for s in samples)} benign samples, {len(files)} files ===")
+    print(
+        f"\n=== {name}: {sum(s.label == 'malicious' for s in samples)} malicious + "
+        f"{sum(s.label == 'benign' for s in samples)} benign samples, {len(files)} files ==="
+    )
     all_runs: dict[str, list[Run]] = {name: [] for name in (*TOOLS, CLI)}
     for _ in range(rounds):  # interleaved, so that load from elsewhere hits every tool alike
         for tool in TOOLS:
             all_runs[tool].append(run_tool(tool, files))
         all_runs[CLI].append(run_mlwarden_cli(files, jobs=2))
     runs = {name: rs[-1] for name, rs in all_runs.items()}  # verdicts: the last round (they are stable)
-    med = {name: {k: statistics.median(getattr(r, k) for r in rs) for k in ("wall", "scan_seconds", "rss_mb")}
-           for name, rs in all_runs.items()}
+    med = {
+        name: {k: statistics.median(getattr(r, k) for r in rs) for k in ("wall", "scan_seconds", "rss_mb")}
+        for name, rs in all_runs.items()
+    }
     v = {tool: verdicts(samples, run) for tool, run in runs.items()}
     scores = {tool: score(x) for tool, x in v.items()}
     mlw = med["mlwarden"]
@@ -141,14 +149,39 @@ def bench_set(name: str, samples: list[Sample], rounds: int) -> dict[str, Any]:
     for tool in runs:
         s, m = scores[tool], med[tool]
         peer = tool in PEERS
-        rows.append([
-            tool, f"{s['malicious_flagged']}/{s['malicious_total']}", f"{s['benign_flagged']}/{s['benign_total']}",
-            f"{s['malicious_flagged_or_error']}/{s['benign_flagged_or_error']}", s["errors"], s["skipped"],
-            f"{m['wall']:.2f}", f"{m['scan_seconds']:.2f}", f"{m['rss_mb']:.0f}",
-            ratio(mlw["wall"], m["wall"]) if peer else "", ratio(mlw["rss_mb"], m["rss_mb"]) if peer else "",
-        ])
-    print(table(["tool", "malicious flagged", "benign flagged", "fail-closed mal/ben", "errors", "skipped",
-                 f"wall s (median of {rounds})", "scan s", "peak RSS MiB", "mlw/peer wall", "mlw/peer RSS"], rows))
+        rows.append(
+            [
+                tool,
+                f"{s['malicious_flagged']}/{s['malicious_total']}",
+                f"{s['benign_flagged']}/{s['benign_total']}",
+                f"{s['malicious_flagged_or_error']}/{s['benign_flagged_or_error']}",
+                s["errors"],
+                s["skipped"],
+                f"{m['wall']:.2f}",
+                f"{m['scan_seconds']:.2f}",
+                f"{m['rss_mb']:.0f}",
+                ratio(mlw["wall"], m["wall"]) if peer else "",
+                ratio(mlw["rss_mb"], m["rss_mb"]) if peer else "",
+            ]
+        )
+    print(
+        table(
+            [
+                "tool",
+                "malicious flagged",
+                "benign flagged",
+                "fail-closed mal/ben",
+                "errors",
+                "skipped",
+                f"wall s (median of {rounds})",
+                "scan s",
+                "peak RSS MiB",
+                "mlw/peer wall",
+                "mlw/peer RSS",
+            ],
+            rows,
+        )
+    )
     for tool, run in runs.items():
         if run.returncode not in (0, 1) or run.stderr_tail:
             print(f"  ! {tool} exited {run.returncode}: {run.stderr_tail[-300:]}")
@@ -156,10 +189,16 @@ def bench_set(name: str, samples: list[Sample], rounds: int) -> dict[str, Any]:
     for label, want, title in (("malicious", False, "missed malicious"), ("benign", True, "flagged benign")):
         for sname, x in v["mlwarden"].items():
             if x["label"] == label and x["flagged"] is want:
-                print(f"  {title}: {sname}" + (f" -> {x['detail']}" if x["detail"] else "")
-                      + (f" [error: {x['error']}]" if x["error"] else ""))
-    caught_by_peer = [s for s, x in v["mlwarden"].items() if x["label"] == "malicious" and not x["flagged"]
-                      and any(v[p][s]["flagged"] for p in PEERS)]
+                print(
+                    f"  {title}: {sname}"
+                    + (f" -> {x['detail']}" if x["detail"] else "")
+                    + (f" [error: {x['error']}]" if x["error"] else "")
+                )
+    caught_by_peer = [
+        s
+        for s, x in v["mlwarden"].items()
+        if x["label"] == "malicious" and not x["flagged"] and any(v[p][s]["flagged"] for p in PEERS)
+    ]
     print(_wrap("malicious missed by mlwarden but flagged by a peer", caught_by_peer))
     for tool in PEERS:
         x = v[tool]
@@ -187,8 +226,14 @@ def main() -> int:
         print(f"skipping picklescan-corpus: {CORPUS}/labels.json not found")
     results["mlwarden-samples"] = bench_set("mlwarden-samples", build_fixtures(), args.rounds)
     leaked = sorted(p.name for p in CANARY.glob("*")) if CANARY.exists() else []
-    print("\ncanary check: " + (f"CANARY FILES APPEARED — something loaded a sample: {leaked}" if leaked
-                                else "no canary file appeared (no tool executed a payload)"))
+    print(
+        "\ncanary check: "
+        + (
+            f"CANARY FILES APPEARED — something loaded a sample: {leaked}"
+            if leaked
+            else "no canary file appeared (no tool executed a payload)"
+        )
+    )
     print(f"raw numbers: {save('detection', results)}")
     return 0
 

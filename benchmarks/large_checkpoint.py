@@ -96,8 +96,9 @@ def ensure_checkpoint() -> Path:
     if not CKPT.exists():
         CKPT.parent.mkdir(parents=True, exist_ok=True)
         print(f"generating {CKPT} (once; cached) ...", flush=True)
-        subprocess.run([str(MLW_PY), "-c", _GENERATE, str(N_TENSORS), str(SHAPE[0]), str(SHAPE[1]), str(CKPT)],
-                       check=True)
+        subprocess.run(
+            [str(MLW_PY), "-c", _GENERATE, str(N_TENSORS), str(SHAPE[0]), str(SHAPE[1]), str(CKPT)], check=True
+        )
     return CKPT
 
 
@@ -127,10 +128,18 @@ def main() -> int:
             starts[tool].append(run_tool(tool, []))
             runs[tool].append(run_tool(tool, [ckpt]))
         runs[CLI].append(run_mlwarden_cli([ckpt], jobs=1))
-    startup = {tool: {"wall": statistics.median(r.wall for r in rs), "rss": statistics.median(r.rss_mb for r in rs)}
-               for tool, rs in starts.items()}
-    med = {tool: {"wall": statistics.median(r.wall for r in rs), "rss": statistics.median(r.rss_mb for r in rs),
-                  "scan": statistics.median(r.scan_seconds for r in rs)} for tool, rs in runs.items()}
+    startup = {
+        tool: {"wall": statistics.median(r.wall for r in rs), "rss": statistics.median(r.rss_mb for r in rs)}
+        for tool, rs in starts.items()
+    }
+    med = {
+        tool: {
+            "wall": statistics.median(r.wall for r in rs),
+            "rss": statistics.median(r.rss_mb for r in rs),
+            "scan": statistics.median(r.scan_seconds for r in rs),
+        }
+        for tool, rs in runs.items()
+    }
     m = med["mlwarden"]
     rows = []
     for tool in (*TOOLS, CLI):
@@ -140,13 +149,35 @@ def main() -> int:
             verdict = "skipped"
         peer = tool in PEERS
         base = startup.get(tool)
-        rows.append([tool, verdict, f"{med[tool]['wall']:.3f}", f"{med[tool]['scan']:.3f}",
-                     f"{base['wall']:.3f}" if base else "", f"{med[tool]['rss']:.0f}",
-                     f"{base['rss']:.0f}" if base else "",
-                     ratio(m["wall"], med[tool]["wall"]) if peer else "",
-                     ratio(m["rss"], med[tool]["rss"]) if peer else ""])
-    print(table(["tool", "verdict", "wall s (median)", "scan s", "start-up s", "peak RSS MiB", "start-up RSS MiB",
-                 "mlw/peer wall", "mlw/peer RSS"], rows))
+        rows.append(
+            [
+                tool,
+                verdict,
+                f"{med[tool]['wall']:.3f}",
+                f"{med[tool]['scan']:.3f}",
+                f"{base['wall']:.3f}" if base else "",
+                f"{med[tool]['rss']:.0f}",
+                f"{base['rss']:.0f}" if base else "",
+                ratio(m["wall"], med[tool]["wall"]) if peer else "",
+                ratio(m["rss"], med[tool]["rss"]) if peer else "",
+            ]
+        )
+    print(
+        table(
+            [
+                "tool",
+                "verdict",
+                "wall s (median)",
+                "scan s",
+                "start-up s",
+                "peak RSS MiB",
+                "start-up RSS MiB",
+                "mlw/peer wall",
+                "mlw/peer RSS",
+            ],
+            rows,
+        )
+    )
     for tool in (*TOOLS, CLI):
         r = runs[tool][-1]
         if r.rows and r.rows[0]["error"]:
@@ -156,17 +187,28 @@ def main() -> int:
     ps = med["picklescan"]
     wall_ok = m["wall"] <= TARGET_WALL_RATIO * ps["wall"]
     rss_ok = m["rss"] <= TARGET_RSS_MB
-    print(f"target mlwarden wall <= {TARGET_WALL_RATIO}x picklescan: {ratio(m['wall'], ps['wall'])} "
-          f"-> {'met' if wall_ok else 'NOT met'}; peak RSS <= {TARGET_RSS_MB:.0f} MiB: {m['rss']:.0f} MiB "
-          f"-> {'met' if rss_ok else 'NOT met'}")
-    print(f"scan only (start-up and import excluded) mlwarden/picklescan: {ratio(m['scan'], ps['scan'])}; "
-          f"start-up alone (empty file list) mlwarden/picklescan: "
-          f"{ratio(startup['mlwarden']['wall'], startup['picklescan']['wall'])}")
-    payload: dict[str, Any] = {"machine": machine(), "versions": versions, "file": str(ckpt), "size": size,
-                               "rounds": args.rounds, "median": med, "startup_median": startup, "runs": runs,
-                               "startup_runs": starts,
-                               "target": {"wall_ratio": TARGET_WALL_RATIO, "rss_mb": TARGET_RSS_MB,
-                                          "wall_met": wall_ok, "rss_met": rss_ok}}
+    print(
+        f"target mlwarden wall <= {TARGET_WALL_RATIO}x picklescan: {ratio(m['wall'], ps['wall'])} "
+        f"-> {'met' if wall_ok else 'NOT met'}; peak RSS <= {TARGET_RSS_MB:.0f} MiB: {m['rss']:.0f} MiB "
+        f"-> {'met' if rss_ok else 'NOT met'}"
+    )
+    print(
+        f"scan only (start-up and import excluded) mlwarden/picklescan: {ratio(m['scan'], ps['scan'])}; "
+        f"start-up alone (empty file list) mlwarden/picklescan: "
+        f"{ratio(startup['mlwarden']['wall'], startup['picklescan']['wall'])}"
+    )
+    payload: dict[str, Any] = {
+        "machine": machine(),
+        "versions": versions,
+        "file": str(ckpt),
+        "size": size,
+        "rounds": args.rounds,
+        "median": med,
+        "startup_median": startup,
+        "runs": runs,
+        "startup_runs": starts,
+        "target": {"wall_ratio": TARGET_WALL_RATIO, "rss_mb": TARGET_RSS_MB, "wall_met": wall_ok, "rss_met": rss_ok},
+    }
     print(f"raw numbers: {save('large_checkpoint', payload)}")
     if args.profile:
         print("\n--- mlwarden profile (separate process, not part of the timings above) ---", flush=True)

@@ -74,8 +74,7 @@ def ensure_models() -> list[Path]:
     if not STAMP.exists():
         DIR.mkdir(parents=True, exist_ok=True)
         print(f"generating {sum(COUNTS.values())} small models in {DIR} (once; cached) ...", flush=True)
-        subprocess.run([str(MLW_PY), "-c", _GENERATE, str(DIR), *(f"{k}={v}" for k, v in COUNTS.items())],
-                       check=True)
+        subprocess.run([str(MLW_PY), "-c", _GENERATE, str(DIR), *(f"{k}={v}" for k, v in COUNTS.items())], check=True)
         STAMP.touch()
     return sorted(p for p in DIR.iterdir() if p.is_file() and not p.name.startswith("."))
 
@@ -88,16 +87,24 @@ def main() -> int:
     require_peers()
     versions = peer_versions()
     files = ensure_models()
-    print(f"\n=== small models: {len(files)} files, {sum(f.stat().st_size for f in files) / 2**20:.1f} MiB "
-          f"— {machine()} — {versions} ===")
+    print(
+        f"\n=== small models: {len(files)} files, {sum(f.stat().st_size for f in files) / 2**20:.1f} MiB "
+        f"— {machine()} — {versions} ==="
+    )
     names = (*TOOLS, "mlwarden CLI --jobs 2")
     runs: dict[str, list[Run]] = {name: [] for name in names}
     for _ in range(args.rounds):
         for tool in TOOLS:
             runs[tool].append(run_tool(tool, files))
         runs["mlwarden CLI --jobs 2"].append(run_mlwarden_cli(files, jobs=2))
-    med = {n: {"wall": statistics.median(r.wall for r in rs), "rss": statistics.median(r.rss_mb for r in rs),
-               "scan": statistics.median(r.scan_seconds for r in rs)} for n, rs in runs.items()}
+    med = {
+        n: {
+            "wall": statistics.median(r.wall for r in rs),
+            "rss": statistics.median(r.rss_mb for r in rs),
+            "scan": statistics.median(r.scan_seconds for r in rs),
+        }
+        for n, rs in runs.items()
+    }
     m = med["mlwarden"]
     rows = []
     for name in names:
@@ -106,26 +113,59 @@ def main() -> int:
         errors = [Path(r["path"]).name for r in last.rows if r["error"]]
         skipped = sum(bool(r["skipped"]) for r in last.rows)
         peer = name in PEERS
-        rows.append([name, f"{len(flagged)}/{len(files)}", len(errors), skipped, f"{med[name]['wall']:.2f}",
-                     f"{med[name]['scan']:.2f}", f"{med[name]['rss']:.0f}",
-                     ratio(m["wall"], med[name]["wall"]) if peer else "",
-                     ratio(m["rss"], med[name]["rss"]) if peer else ""])
-    print(table(["tool", "flagged (all benign)", "errors", "skipped", "wall s (median)", "scan s",
-                 "peak RSS MiB", "mlw/peer wall", "mlw/peer RSS"], rows))
+        rows.append(
+            [
+                name,
+                f"{len(flagged)}/{len(files)}",
+                len(errors),
+                skipped,
+                f"{med[name]['wall']:.2f}",
+                f"{med[name]['scan']:.2f}",
+                f"{med[name]['rss']:.0f}",
+                ratio(m["wall"], med[name]["wall"]) if peer else "",
+                ratio(m["rss"], med[name]["rss"]) if peer else "",
+            ]
+        )
+    print(
+        table(
+            [
+                "tool",
+                "flagged (all benign)",
+                "errors",
+                "skipped",
+                "wall s (median)",
+                "scan s",
+                "peak RSS MiB",
+                "mlw/peer wall",
+                "mlw/peer RSS",
+            ],
+            rows,
+        )
+    )
     for name in names:
         last = runs[name][-1]
         fps = sorted({(Path(r["path"]).name.split("_")[0], r["detail"]) for r in last.rows if r["flagged"]})
         errs = [f"{Path(r['path']).name}: {r['error']}" for r in last.rows if r["error"]]
         if fps:
             kinds = sorted({k for k, _ in fps})
-            print(f"  {name} flags {sum(r['flagged'] for r in last.rows)} benign files, kind(s) {kinds}, "
-                  f"e.g. {fps[0][1][:150]!r}")
+            print(
+                f"  {name} flags {sum(r['flagged'] for r in last.rows)} benign files, kind(s) {kinds}, "
+                f"e.g. {fps[0][1][:150]!r}"
+            )
         if errs:
             print(f"  {name} errors ({len(errs)}), e.g. {errs[0][:200]}")
         if last.returncode not in (0, 1):
             print(f"  ! {name} exited {last.returncode}: {last.stderr_tail[-300:]}")
-    payload: dict[str, Any] = {"machine": machine(), "versions": versions, "dir": str(DIR), "files": len(files),
-                               "counts": COUNTS, "rounds": args.rounds, "median": med, "runs": runs}
+    payload: dict[str, Any] = {
+        "machine": machine(),
+        "versions": versions,
+        "dir": str(DIR),
+        "files": len(files),
+        "counts": COUNTS,
+        "rounds": args.rounds,
+        "median": med,
+        "runs": runs,
+    }
     print(f"raw numbers: {save('small_models', payload)}")
     return 0
 

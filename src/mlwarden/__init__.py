@@ -47,6 +47,20 @@ def scan(
 
 
 __all__ = [
-    "Confidence", "FileResult", "Finding", "LimitExceeded", "Limits", "Location", "MlwardenError", "Policy",
-    "PolicyError", "Rule", "ScanReport", "Severity", "UsageError", "__version__", "load_policy", "scan",
+    "Confidence",
+    "FileResult",
+    "Finding",
+    "LimitExceeded",
+    "Limits",
+    "Location",
+    "MlwardenError",
+    "Policy",
+    "PolicyError",
+    "Rule",
+    "ScanReport",
+    "Severity",
+    "UsageError",
+    "__version__",
+    "load_policy",
+    "scan",
 ]

@@ -26,8 +26,14 @@ def models(tmp_path: Path) -> Path:
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mlwarden.cli.main", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=120, env={**os.environ, "MLWARDEN_DEBUG": ""})
+    return subprocess.run(
+        [sys.executable, "-m", "mlwarden.cli.main", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+        env={**os.environ, "MLWARDEN_DEBUG": ""},
+    )
 
 
 def test_exit_codes_follow_the_failing_severity(models: Path, capsys: pytest.CaptureFixture[str]) -> None:

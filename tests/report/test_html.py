@@ -113,8 +113,7 @@ def test_self_contained_with_strict_csp() -> None:
     for tag, attrs in doc.tags:
         assert not {"src", "href", "action"} & attrs.keys(), (tag, attrs)
         assert "style" not in attrs  # the CSP forbids inline style attributes
-    csp = next(a["content"] for t, a in doc.tags if t == "meta" and a.get("http-equiv") ==
-               "Content-Security-Policy")
+    csp = next(a["content"] for t, a in doc.tags if t == "meta" and a.get("http-equiv") == "Content-Security-Policy")
     assert csp is not None
     assert "default-src 'none'" in csp
     assert "unsafe-inline" not in csp

@@ -60,9 +60,7 @@ def _reports() -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("name", list(_reports()))
-def test_reports_validate_against_the_published_schema(
-    name: str, validator: jsonschema.protocols.Validator
-) -> None:
+def test_reports_validate_against_the_published_schema(name: str, validator: jsonschema.protocols.Validator) -> None:
     data = parsed(_reports()[name])
     errors = sorted(validator.iter_errors(data), key=str)
     assert not errors, errors[0].message if errors else ""
@@ -94,7 +92,11 @@ def test_header_and_summary() -> None:
     assert data["fail_on"] == "medium"
     assert (data["verdict"], data["exit_code"]) == ("ERROR", 2)
     assert data["summary"] == {
-        "files": 5, "files_with_findings": 3, "files_with_errors": 1, "findings": 4, "failing": 2,
+        "files": 5,
+        "files_with_findings": 3,
+        "files_with_errors": 1,
+        "findings": 4,
+        "failing": 2,
         "by_severity": {"critical": 1, "high": 0, "medium": 1, "low": 1, "info": 1},
     }
 
@@ -110,8 +112,13 @@ def test_finding_fields() -> None:
     f = model["findings"][0]
     assert f["rule_id"] == "MLW-TST-001"
     assert (f["severity"], f["confidence"], f["cwe"]) == ("critical", "high", 502)
-    assert f["location"] == {"path": "models/model.pt", "chain": ["models/model.pt", "archive/data.pkl"],
-                             "member": "archive/data.pkl", "offset": 123, "phase": None}
+    assert f["location"] == {
+        "path": "models/model.pt",
+        "chain": ["models/model.pt", "archive/data.pkl"],
+        "member": "archive/data.pkl",
+        "offset": 123,
+        "phase": None,
+    }
     assert f["evidence"] == "os.system('echo pwned > /tmp/canary')"
     assert f["remediation"].startswith("Do not load this file")
     assert f["details"] == {"args": ["echo pwned"], "global": "os.system"}
@@ -127,8 +134,15 @@ def test_none_offset_cwe_and_phase() -> None:
 
 def test_error_file() -> None:
     err = parsed(sample_report())["files"][4]
-    assert err == {"path": "secret/unreadable.bin", "size": None, "formats": [], "duration": 0.0,
-                   "error": "secret/unreadable.bin: Permission denied", "max_severity": None, "findings": []}
+    assert err == {
+        "path": "secret/unreadable.bin",
+        "size": None,
+        "formats": [],
+        "duration": 0.0,
+        "error": "secret/unreadable.bin: Permission denied",
+        "max_severity": None,
+        "findings": [],
+    }
 
 
 def test_evidence_is_never_truncated_or_escaped() -> None:
@@ -139,14 +153,16 @@ def test_evidence_is_never_truncated_or_escaped() -> None:
 
 def test_naive_start_time_is_taken_as_utc() -> None:
     report = make_report(())
-    naive = type(report)(report.files, report.fail_on, report.started_at.replace(tzinfo=None),
-                         report.duration, report.tool_version)
+    naive = type(report)(
+        report.files, report.fail_on, report.started_at.replace(tzinfo=None), report.duration, report.tool_version
+    )
     assert to_dict(naive)["started_at"] == "2025-01-02T03:04:05Z"
 
 
 def test_unusual_detail_values_become_json() -> None:
-    finding = INFO_RULE.finding(Location(("a.bin",)), evidence="", raw=b"\x00\xff", ratio=float("inf"),
-                                sev=Severity.HIGH, nested={"k": (1, 2)})
+    finding = INFO_RULE.finding(
+        Location(("a.bin",)), evidence="", raw=b"\x00\xff", ratio=float("inf"), sev=Severity.HIGH, nested={"k": (1, 2)}
+    )
     details = parsed(single(finding))["files"][0]["findings"][0]["details"]
     assert details == {"nested": [["k", [1, 2]]], "ratio": "inf", "raw": "\x00ÿ", "sev": "high"}
 

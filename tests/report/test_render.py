@@ -23,17 +23,32 @@ STARTED = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 # Built with Rule(...) rather than rule(...) so that test rules never enter the process-wide catalogue.
 GLOBAL_RULE = Rule(
-    "MLW-TST-001", "Dangerous global imported", Severity.CRITICAL, 502,
+    "MLW-TST-001",
+    "Dangerous global imported",
+    Severity.CRITICAL,
+    502,
     "The pickle imports a callable that executes commands when loaded.",
     "Do not load this file; re-export the weights as safetensors.",
 )
-ODD_RULE = Rule("MLW-TST-002", "Unusual opcode", Severity.LOW, None,
-                "An opcode rarely produced by pickle writers.", "Review the producer.", Confidence.MEDIUM)
-INFO_RULE = Rule("MLW-TST-003", "Format detected", Severity.INFO, None,
-                 "A fact about the file.", "None needed.")
-SUSPECT_RULE = Rule("MLW-TST-004", "Suspicious template", Severity.MEDIUM, 94,
-                    "A template reaches attributes that lead to code execution.", "Remove it.",
-                    Confidence.LOW)
+ODD_RULE = Rule(
+    "MLW-TST-002",
+    "Unusual opcode",
+    Severity.LOW,
+    None,
+    "An opcode rarely produced by pickle writers.",
+    "Review the producer.",
+    Confidence.MEDIUM,
+)
+INFO_RULE = Rule("MLW-TST-003", "Format detected", Severity.INFO, None, "A fact about the file.", "None needed.")
+SUSPECT_RULE = Rule(
+    "MLW-TST-004",
+    "Suspicious template",
+    Severity.MEDIUM,
+    94,
+    "A template reaches attributes that lead to code execution.",
+    "Remove it.",
+    Confidence.LOW,
+)
 XSS = "<script>alert(1)</script>"
 
 
@@ -49,22 +64,24 @@ def sample_report() -> ScanReport:
     """One of everything: a member finding, a top-level one, INFO, None offset/cwe, unicode, an error."""
     pt = "models/model.pt"
     member = GLOBAL_RULE.finding(
-        Location((pt, "archive/data.pkl"), 123), evidence="os.system('echo pwned > /tmp/canary')",
+        Location((pt, "archive/data.pkl"), 123),
+        evidence="os.system('echo pwned > /tmp/canary')",
         **{"global": "os.system", "args": ["echo pwned"]},
     )
     info = INFO_RULE.finding(Location((pt,)), evidence="")
-    odd = ODD_RULE.finding(Location(("données/modèle ✓.pkl",), None, phase="disassembly"),
-                           evidence="opcode PERSID «x»")
+    odd = ODD_RULE.finding(Location(("données/modèle ✓.pkl",), None, phase="disassembly"), evidence="opcode PERSID «x»")
     xss = SUSPECT_RULE.finding(Location(("tokenizer_config.json", "chat_template"), 7), evidence=XSS)
-    return make_report((
-        FileResult(pt, 4096, ((pt, "zip"), (f"{pt} ▸ archive/data.pkl", "pickle")), (member, info), 0.031),
-        FileResult("données/modèle ✓.pkl", 77, (("données/modèle ✓.pkl", "pickle"),), (odd,), 0.001),
-        FileResult("tokenizer_config.json", 300, (("tokenizer_config.json", "hf-tokenizer-config"),),
-                   (xss,), 0.004),
-        clean_file(),
-        FileResult("secret/unreadable.bin", None, (), (), 0.0,
-                   error="secret/unreadable.bin: Permission denied"),
-    ))
+    return make_report(
+        (
+            FileResult(pt, 4096, ((pt, "zip"), (f"{pt} ▸ archive/data.pkl", "pickle")), (member, info), 0.031),
+            FileResult("données/modèle ✓.pkl", 77, (("données/modèle ✓.pkl", "pickle"),), (odd,), 0.001),
+            FileResult(
+                "tokenizer_config.json", 300, (("tokenizer_config.json", "hf-tokenizer-config"),), (xss,), 0.004
+            ),
+            clean_file(),
+            FileResult("secret/unreadable.bin", None, (), (), 0.0, error="secret/unreadable.bin: Permission denied"),
+        )
+    )
 
 
 def single(finding: Finding, path: str | None = None) -> ScanReport:

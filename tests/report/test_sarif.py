@@ -47,9 +47,7 @@ def results(report: Any) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("name", ["sample", "empty", "clean", "error-only"])
-def test_output_validates_against_official_schema(
-    name: str, validator: jsonschema.protocols.Validator
-) -> None:
+def test_output_validates_against_official_schema(name: str, validator: jsonschema.protocols.Validator) -> None:
     report = {
         "sample": sample_report(),
         "empty": make_report(()),
@@ -69,13 +67,16 @@ def test_schema_file_is_the_oasis_one(validator: jsonschema.protocols.Validator)
     assert not validator.is_valid({"version": "2.1.0", "runs": [{"results": []}]})  # tool is required
 
 
-@pytest.mark.parametrize(("severity", "level", "score"), [
-    (Severity.CRITICAL, "error", "9.5"),
-    (Severity.HIGH, "error", "8.0"),
-    (Severity.MEDIUM, "warning", "5.5"),
-    (Severity.LOW, "note", "3.0"),
-    (Severity.INFO, "note", "0.0"),
-])
+@pytest.mark.parametrize(
+    ("severity", "level", "score"),
+    [
+        (Severity.CRITICAL, "error", "9.5"),
+        (Severity.HIGH, "error", "8.0"),
+        (Severity.MEDIUM, "warning", "5.5"),
+        (Severity.LOW, "note", "3.0"),
+        (Severity.INFO, "note", "0.0"),
+    ],
+)
 def test_level_and_security_severity_mapping(severity: Severity, level: str, score: str) -> None:
     finding = GLOBAL_RULE.finding(Location(("a.pkl",), 1), evidence="x", severity=severity)
     data = sarif(single(finding))
@@ -109,8 +110,9 @@ def test_driver_and_rules() -> None:
 
 
 def test_rule_metadata_comes_from_the_catalogue() -> None:
-    finding = INCOMPLETE.finding(Location(("big.pkl",), 10), evidence="limit hit",
-                                 message="Analysis incomplete: max_pickle_opcodes")
+    finding = INCOMPLETE.finding(
+        Location(("big.pkl",), 10), evidence="limit hit", message="Analysis incomplete: max_pickle_opcodes"
+    )
     rule = sarif(single(finding))["runs"][0]["tool"]["driver"]["rules"][0]
     assert rule["id"] == "MLW-GEN-001"
     assert rule["shortDescription"]["text"] == INCOMPLETE.title  # not the per-finding message
@@ -168,10 +170,20 @@ def test_fingerprints_are_stable_and_distinct() -> None:
 
     assert fp(10) == fp(500)  # bytes moved, same problem, same alert
     assert fp(10) != fp(10, "posix.system")
-    twice = make_report((FileResult("a.pkl", 1, (), (
-        GLOBAL_RULE.finding(Location(("a.pkl",), 1), evidence="os.system"),
-        GLOBAL_RULE.finding(Location(("a.pkl",), 9), evidence="os.system"),
-    ), 0.0),))
+    twice = make_report(
+        (
+            FileResult(
+                "a.pkl",
+                1,
+                (),
+                (
+                    GLOBAL_RULE.finding(Location(("a.pkl",), 1), evidence="os.system"),
+                    GLOBAL_RULE.finding(Location(("a.pkl",), 9), evidence="os.system"),
+                ),
+                0.0,
+            ),
+        )
+    )
     prints = [r["partialFingerprints"]["mlwardenFinding/v1"] for r in results(twice)]
     assert len(set(prints)) == 2
 

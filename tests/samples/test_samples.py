@@ -64,7 +64,7 @@ def _zip_members(data: bytes) -> list[bytes]:
         for info in zf.infolist():
             start = info.header_offset
             n, m = struct.unpack_from("<HH", data, start + 26)
-            raw = data[start + 30 + n + m: start + 30 + n + m + info.compress_size]
+            raw = data[start + 30 + n + m : start + 30 + n + m + info.compress_size]
             # Raw slices survive the flag/CRC tampering that makes zipfile.read refuse a member.
             out.append(raw if info.compress_type == zipfile.ZIP_STORED else zlib.decompress(raw, -15))
     return out
@@ -141,14 +141,17 @@ def pickle_streams(sample: Sample) -> list[bytes]:
     if name.endswith((".pkl.gz", ".pkl.bz2", ".pkl.xz")):
         return [blobs(data)[1]]
     if name.endswith(".npy"):
-        return [data[10 + struct.unpack_from("<H", data, 8)[0]:]] if b"'|O'" in data[:128] else []
+        return [data[10 + struct.unpack_from("<H", data, 8)[0] :]] if b"'|O'" in data[:128] else []
     if data[:4] == b"PK\x03\x04" and name.endswith((".pt", ".txt", ".npz")):
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             names = zf.namelist()
         members = dict(zip(names, _zip_members(data), strict=True))
         picked = [raw for n, raw in members.items() if n.endswith(("data.pkl", "evil.bin"))]
-        picked += [raw[10 + struct.unpack_from("<H", raw, 8)[0]:] for n, raw in members.items()
-                   if n.endswith(".npy") and b"'|O'" in raw[:128]]
+        picked += [
+            raw[10 + struct.unpack_from("<H", raw, 8)[0] :]
+            for n, raw in members.items()
+            if n.endswith(".npy") and b"'|O'" in raw[:128]
+        ]
         return picked
     if name.endswith((".bin", ".pt")) and data[:2] == b"\x80\x02":  # legacy: magic, version, sys_info, main
         stream, out = io.BytesIO(data), []
@@ -156,7 +159,7 @@ def pickle_streams(sample: Sample) -> list[bytes]:
             start = stream.tell()
             for _op in pickletools.genops(stream):
                 pass
-            out.append(data[start:stream.tell()])
+            out.append(data[start : stream.tell()])
         return out
     return []
 
@@ -203,8 +206,7 @@ def test_labels_json_matches_samples(built: tuple[Path, Path, list[Sample]]) -> 
     assert set(labels) == {s.path.relative_to(root).as_posix() for s in samples}
     for s in samples:
         entry = labels[s.path.relative_to(root).as_posix()]
-        assert entry == {"label": s.label, "expect": list(s.expect), "note": s.description,
-                         "family": s.family}
+        assert entry == {"label": s.label, "expect": list(s.expect), "note": s.description, "family": s.family}
         if s.label == "benign":
             assert s.expect == ()
         elif s.family not in NO_EXPECT:
@@ -269,7 +271,7 @@ def _raw_streams(sample: Sample) -> list[bytes]:
     data = sample.path.read_bytes()
     if sample.family == "pickle-trailing-after-stop":
         cut = data.index(b"\x00" * 7)
-        return [data[:cut], data[cut + 7:]]
+        return [data[:cut], data[cut + 7 :]]
     if sample.family == "pickle-concatenated":
         first = next(pos for op, _a, pos in pickletools.genops(data) if op.name == "STOP") + 1
         return [data[:first], data[first:]]
@@ -324,12 +326,18 @@ def test_benign_pickle_streams_are_complete(built: tuple[Path, Path, list[Sample
     assert checked >= 30
 
 
-@pytest.mark.parametrize(("family", "flag", "crc_changed"), [
-    ("torch-zip-flag-encrypted", 0x1, False), ("torch-zip-flag-descriptor", 0x8, False),
-    ("torch-zip-flag-patched", 0x20, False), ("torch-zip-bad-crc", 0, True),
-])
-def test_tampered_zip_headers(built: tuple[Path, Path, list[Sample]], family: str, flag: int,
-                              crc_changed: bool) -> None:
+@pytest.mark.parametrize(
+    ("family", "flag", "crc_changed"),
+    [
+        ("torch-zip-flag-encrypted", 0x1, False),
+        ("torch-zip-flag-descriptor", 0x8, False),
+        ("torch-zip-flag-patched", 0x20, False),
+        ("torch-zip-bad-crc", 0, True),
+    ],
+)
+def test_tampered_zip_headers(
+    built: tuple[Path, Path, list[Sample]], family: str, flag: int, crc_changed: bool
+) -> None:
     _root, _canary, samples = built
     (sample,) = by_family(samples)[family]
     data = sample.path.read_bytes()
@@ -362,10 +370,10 @@ def test_seven_zip_headers_are_consistent() -> None:
     (start_crc,) = struct.unpack_from("<I", data, 8)
     assert binascii.crc32(data[12:32]) == start_crc
     offset, size, crc = struct.unpack_from("<QQI", data, 12)
-    header = data[32 + offset: 32 + offset + size]
+    header = data[32 + offset : 32 + offset + size]
     assert binascii.crc32(header) == crc
     assert 32 + offset + size == len(data)
-    assert data[32:32 + len(b"payload-bytes")] == b"payload-bytes"
+    assert data[32 : 32 + len(b"payload-bytes")] == b"payload-bytes"
     assert "data.pkl".encode("utf-16-le") in header
 
 

@@ -58,11 +58,18 @@ class Artifact:
         )
 
     @classmethod
-    def from_bytes(cls, data: bytes, chain: tuple[str, ...], depth: int, notes: frozenset[str] = frozenset()
-                   ) -> Artifact:
+    def from_bytes(
+        cls, data: bytes, chain: tuple[str, ...], depth: int, notes: frozenset[str] = frozenset()
+    ) -> Artifact:
         """An in-memory artifact (small decoded layers, embedded pickles)."""
-        return cls(chain=chain, size=len(data), opener=lambda: io.BytesIO(data), head=data[:HEAD_SIZE],
-                   depth=depth, notes=notes)
+        return cls(
+            chain=chain,
+            size=len(data),
+            opener=lambda: io.BytesIO(data),
+            head=data[:HEAD_SIZE],
+            depth=depth,
+            notes=notes,
+        )
 
     @property
     def name(self) -> str:
@@ -80,11 +87,18 @@ class Artifact:
         """A :class:`Location` inside this artifact."""
         return Location(self.chain, offset, phase)
 
-    def child(self, name: str, size: int | None, opener: Callable[[], BinaryIO], head: bytes,
-              notes: frozenset[str] = frozenset()) -> Artifact:
+    def child(
+        self,
+        name: str,
+        size: int | None,
+        opener: Callable[[], BinaryIO],
+        head: bytes,
+        notes: frozenset[str] = frozenset(),
+    ) -> Artifact:
         """An artifact contained in this one (an archive member or a decoded layer)."""
-        return Artifact(chain=(*self.chain, name), size=size, opener=opener, head=head,
-                        depth=self.depth + 1, notes=notes)
+        return Artifact(
+            chain=(*self.chain, name), size=size, opener=opener, head=head, depth=self.depth + 1, notes=notes
+        )
 
 
 class SliceReader(io.RawIOBase):

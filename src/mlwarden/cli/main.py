@@ -51,15 +51,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mlwarden {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    scan = sub.add_parser("scan", help="scan model files and folders without loading them",
-                          description="Scan model files and folders (recursively). Exit 0: clean at the failing "
-                          "severity; 1: findings at or above it; 2: usage error or unscannable file.")
+    scan = sub.add_parser(
+        "scan",
+        help="scan model files and folders without loading them",
+        description="Scan model files and folders (recursively). Exit 0: clean at the failing "
+        "severity; 1: findings at or above it; 2: usage error or unscannable file.",
+    )
     scan.add_argument("paths", nargs="+", metavar="PATH", help="files or directories to scan")
     scan.add_argument("--format", "-f", choices=FORMATS, default="text", help="report format (default: text)")
     scan.add_argument("--output", "-o", metavar="FILE", help="write the report to FILE instead of stdout")
-    scan.add_argument("--fail-on", type=_severity, metavar="SEVERITY",
-                      help="lowest severity that fails the scan: info, low, medium, high, critical "
-                      "(default: the policy's, medium unless changed)")
+    scan.add_argument(
+        "--fail-on",
+        type=_severity,
+        metavar="SEVERITY",
+        help="lowest severity that fails the scan: info, low, medium, high, critical "
+        "(default: the policy's, medium unless changed)",
+    )
     mode = scan.add_mutually_exclusive_group()
     mode.add_argument("--static-only", action="store_true", help="static analysis only (no model code runs)")
     mode.add_argument("--dynamic", action="store_true", help="dynamic analysis only (sandboxed; not yet available)")
@@ -79,8 +86,9 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     from mlwarden.scan.engine import expand, scan_paths
 
     if args.dynamic:
-        raise UsageError("--dynamic: the dynamic (sandboxed) engine is not available in this version; "
-                         "use --static-only")
+        raise UsageError(
+            "--dynamic: the dynamic (sandboxed) engine is not available in this version; use --static-only"
+        )
     if args.output:
         parent = Path(args.output).resolve().parent
         if not parent.is_dir():
@@ -93,8 +101,9 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     if show_progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        with Progress(TextColumn("scanning"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      transient=True) as bar:
+        with Progress(
+            TextColumn("scanning"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
+        ) as bar:
             task = bar.add_task("scan", total=len(files))
             report = scan_paths(files, policy, jobs=args.jobs, progress=lambda _r: bar.advance(task))
     else:
@@ -124,8 +133,22 @@ def _cmd_rules(args: argparse.Namespace) -> int:
 
     rules = sorted(catalogue().values(), key=lambda r: r.id)
     if args.format == "json":
-        print(json.dumps([{"id": r.id, "title": r.title, "severity": str(r.severity), "cwe": r.cwe,
-                           "description": r.description, "remediation": r.remediation} for r in rules], indent=2))
+        print(
+            json.dumps(
+                [
+                    {
+                        "id": r.id,
+                        "title": r.title,
+                        "severity": str(r.severity),
+                        "cwe": r.cwe,
+                        "description": r.description,
+                        "remediation": r.remediation,
+                    }
+                    for r in rules
+                ],
+                indent=2,
+            )
+        )
     else:
         for r in rules:
             cwe = f"CWE-{r.cwe}" if r.cwe else "-"
@@ -155,8 +178,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the promise is: no traceback reaches the user
         if os.environ.get("MLWARDEN_DEBUG"):
             raise
-        print(f"mlwarden: internal error: {type(exc).__name__}: {exc} (set MLWARDEN_DEBUG=1 for details)",
-              file=sys.stderr)
+        print(
+            f"mlwarden: internal error: {type(exc).__name__}: {exc} (set MLWARDEN_DEBUG=1 for details)", file=sys.stderr
+        )
         return EXIT_ERROR
 
 

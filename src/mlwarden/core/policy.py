@@ -57,11 +57,25 @@ class Limits:
 
 # Bounds of each limit: (exclusive lower bound, inclusive upper bound or None).
 _BOUNDS: dict[str, tuple[float, float | None]] = {
-    "max_depth": (-1, 64), "max_compression_ratio": (1, None), "max_pickle_arg_preview": (8, None),
-    **{name: (0, None) for name in (
-        "max_file_size", "max_members", "max_member_size", "max_total_uncompressed", "max_pickle_opcodes",
-        "max_pickle_memo", "max_pickle_depth", "max_pickles_per_stream", "max_header_size", "max_text_size",
-        "timeout_seconds")},
+    "max_depth": (-1, 64),
+    "max_compression_ratio": (1, None),
+    "max_pickle_arg_preview": (8, None),
+    **{
+        name: (0, None)
+        for name in (
+            "max_file_size",
+            "max_members",
+            "max_member_size",
+            "max_total_uncompressed",
+            "max_pickle_opcodes",
+            "max_pickle_memo",
+            "max_pickle_depth",
+            "max_pickles_per_stream",
+            "max_header_size",
+            "max_text_size",
+            "timeout_seconds",
+        )
+    },
 }
 
 
@@ -139,8 +153,9 @@ def parse_policy(data: dict[str, Any], source: str = "<policy>") -> Policy:
     from pydantic import TypeAdapter, ValidationError
 
     if data.get("version", 1) != 1:
-        raise PolicyError(f"policy {source}: unsupported policy version {data.get('version')!r} "
-                          "(this mlwarden reads version 1)")
+        raise PolicyError(
+            f"policy {source}: unsupported policy version {data.get('version')!r} (this mlwarden reads version 1)"
+        )
     try:
         return TypeAdapter(Policy).validate_python(_severities(data))
     except ValidationError as exc:

@@ -58,9 +58,7 @@ def verdict(report: ScanReport) -> str:
 # C0/C1 controls (ANSI escapes start with ESC), DEL, and the bidirectional overrides used in
 # "Trojan Source" tricks: a hostile file must not be able to repaint the terminal or reorder text;
 # lone surrogates (undecodable bytes) because they cannot be written out as UTF-8.
-_UNSAFE = re.compile(
-    r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
-)
+_UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def _escape(match: re.Match[str]) -> str:

@@ -38,11 +38,17 @@ SRCROOT = "%SRCROOT%"
 
 #: GitHub maps security-severity to critical (>= 9.0), high (7.0-8.9), medium (4.0-6.9), low (0.1-3.9).
 SECURITY_SEVERITY = {
-    Severity.CRITICAL: "9.5", Severity.HIGH: "8.0", Severity.MEDIUM: "5.5", Severity.LOW: "3.0",
+    Severity.CRITICAL: "9.5",
+    Severity.HIGH: "8.0",
+    Severity.MEDIUM: "5.5",
+    Severity.LOW: "3.0",
     Severity.INFO: "0.0",
 }
 LEVEL = {
-    Severity.CRITICAL: "error", Severity.HIGH: "error", Severity.MEDIUM: "warning", Severity.LOW: "note",
+    Severity.CRITICAL: "error",
+    Severity.HIGH: "error",
+    Severity.MEDIUM: "warning",
+    Severity.LOW: "note",
     Severity.INFO: "note",
 }
 PRECISION = {Confidence.HIGH: "high", Confidence.MEDIUM: "medium", Confidence.LOW: "low"}
@@ -71,8 +77,10 @@ def artifact_location(path: str, root: Path | None = None) -> dict[str, str]:
 
 def _relative_to_root(path: Path, root: Path) -> PurePath:
     """``path`` relative to ``root`` if it lies below it (lexically, or once symlinks are resolved)."""
-    for p, r in ((Path(os.path.normpath(path)), Path(os.path.normpath(root.absolute()))),
-                 (path.resolve(), root.resolve())):
+    for p, r in (
+        (Path(os.path.normpath(path)), Path(os.path.normpath(root.absolute()))),
+        (path.resolve(), root.resolve()),
+    ):
         if p.is_relative_to(r):
             return p.relative_to(r)
     return path
@@ -175,11 +183,18 @@ def _result(finding: Finding, rule_index: int, occurrence: int, root: Path | Non
         physical["region"] = {"byteOffset": loc.offset}
     location: dict[str, Any] = {"physicalLocation": physical}
     if loc.member:
-        location["logicalLocations"] = [{
-            "name": loc.chain[-1], "fullyQualifiedName": " ▸ ".join(loc.chain), "kind": "resource",
-        }]
-    properties: dict[str, Any] = {"chain": list(loc.chain), "confidence": str(finding.confidence),
-                                  "severity": str(finding.severity)}
+        location["logicalLocations"] = [
+            {
+                "name": loc.chain[-1],
+                "fullyQualifiedName": " ▸ ".join(loc.chain),
+                "kind": "resource",
+            }
+        ]
+    properties: dict[str, Any] = {
+        "chain": list(loc.chain),
+        "confidence": str(finding.confidence),
+        "severity": str(finding.severity),
+    }
     if loc.offset is not None:
         properties["offset"] = loc.offset
     if loc.phase:
@@ -212,12 +227,15 @@ def to_dict(report: ScanReport, *, root: Path | None = None) -> dict[str, Any]:
         results.append(_result(f, index[f.rule_id], seen[key], root))
         seen[key] += 1
 
-    notifications = [{
-        "level": "error",
-        "message": {"text": _plain_message(_error_text(r.path, r.error or "unknown error"))},
-        "locations": [{"physicalLocation": {"artifactLocation": artifact_location(r.path, root)}}],
-        "descriptor": {"id": "MLW-SCAN-ERROR"},
-    } for r in report.errors]
+    notifications = [
+        {
+            "level": "error",
+            "message": {"text": _plain_message(_error_text(r.path, r.error or "unknown error"))},
+            "locations": [{"physicalLocation": {"artifactLocation": artifact_location(r.path, root)}}],
+            "descriptor": {"id": "MLW-SCAN-ERROR"},
+        }
+        for r in report.errors
+    ]
     invocation: dict[str, Any] = {
         "executionSuccessful": not report.errors,
         "exitCode": report.exit_code(),
@@ -230,18 +248,22 @@ def to_dict(report: ScanReport, *, root: Path | None = None) -> dict[str, Any]:
     return {
         "$schema": SARIF_SCHEMA,
         "version": "2.1.0",
-        "runs": [{
-            "tool": {"driver": {
-                "name": TOOL_NAME,
-                "version": report.tool_version,
-                "informationUri": INFORMATION_URI,
-                "rules": rules,
-            }},
-            "invocations": [invocation],
-            "results": results,
-            "columnKind": "unicodeCodePoints",
-            "properties": {"fail_on": str(report.fail_on), "modes": list(report.modes)},
-        }],
+        "runs": [
+            {
+                "tool": {
+                    "driver": {
+                        "name": TOOL_NAME,
+                        "version": report.tool_version,
+                        "informationUri": INFORMATION_URI,
+                        "rules": rules,
+                    }
+                },
+                "invocations": [invocation],
+                "results": results,
+                "columnKind": "unicodeCodePoints",
+                "properties": {"fail_on": str(report.fail_on), "modes": list(report.modes)},
+            }
+        ],
     }
 
 

@@ -91,8 +91,10 @@ def _summary(report: ScanReport) -> Table:
         per_severity.append(f"{sev.name.lower()} {n}", style=SEVERITY_STYLE[sev] if n else "dim")
     table.add_row("Findings", per_severity)
     errors = len(report.errors)
-    table.add_row("Errors", Text(f"{errors} file(s) could not be scanned" if errors else "0",
-                                 style="bold magenta" if errors else ""))
+    table.add_row(
+        "Errors",
+        Text(f"{errors} file(s) could not be scanned" if errors else "0", style="bold magenta" if errors else ""),
+    )
     table.add_row("Fail on", f"{report.fail_on.name.lower()} and above ({len(report.failing)} finding(s))")
     word = verdict(report)
     table.add_row("Verdict", Text(word, style=VERDICT_STYLE[word]))
@@ -100,13 +102,20 @@ def _summary(report: ScanReport) -> Table:
     return table
 
 
-def render(report: ScanReport, *, color: bool = False, verbose: bool = False,
-           width: int = DEFAULT_WIDTH) -> str:
+def render(report: ScanReport, *, color: bool = False, verbose: bool = False, width: int = DEFAULT_WIDTH) -> str:
     """Render the report as text (ANSI-coloured only when ``color`` is true)."""
     buffer = StringIO()
-    console = Console(file=buffer, width=width, force_terminal=color, no_color=not color,
-                      color_system="standard" if color else None, highlight=False, emoji=False,
-                      markup=False, legacy_windows=False)
+    console = Console(
+        file=buffer,
+        width=width,
+        force_terminal=color,
+        no_color=not color,
+        color_system="standard" if color else None,
+        highlight=False,
+        emoji=False,
+        markup=False,
+        legacy_windows=False,
+    )
     clean_files: list[FileResult] = []
     for result in report.files:
         if result.error is not None:
@@ -119,14 +128,24 @@ def render(report: ScanReport, *, color: bool = False, verbose: bool = False,
 
     if clean_files:
         if verbose:
-            console.print(Text("Files without findings" if not any(r.findings for r in clean_files)
-                               else "Files without findings above info", style="bold"))
+            console.print(
+                Text(
+                    "Files without findings"
+                    if not any(r.findings for r in clean_files)
+                    else "Files without findings above info",
+                    style="bold",
+                )
+            )
             for r in clean_files:
-                console.print(Text.assemble("  ", clean(r.path), ("  " + _formats(r), "dim"),
-                                            ("  " + format_duration(r.duration), "dim")))
+                console.print(
+                    Text.assemble(
+                        "  ", clean(r.path), ("  " + _formats(r), "dim"), ("  " + format_duration(r.duration), "dim")
+                    )
+                )
         else:
-            console.print(Text(f"{len(clean_files)} file(s) without findings above info not listed "
-                               "(use --verbose)", style="dim"))
+            console.print(
+                Text(f"{len(clean_files)} file(s) without findings above info not listed (use --verbose)", style="dim")
+            )
         console.print()
 
     if report.errors:

@@ -202,8 +202,9 @@ def build_benign(out_dir: Path, *, only: Iterable[str] | None = None) -> list[Sa
     return _build("benign", ctx, only)
 
 
-def build_malicious(out_dir: Path, canary_dir: Path, *, only: Iterable[str] | None = None,
-                    port: int = CANARY_PORT) -> list[Sample]:
+def build_malicious(
+    out_dir: Path, canary_dir: Path, *, only: Iterable[str] | None = None, port: int = CANARY_PORT
+) -> list[Sample]:
     """Build malicious canary samples under ``out_dir/malicious/``. Nothing is loaded or executed.
 
     Args:
@@ -226,7 +227,10 @@ def write_labels(samples: Iterable[Sample], out_dir: Path) -> Path:
     root = Path(out_dir).resolve()
     labels = {
         s.path.resolve().relative_to(root).as_posix(): {
-            "label": s.label, "expect": list(s.expect), "note": s.description, "family": s.family,
+            "label": s.label,
+            "expect": list(s.expect),
+            "note": s.description,
+            "family": s.family,
         }
         for s in samples
     }

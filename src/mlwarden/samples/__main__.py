@@ -16,9 +16,22 @@ from mlwarden.samples import build_benign, build_malicious, families, write_labe
 
 #: The representative subset ``make demo`` builds: everyday models, and one canary per attack surface.
 DEMO_FAMILIES = (
-    "sklearn-pipeline", "torch-state-dict", "torch-checkpoint", "numpy", "safetensors", "gguf", "hf-folder",
-    "pickle-os-system", "pickle-stack-global-decoys", "torch-zip-data-pkl", "torch-zip-extra-member",
-    "joblib-reduce", "numpy-object-payload", "gguf-ssti", "hf-auto-map", "nested-archive",
+    "sklearn-pipeline",
+    "torch-state-dict",
+    "torch-checkpoint",
+    "numpy",
+    "safetensors",
+    "gguf",
+    "hf-folder",
+    "pickle-os-system",
+    "pickle-stack-global-decoys",
+    "torch-zip-data-pkl",
+    "torch-zip-extra-member",
+    "joblib-reduce",
+    "numpy-object-payload",
+    "gguf-ssti",
+    "hf-auto-map",
+    "nested-archive",
     "zip-path-traversal",
 )
 
@@ -29,13 +42,16 @@ def main(argv: list[str] | None = None) -> int:
     demo = len(args_in) >= 2 and args_in[0] == "demo" and not args_in[1].startswith("-")
     if demo:
         args_in = args_in[1:]
-    parser = argparse.ArgumentParser(prog="python -m mlwarden.samples",
-                                     description="Build benign and malicious (canary) sample model files.")
+    parser = argparse.ArgumentParser(
+        prog="python -m mlwarden.samples", description="Build benign and malicious (canary) sample model files."
+    )
     parser.add_argument("out_dir", type=Path, help="output directory (created if needed)")
-    parser.add_argument("--canary-dir", type=Path, default=None,
-                        help="the only directory payloads name (default: OUT_DIR/canary)")
-    parser.add_argument("--only", default=None,
-                        help="comma-separated family names or shell patterns, e.g. 'torch-*,numpy'")
+    parser.add_argument(
+        "--canary-dir", type=Path, default=None, help="the only directory payloads name (default: OUT_DIR/canary)"
+    )
+    parser.add_argument(
+        "--only", default=None, help="comma-separated family names or shell patterns, e.g. 'torch-*,numpy'"
+    )
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--benign-only", action="store_true", help="build benign samples only")
     which.add_argument("--malicious-only", action="store_true", help="build malicious samples only")
@@ -71,8 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         samples += build_malicious(out_dir, canary_dir, only=only)
     labels = write_labels(samples, out_dir)
     counts = Counter(s.label for s in samples)
-    print(f"built {counts['benign']} benign and {counts['malicious']} malicious samples in {out_dir}; "
-          f"labels: {labels}; canary dir: {canary_dir}")
+    print(
+        f"built {counts['benign']} benign and {counts['malicious']} malicious samples in {out_dir}; "
+        f"labels: {labels}; canary dir: {canary_dir}"
+    )
     return 0
 
 

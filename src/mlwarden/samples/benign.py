@@ -32,11 +32,15 @@ def _frame() -> Any:
 
     rng = np.random.default_rng(1)
     n = 120
-    return pd.DataFrame({
-        "age": rng.integers(18, 80, n), "income": rng.lognormal(10, 1, n),
-        "city": rng.choice(["paris", "lyon", "nice"], n), "plan": rng.choice(["free", "pro"], n),
-        "score": rng.standard_normal(n),
-    })
+    return pd.DataFrame(
+        {
+            "age": rng.integers(18, 80, n),
+            "income": rng.lognormal(10, 1, n),
+            "city": rng.choice(["paris", "lyon", "nice"], n),
+            "plan": rng.choice(["free", "pro"], n),
+            "score": rng.standard_normal(n),
+        }
+    )
 
 
 def sklearn_pipeline() -> Any:
@@ -49,11 +53,13 @@ def sklearn_pipeline() -> Any:
 
     frame = _frame()
     target = (frame["score"] > 0).astype(int)
-    pre = ColumnTransformer([
-        ("cat", OneHotEncoder(handle_unknown="ignore"), ["city", "plan"]),
-        ("num", StandardScaler(), ["age", "score"]),
-        ("log", FunctionTransformer(np.log1p), ["income"]),
-    ])
+    pre = ColumnTransformer(
+        [
+            ("cat", OneHotEncoder(handle_unknown="ignore"), ["city", "plan"]),
+            ("num", StandardScaler(), ["age", "score"]),
+            ("log", FunctionTransformer(np.log1p), ["income"]),
+        ]
+    )
     return Pipeline([("pre", pre), ("clf", LogisticRegression(max_iter=200))]).fit(frame, target)
 
 
@@ -104,8 +110,14 @@ def _joblib_compressed(ctx: BuildContext, folder: Path) -> list[Made]:
     x, y = _xy()
     model = RandomForestClassifier(n_estimators=4, max_depth=3, random_state=0).fit(x, y)
     out = []
-    variants: list[tuple[str, Any]] = [("zlib", ("zlib", 3)), ("gzip", ("gzip", 3)), ("bz2", ("bz2", 3)),
-                                       ("lzma", ("lzma", 3)), ("xz", ("xz", 3)), ("level3", 3)]
+    variants: list[tuple[str, Any]] = [
+        ("zlib", ("zlib", 3)),
+        ("gzip", ("gzip", 3)),
+        ("bz2", ("bz2", 3)),
+        ("lzma", ("lzma", 3)),
+        ("xz", ("xz", 3)),
+        ("level3", 3),
+    ]
     for name, compress in variants:
         path = folder / f"forest.{name}.joblib"
         joblib.dump(model, path, compress=compress)
@@ -124,8 +136,10 @@ def _pandas(ctx: BuildContext, folder: Path) -> list[Made]:
     df_path, s_path = folder / "frame.pkl", folder / "series.pkl"
     frame.to_pickle(df_path)
     frame["income"].rename("income").to_pickle(s_path)
-    return [Made(df_path, "pandas DataFrame (ints, floats, strings, category, datetime) via to_pickle"),
-            Made(s_path, "pandas Series via to_pickle")]
+    return [
+        Made(df_path, "pandas DataFrame (ints, floats, strings, category, datetime) via to_pickle"),
+        Made(s_path, "pandas Series via to_pickle"),
+    ]
 
 
 @register("benign", "numpy", requires=("numpy",))
@@ -134,8 +148,10 @@ def _numpy(ctx: BuildContext, folder: Path) -> list[Made]:
 
     rng = np.random.default_rng(0)
     weights = rng.standard_normal((16, 8)).astype(np.float32)
-    paths = {name: folder / name for name in ("weights.npy", "arrays.npz", "arrays_compressed.npz",
-                                              "structured.npy", "objects.npy")}
+    paths = {
+        name: folder / name
+        for name in ("weights.npy", "arrays.npz", "arrays_compressed.npz", "structured.npy", "objects.npy")
+    }
     np.save(paths["weights.npy"], weights)
     np.savez(paths["arrays.npz"], weights=weights, bias=np.zeros(8), steps=np.arange(10))
     np.savez_compressed(paths["arrays_compressed.npz"], weights=weights, labels=np.array(["a", "b"]))
@@ -146,8 +162,11 @@ def _numpy(ctx: BuildContext, folder: Path) -> list[Made]:
         Made(paths["arrays.npz"], "plain .npz of numeric arrays"),
         Made(paths["arrays_compressed.npz"], "compressed .npz with a unicode string array"),
         Made(paths["structured.npy"], ".npy of a structured dtype"),
-        Made(paths["objects.npy"], "object-dtype .npy of plain Python ints, strings, None and a tuple "
-                                   "(a pickle whose only globals are numpy's array reconstructors)"),
+        Made(
+            paths["objects.npy"],
+            "object-dtype .npy of plain Python ints, strings, None and a tuple "
+            "(a pickle whose only globals are numpy's array reconstructors)",
+        ),
     ]
 
 
@@ -170,8 +189,11 @@ def _lightgbm(ctx: BuildContext, folder: Path) -> list[Made]:
     import lightgbm as lgb
 
     x, y = _xy()
-    booster = lgb.train({"objective": "binary", "num_leaves": 4, "verbose": -1, "seed": 0, "num_threads": 1},
-                        lgb.Dataset(x, y), num_boost_round=5)
+    booster = lgb.train(
+        {"objective": "binary", "num_leaves": 4, "verbose": -1, "seed": 0, "num_threads": 1},
+        lgb.Dataset(x, y),
+        num_boost_round=5,
+    )
     path = folder / "model.txt"
     booster.save_model(str(path))
     return [Made(path, "LightGBM booster saved as text")]

@@ -38,13 +38,21 @@ def torch_models() -> dict[str, Any]:
     torch.manual_seed(0)
     return {
         "mlp": nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Dropout(0.1), nn.Linear(32, 4)),
-        "cnn": nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
-                             nn.Flatten(), nn.Linear(8 * 8 * 8, 10)),
+        "cnn": nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(8 * 8 * 8, 10),
+        ),
         "lstm": nn.LSTM(input_size=12, hidden_size=16, num_layers=2, batch_first=True),
         "gru": nn.GRU(input_size=12, hidden_size=16, bidirectional=True),
         "transformer_encoder": nn.TransformerEncoder(
             nn.TransformerEncoderLayer(d_model=32, nhead=4, dim_feedforward=64, batch_first=True),
-            num_layers=2, enable_nested_tensor=False),
+            num_layers=2,
+            enable_nested_tensor=False,
+        ),
         "embedding": nn.Sequential(nn.Embedding(100, 16), nn.LayerNorm(16)),
     }
 
@@ -82,8 +90,9 @@ def _full_modules(ctx: BuildContext, folder: Path) -> list[Made]:
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # nested-tensor performance hint
-        transformer = nn.Transformer(d_model=16, nhead=2, num_encoder_layers=1, num_decoder_layers=1,
-                                     dim_feedforward=32)
+        transformer = nn.Transformer(
+            d_model=16, nhead=2, num_encoder_layers=1, num_decoder_layers=1, dim_feedforward=32
+        )
     whole = {"sequential_mlp": models["mlp"], "sequential_cnn": models["cnn"], "transformer": transformer}
     out = []
     for name, model in whole.items():
@@ -124,18 +133,21 @@ def _checkpoints(ctx: BuildContext, folder: Path) -> list[Made]:
             "model_state_dict": model.state_dict(),
             "optimizer_state_dict": opt.state_dict(),
             "scheduler_state_dict": sched.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                    "python": random.getstate()},
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
             "args": argparse.Namespace(lr=1e-3, batch_size=8, optimizer=opt_name, layers=[32, 4]),
             "metrics": {"loss": float(nn_loss.item()), "accuracy": 0.5, "history": [1.4, 1.2]},
-            "paths": {"output_dir": pathlib.Path("runs/exp1"),
-                      "data": pathlib.PurePosixPath("data/train.csv")},
+            "paths": {"output_dir": pathlib.Path("runs/exp1"), "data": pathlib.PurePosixPath("data/train.csv")},
         }
         for legacy in (False, True):
             path = folder / f"checkpoint_{opt_name}{'_legacy' if legacy else ''}.pt"
             torch.save(checkpoint, path, _use_new_zipfile_serialization=not legacy)
-            out.append(Made(path, f"training checkpoint ({opt_name}, scheduler, RNG states, Namespace, paths)"
-                            f"{' in legacy format' if legacy else ''}"))
+            out.append(
+                Made(
+                    path,
+                    f"training checkpoint ({opt_name}, scheduler, RNG states, Namespace, paths)"
+                    f"{' in legacy format' if legacy else ''}",
+                )
+            )
     return out
 
 
@@ -173,8 +185,14 @@ def _keras_models(folder: Path) -> list[Made]:
     import keras
 
     keras.utils.set_random_seed(0)
-    seq = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
-                            keras.layers.Dropout(0.1), keras.layers.Dense(3, activation="softmax")])
+    seq = keras.Sequential(
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dropout(0.1),
+            keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
     inputs = keras.Input((10,), name="features")
     hidden = keras.layers.Dense(8, activation="tanh")(inputs)
     hidden = keras.layers.BatchNormalization()(hidden)
@@ -197,12 +215,18 @@ def onnx_mlp() -> Any:
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
-             for name, shape in (("W1", (4, 8)), ("B1", (8,)), ("W2", (8, 3)), ("B2", (3,)))]
-    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h0"]), helper.make_node("Add", ["h0", "B1"], ["h1"]),
-             helper.make_node("Relu", ["h1"], ["h2"]), helper.make_node("MatMul", ["h2", "W2"], ["h3"]),
-             helper.make_node("Add", ["h3", "B2"], ["h4"]),
-             helper.make_node("Softmax", ["h4"], ["y"], axis=-1)]
+    inits = [
+        numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+        for name, shape in (("W1", (4, 8)), ("B1", (8,)), ("W2", (8, 3)), ("B2", (3,)))
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "W1"], ["h0"]),
+        helper.make_node("Add", ["h0", "B1"], ["h1"]),
+        helper.make_node("Relu", ["h1"], ["h2"]),
+        helper.make_node("MatMul", ["h2", "W2"], ["h3"]),
+        helper.make_node("Add", ["h3", "B2"], ["h4"]),
+        helper.make_node("Softmax", ["h4"], ["y"], axis=-1),
+    ]
     x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])
     y_info = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3])
     graph = helper.make_graph(nodes, "mlp", [x_info], [y_info], inits)
@@ -227,8 +251,7 @@ def _onnx_export(ctx: BuildContext, folder: Path) -> list[Made]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:  # the TorchScript-based exporter works offline; skip quietly where it is gone
-            torch.onnx.export(torch_models()["cnn"].eval(), (torch.zeros(1, 3, 16, 16),), str(path),
-                              dynamo=False)
+            torch.onnx.export(torch_models()["cnn"].eval(), (torch.zeros(1, 3, 16, 16),), str(path), dynamo=False)
         except Exception:  # noqa: BLE001
             return []
     return [Made(path, "ONNX exported by torch.onnx.export (TorchScript exporter)")]
@@ -271,22 +294,32 @@ def _safetensors(ctx: BuildContext, folder: Path) -> list[Made]:
 
     rng = np.random.default_rng(0)
     path = folder / "numpy.safetensors"
-    save_file({"dense.weight": rng.standard_normal((8, 4)).astype(np.float32),
-               "dense.bias": np.zeros(8, dtype=np.float32), "steps": np.arange(5, dtype=np.int64)},
-              str(path), metadata={"framework": "numpy"})
+    save_file(
+        {
+            "dense.weight": rng.standard_normal((8, 4)).astype(np.float32),
+            "dense.bias": np.zeros(8, dtype=np.float32),
+            "steps": np.arange(5, dtype=np.int64),
+        },
+        str(path),
+        metadata={"framework": "numpy"},
+    )
     out = [Made(path, "safetensors written from numpy arrays")]
     try:
         from safetensors.torch import save_file as save_torch
     except ImportError:  # no torch: the numpy file alone
         return out
     tpath = folder / "torch.safetensors"
-    save_torch({k: v.contiguous() for k, v in torch_models()["mlp"].state_dict().items()}, str(tpath),
-               metadata={"format": "pt"})
+    save_torch(
+        {k: v.contiguous() for k, v in torch_models()["mlp"].state_dict().items()},
+        str(tpath),
+        metadata={"format": "pt"},
+    )
     return [*out, Made(tpath, "safetensors written from a torch state_dict")]
 
 
-def write_hf_folder(folder: Path, *, config: dict[str, Any], tokenizer_config: dict[str, Any],
-                    extra_files: dict[str, str] | None = None) -> None:
+def write_hf_folder(
+    folder: Path, *, config: dict[str, Any], tokenizer_config: dict[str, Any], extra_files: dict[str, str] | None = None
+) -> None:
     """Write a small Hugging-Face-style model folder (config, tokenizer config, safetensors weights)."""
     import numpy as np
     from safetensors.numpy import save_file
@@ -295,31 +328,54 @@ def write_hf_folder(folder: Path, *, config: dict[str, Any], tokenizer_config: d
     (folder / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2), encoding="utf-8")
     (folder / "generation_config.json").write_text(
-        json.dumps({"bos_token_id": 1, "eos_token_id": 2, "max_new_tokens": 64}, indent=2), encoding="utf-8")
+        json.dumps({"bos_token_id": 1, "eos_token_id": 2, "max_new_tokens": 64}, indent=2), encoding="utf-8"
+    )
     special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
     (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2), encoding="utf-8")
     for name, text in (extra_files or {}).items():
         (folder / name).write_text(text, encoding="utf-8")
     rng = np.random.default_rng(0)
-    save_file({"model.embed_tokens.weight": rng.standard_normal((32, 16)).astype(np.float32),
-               "model.layers.0.self_attn.q_proj.weight": rng.standard_normal((16, 16)).astype(np.float32),
-               "model.norm.weight": np.ones(16, dtype=np.float32)},
-              str(folder / "model.safetensors"), metadata={"format": "pt"})
+    save_file(
+        {
+            "model.embed_tokens.weight": rng.standard_normal((32, 16)).astype(np.float32),
+            "model.layers.0.self_attn.q_proj.weight": rng.standard_normal((16, 16)).astype(np.float32),
+            "model.norm.weight": np.ones(16, dtype=np.float32),
+        },
+        str(folder / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
 
 
 HF_CONFIG: dict[str, Any] = {
-    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 16, "intermediate_size": 32,
-    "num_attention_heads": 2, "num_hidden_layers": 1, "num_key_value_heads": 2, "vocab_size": 32,
-    "max_position_embeddings": 128, "rms_norm_eps": 1e-5, "torch_dtype": "float32",
-    "transformers_version": "4.44.0", "bos_token_id": 1, "eos_token_id": 2,
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_attention_heads": 2,
+    "num_hidden_layers": 1,
+    "num_key_value_heads": 2,
+    "vocab_size": 32,
+    "max_position_embeddings": 128,
+    "rms_norm_eps": 1e-5,
+    "torch_dtype": "float32",
+    "transformers_version": "4.44.0",
+    "bos_token_id": 1,
+    "eos_token_id": 2,
 }
 
 
 def hf_tokenizer_config(template: str) -> dict[str, Any]:
     """A tokenizer_config.json body carrying ``template`` as its chat template."""
-    return {"tokenizer_class": "LlamaTokenizerFast", "model_max_length": 128, "bos_token": "<s>",
-            "eos_token": "</s>", "unk_token": "<unk>", "add_bos_token": True,
-            "clean_up_tokenization_spaces": False, "chat_template": template}
+    return {
+        "tokenizer_class": "LlamaTokenizerFast",
+        "model_max_length": 128,
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "add_bos_token": True,
+        "clean_up_tokenization_spaces": False,
+        "chat_template": template,
+    }
 
 
 @register("benign", "hf-folder", requires=("safetensors", "numpy"))

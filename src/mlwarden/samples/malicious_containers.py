@@ -56,8 +56,7 @@ def _zip_absolute(ctx: BuildContext, folder: Path) -> list[Made]:
         zf.writestr("model/config.json", '{"name": "model"}\n')
         absolute = zipfile.ZipInfo(str(ctx.canary_dir / "abs-evil.pkl"))
         zf.writestr(absolute, os_system(ctx, "zip-absolute-name"))
-    return [Made(path, "zip with an absolute member name (inside the canary dir) holding an os.system pickle",
-                 SYSTEM)]
+    return [Made(path, "zip with an absolute member name (inside the canary dir) holding an os.system pickle", SYSTEM)]
 
 
 @register("malicious", "tar-symlink")
@@ -70,8 +69,7 @@ def _tar_symlink(ctx: BuildContext, folder: Path) -> list[Made]:
         tf.addfile(link)
         # Extracting this through the link above would write outside the extraction folder.
         _tar_add(tf, "model/weights.pkl", os_system(ctx, "tar-symlink"))
-    return [Made(path, "tar whose member is a symlink to an absolute path, then a file written through it",
-                 SYSTEM)]
+    return [Made(path, "tar whose member is a symlink to an absolute path, then a file written through it", SYSTEM)]
 
 
 @register("malicious", "tar-path-traversal")
@@ -98,13 +96,15 @@ def seven_zip(name: str, data: bytes) -> bytes:
     """A minimal one-file 7z archive using the Copy (stored) coder, written by hand (no 7z library)."""
     size = _num7z(len(data))
     utf16 = name.encode("utf-16-le") + b"\x00\x00"
-    header = (b"\x01"                                            # kHeader
-              b"\x04"                                            # kMainStreamsInfo
-              b"\x06\x00\x01\x09" + size + b"\x00"               # kPackInfo: pos 0, 1 stream, kSize, kEnd
-              b"\x07\x0b\x01\x00\x01\x01\x00\x0c" + size + b"\x00"  # kUnPackInfo: 1 folder, Copy coder
-              b"\x00"                                            # kEnd (streams)
-              b"\x05\x01\x11" + _num7z(len(utf16) + 1) + b"\x00" + utf16 + b"\x00"  # kFilesInfo: kName
-              b"\x00")                                           # kEnd (header)
+    header = (
+        b"\x01"  # kHeader
+        b"\x04"  # kMainStreamsInfo
+        b"\x06\x00\x01\x09" + size + b"\x00"  # kPackInfo: pos 0, 1 stream, kSize, kEnd
+        b"\x07\x0b\x01\x00\x01\x01\x00\x0c" + size + b"\x00"  # kUnPackInfo: 1 folder, Copy coder
+        b"\x00"  # kEnd (streams)
+        b"\x05\x01\x11" + _num7z(len(utf16) + 1) + b"\x00" + utf16 + b"\x00"  # kFilesInfo: kName
+        b"\x00"
+    )  # kEnd (header)
     start = struct.pack("<QQI", len(data), len(header), binascii.crc32(header))
     return b"7z\xbc\xaf\x27\x1c\x00\x04" + struct.pack("<I", binascii.crc32(start)) + start + data + header
 
@@ -113,8 +113,13 @@ def seven_zip(name: str, data: bytes) -> bytes:
 def _seven_zip(ctx: BuildContext, folder: Path) -> list[Made]:
     path = folder / "model.7z"
     path.write_bytes(seven_zip("data.pkl", os_system(ctx, "opaque-7z")))
-    return [Made(path, "7z archive (stored) holding an os.system pickle; must at least be reported as an "
-                       "opaque container", SYSTEM)]
+    return [
+        Made(
+            path,
+            "7z archive (stored) holding an os.system pickle; must at least be reported as an opaque container",
+            SYSTEM,
+        )
+    ]
 
 
 @register("malicious", "opaque-rar")
@@ -122,5 +127,10 @@ def _rar(ctx: BuildContext, folder: Path) -> list[Made]:
     path = folder / "model.rar"
     # RAR 5 signature, then an (unparsed) body carrying the payload bytes: only the signature is real.
     path.write_bytes(b"Rar!\x1a\x07\x01\x00" + b"\x00" * 8 + os_system(ctx, "opaque-rar"))
-    return [Made(path, "RAR 5 signature followed by an os.system pickle; an opaque container that cannot be "
-                       "shown safe", SYSTEM)]
+    return [
+        Made(
+            path,
+            "RAR 5 signature followed by an os.system pickle; an opaque container that cannot be shown safe",
+            SYSTEM,
+        )
+    ]

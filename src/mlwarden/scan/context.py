@@ -17,34 +17,49 @@ from mlwarden.core.findings import Confidence, Finding, Severity, rule
 from mlwarden.core.policy import Limits, Policy
 
 INCOMPLETE = rule(
-    "MLW-GEN-001", "Analysis incomplete: a limit was reached", Severity.MEDIUM, cwe=400,
+    "MLW-GEN-001",
+    "Analysis incomplete: a limit was reached",
+    Severity.MEDIUM,
+    cwe=400,
     description="A size, depth, count or time limit stopped the analysis before the whole artifact was "
     "read. The unread part may hold anything, so the artifact is not considered clean.",
     remediation="Inspect the artifact by hand, or raise the limit in the policy ([limits]) if the file is "
     "legitimately this large or deep.",
 )
 ANALYSIS_ERROR = rule(
-    "MLW-GEN-002", "Analysis failed", Severity.MEDIUM, cwe=20,
+    "MLW-GEN-002",
+    "Analysis failed",
+    Severity.MEDIUM,
+    cwe=20,
     description="The handler for this format raised an unexpected error. Fail closed: the artifact is "
     "not considered clean.",
     remediation="Report the file to the mlwarden maintainers; do not load it until it has been analysed.",
 )
 UNRECOGNISED = rule(
-    "MLW-GEN-003", "Unrecognised content", Severity.INFO, cwe=None,
+    "MLW-GEN-003",
+    "Unrecognised content",
+    Severity.INFO,
+    cwe=None,
     description="The content matched no format mlwarden analyses; it was not analysed further.",
     remediation="If this file is loaded by your model code, check which loader reads it.",
     confidence=Confidence.MEDIUM,
 )
 DEPENDENCY_MISSING = rule(
-    "MLW-GEN-004", "Analysis needs an optional dependency", Severity.MEDIUM, cwe=None,
+    "MLW-GEN-004",
+    "Analysis needs an optional dependency",
+    Severity.MEDIUM,
+    cwe=None,
     description="Full analysis of this format needs an optional package that is not installed, so the "
     "artifact was only partly analysed.",
-    remediation="Install the extra named in the evidence (e.g. pip install 'mlwarden[keras]') and scan "
-    "again.",
+    remediation="Install the extra named in the evidence (e.g. pip install 'mlwarden[keras]') and scan again.",
 )
 EMPTY = rule(
-    "MLW-GEN-005", "Empty file", Severity.INFO, cwe=None,
-    description="The artifact has no content.", remediation="None needed.",
+    "MLW-GEN-005",
+    "Empty file",
+    Severity.INFO,
+    cwe=None,
+    description="The artifact has no content.",
+    remediation="None needed.",
 )
 
 
@@ -97,9 +112,13 @@ class ScanContext:
         from mlwarden.scan.static.base import handler_for
 
         if artifact.depth > self.limits.max_depth:
-            self.report(INCOMPLETE.finding(
-                artifact.location(), f"nesting depth {artifact.depth} > max_depth {self.limits.max_depth}",
-                limit="max_depth"))
+            self.report(
+                INCOMPLETE.finding(
+                    artifact.location(),
+                    f"nesting depth {artifact.depth} > max_depth {self.limits.max_depth}",
+                    limit="max_depth",
+                )
+            )
             return Format.UNKNOWN
         try:
             self.check_time()
@@ -112,8 +131,9 @@ class ScanContext:
             if handler is None and fmt in (Format.TEXT, Format.JSON):
                 return fmt  # plain text and JSON data (version files, metadata): no loader executes them
             if handler is None:
-                self.report(UNRECOGNISED.finding(artifact.location(), f"detected content type: {fmt.value}",
-                                                 format=fmt.value))
+                self.report(
+                    UNRECOGNISED.finding(artifact.location(), f"detected content type: {fmt.value}", format=fmt.value)
+                )
                 return fmt
             handler.scan(artifact, self)
         except LimitExceeded as exc:
@@ -121,12 +141,13 @@ class ScanContext:
         except MissingDependency as exc:
             self.report(DEPENDENCY_MISSING.finding(artifact.location(), str(exc)))
         except RecursionError:
-            self.report(INCOMPLETE.finding(artifact.location(), "structure nested too deeply to analyse",
-                                           limit="recursion"))
+            self.report(
+                INCOMPLETE.finding(artifact.location(), "structure nested too deeply to analyse", limit="recursion")
+            )
         except MemoryError:
-            self.report(INCOMPLETE.finding(artifact.location(), "ran out of memory while analysing",
-                                           limit="memory"))
+            self.report(INCOMPLETE.finding(artifact.location(), "ran out of memory while analysing", limit="memory"))
         except Exception as exc:  # noqa: BLE001 - fail closed on anything a handler did not expect
-            self.report(ANALYSIS_ERROR.finding(
-                artifact.location(), f"{type(exc).__name__}: {exc}"[:500], format=str(fmt)))
+            self.report(
+                ANALYSIS_ERROR.finding(artifact.location(), f"{type(exc).__name__}: {exc}"[:500], format=str(fmt))
+            )
         return fmt or Format.UNKNOWN

@@ -69,17 +69,20 @@ def scan_file(path: Path, policy: Policy) -> FileResult:
             return FileResult(display, None, (), (), 0.0, error=f"{display}: not a regular file")
         artifact = Artifact.from_path(path, display)
     except OSError as exc:
-        return FileResult(display, None, (), (), time.monotonic() - started,
-                          error=f"{display}: {exc.strerror or exc}")
+        return FileResult(display, None, (), (), time.monotonic() - started, error=f"{display}: {exc.strerror or exc}")
     ctx = ScanContext(policy)
     if st.st_size > policy.limits.max_file_size:
-        ctx.report(INCOMPLETE.finding(artifact.location(), f"file is {st.st_size} bytes, max_file_size is "
-                                      f"{policy.limits.max_file_size}", limit="max_file_size"))
+        ctx.report(
+            INCOMPLETE.finding(
+                artifact.location(),
+                f"file is {st.st_size} bytes, max_file_size is {policy.limits.max_file_size}",
+                limit="max_file_size",
+            )
+        )
     else:
         ctx.descend(artifact)
     formats = tuple((" ▸ ".join(chain), fmt.value) for chain, fmt in ctx.formats)
-    return FileResult(display, st.st_size, formats, _apply_policy(ctx.findings, policy),
-                      time.monotonic() - started)
+    return FileResult(display, st.st_size, formats, _apply_policy(ctx.findings, policy), time.monotonic() - started)
 
 
 def _scan_many(files: list[Path], policy: Policy, jobs: int) -> Iterator[FileResult]:

@@ -86,6 +86,15 @@ def test_training_checkpoint_with_optimizer_and_scheduler_objects(tmp_path: Path
         opt.step()
         sched = torch.optim.lr_scheduler.StepLR(opt, 2)
         buf = io.BytesIO()
-        torch.save({"model": model.state_dict(), "opt_state": opt.state_dict(), "optimizer": opt,
-                    "sched_state": sched.state_dict(), "rng": torch.get_rng_state(), "epoch": 3}, buf)
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "opt_state": opt.state_dict(),
+                "optimizer": opt,
+                "sched_state": sched.state_dict(),
+                "rng": torch.get_rng_state(),
+                "epoch": 3,
+            },
+            buf,
+        )
         assert _flagged(tmp_path, buf.getvalue()) == [], name

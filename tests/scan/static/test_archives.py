@@ -34,7 +34,7 @@ def _torch_zip(tmp_path: Path, extra: dict[str, bytes] | None = None, prefix: st
     members = {}
     with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as src:
         for info in src.infolist():
-            name = prefix + info.filename[info.filename.index("/"):]
+            name = prefix + info.filename[info.filename.index("/") :]
             members[name] = src.read(info)
     members.update(extra or {})
     return _zip(members)
@@ -43,7 +43,7 @@ def _torch_zip(tmp_path: Path, extra: dict[str, bytes] | None = None, prefix: st
 def test_benign_torch_zip_is_clean(tmp_path: Path) -> None:
     result = scan_bytes(tmp_path, _torch_zip(tmp_path), "model.pt")
     assert not failing(result)
-    assert ("pickle" in {fmt for _, fmt in result.formats})
+    assert "pickle" in {fmt for _, fmt in result.formats}
 
 
 @pytest.mark.parametrize("member", ["weirdname/extra/evil.bin", "weirdname/data/99", "weirdname/.data/notes.txt"])
@@ -90,7 +90,7 @@ def test_corrupt_member_before_data_pkl_does_not_end_the_walk(tmp_path: Path) ->
     # modelscan #354: a broken first entry made the whole zip "clean".
     data = bytearray(_zip({"archive/aaa": b"x" * 100, "archive/data.pkl": EVIL}, zipfile.ZIP_DEFLATED))
     j = data.find(b"PK\x03\x04")
-    data[j + 30 + len("archive/aaa"):j + 30 + len("archive/aaa") + 4] = b"\xff\xff\xff\xff"  # garbage deflate
+    data[j + 30 + len("archive/aaa") : j + 30 + len("archive/aaa") + 4] = b"\xff\xff\xff\xff"  # garbage deflate
     result = scan_bytes(tmp_path, bytes(data))
     assert "os.system" in {f.detail("global") for f in failing(result)}
 
@@ -125,8 +125,12 @@ def test_zip_symlink_member(tmp_path: Path) -> None:
 def test_tar_links_devices_and_members(tmp_path: Path) -> None:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, kind, target in (("ok", tarfile.SYMTYPE, "weights.bin"), ("out", tarfile.SYMTYPE, "/etc/passwd"),
-                                   ("hard", tarfile.LNKTYPE, "../../x"), ("dev", tarfile.CHRTYPE, "")):
+        for name, kind, target in (
+            ("ok", tarfile.SYMTYPE, "weights.bin"),
+            ("out", tarfile.SYMTYPE, "/etc/passwd"),
+            ("hard", tarfile.LNKTYPE, "../../x"),
+            ("dev", tarfile.CHRTYPE, ""),
+        ):
             info = tarfile.TarInfo(name)
             info.type, info.linkname = kind, target
             tar.addfile(info)

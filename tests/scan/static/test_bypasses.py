@@ -56,10 +56,18 @@ PAYLOAD = "__import__('os').system('touch /tmp/mlwarden-canary-never-created')"
 # (reference, module, name, args) — callables that some peer's denylist did not name.
 DENYLIST_GAPS = [
     ("GHSA-655q-fx9r-782v (picklescan, pip)", "pip", "main", (["install", "x"],)),
-    ("GHSA-q77w-mwjj-7mqx (picklescan)", "asyncio.unix_events", "_UnixSubprocessTransport._start",
-     ({}, "id", True, None, None, None, 0)),
-    ("GHSA-f7qq-56ww-84cr (picklescan, submodule of a denied package)", "asyncio.subprocess",
-     "create_subprocess_shell", ("id",)),
+    (
+        "GHSA-q77w-mwjj-7mqx (picklescan)",
+        "asyncio.unix_events",
+        "_UnixSubprocessTransport._start",
+        ({}, "id", True, None, None, None, 0),
+    ),
+    (
+        "GHSA-f7qq-56ww-84cr (picklescan, submodule of a denied package)",
+        "asyncio.subprocess",
+        "create_subprocess_shell",
+        ("id",),
+    ),
     ("GHSA-vvpj-8cmc-gx39 (picklescan)", "pkgutil", "resolve_name", ("os:system",)),
     ("GHSA-7wx9-6375-f5wh (picklescan)", "profile", "run", (PAYLOAD,)),
     ("GHSA-x696-vm39-cp64 (picklescan)", "profile", "Profile.run", ({}, PAYLOAD)),
@@ -76,8 +84,12 @@ DENYLIST_GAPS = [
     ("GHSA-3vg9-h568-4w9m (picklescan, idlelib)", "idlelib.debugobj", "ObjectTreeItem.SetText", ({}, PAYLOAD)),
     ("GHSA-m869-42cg-3xwr (picklescan, idlelib)", "idlelib.run", "Executive.runcode", ({}, PAYLOAD)),
     ("GHSA-f54q-57x4-jg88 (picklescan, lib2to3)", "lib2to3.pgen2.grammar", "Grammar.loads", ({}, "x")),
-    ("GHSA-p9w7-82w4-7q8m (picklescan, lib2to3)", "lib2to3.pgen2.pgen", "ParserGenerator.make_label",
-     (None, {}, '""+' + PAYLOAD)),
+    (
+        "GHSA-p9w7-82w4-7q8m (picklescan, lib2to3)",
+        "lib2to3.pgen2.pgen",
+        "ParserGenerator.make_label",
+        (None, {}, '""+' + PAYLOAD),
+    ),
     ("GHSA-xp4f-hrf8-rxw7 (picklescan)", "ensurepip", "_run_pip", (PAYLOAD,)),
     ("picklescan malicious20 (venv)", "venv", "create", ("v", False, False, True, False, "$(id)")),
     ("GHSA-m273-6v24-x4m4 (picklescan, file write)", "distutils.file_util", "write_file", ("x.env", ["y"])),
@@ -87,8 +99,12 @@ DENYLIST_GAPS = [
     ("GHSA-46h3-79wf-xr6c (picklescan, _operator)", "_operator", "attrgetter", ("system",)),
     ("GHSA-4675-36f9-wf6r (picklescan, ctypes)", "ctypes", "CDLL", (None,)),
     ("GHSA-vqmv-47xg-9wpr (picklescan, pty)", "pty", "spawn", (["/bin/sh", "-c", "id"],)),
-    ("GHSA-q5qq-mvfm-j35x (fickling, multiprocessing)", "multiprocessing.util", "spawnv_passfds",
-     ("/bin/sh", ["/bin/sh", "-c", "id"], ())),
+    (
+        "GHSA-q5qq-mvfm-j35x (fickling, multiprocessing)",
+        "multiprocessing.util",
+        "spawnv_passfds",
+        ("/bin/sh", ["/bin/sh", "-c", "id"], ()),
+    ),
     ("GHSA-r8g5-cgf2-4m4m (picklescan, numpy.f2py)", "numpy.f2py.crackfortran", "getlincoef", (PAYLOAD, {})),
     ("CVE-2025-71365 (picklescan, numpy.f2py)", "numpy.f2py.crackfortran", "myeval", (PAYLOAD,)),
     ("picklescan malicious22 (numpy.testing)", "numpy.testing._private.utils", "runstring", (PAYLOAD, {})),
@@ -103,14 +119,26 @@ DENYLIST_GAPS = [
     ("GHSA-g38g-8gr9-h9xp per ModelAudit (py_compile)", "py_compile", "compile", ("/tmp/x.py",)),
     ("GHSA-4r9r-ch6f-vxmx (torch bottleneck)", "torch.utils.bottleneck.__main__", "run_cprofile", (PAYLOAD, {})),
     ("GHSA-86cj-95qr-2p4f (torch._dynamo)", "torch._dynamo.guards", "GuardBuilder.get", ({}, PAYLOAD)),
-    ("GHSA-f4x7-rfwp-v3xw (torch.fx)", "torch.fx.experimental.symbolic_shapes",
-     "ShapeEnv.evaluate_guards_expression", ({}, PAYLOAD, [])),
+    (
+        "GHSA-f4x7-rfwp-v3xw (torch.fx)",
+        "torch.fx.experimental.symbolic_shapes",
+        "ShapeEnv.evaluate_guards_expression",
+        ({}, PAYLOAD, []),
+    ),
     ("GHSA-f745-w6jp-hpxx (torch collect_env)", "torch.utils.collect_env", "run", ("id",)),
-    ("GHSA-h3qp-7fh3-f8h4 (torch datapipes)", "torch.utils.data.datapipes.utils.decoder", "basichandlers",
-     ("pickle", "x")),
+    (
+        "GHSA-h3qp-7fh3-f8h4 (torch datapipes)",
+        "torch.utils.data.datapipes.utils.decoder",
+        "basichandlers",
+        ("pickle", "x"),
+    ),
     ("GHSA-vr7h-p6mm-wpmh (torch.jit)", "torch.jit.unsupported_tensor_ops", "execWrapper", (PAYLOAD, {}, {})),
-    ("GHSA-vv6j-3g6g-2pvj (torch config module)", "torch.utils._config_module", "ConfigModule.load_config",
-     (None, "x")),
+    (
+        "GHSA-vv6j-3g6g-2pvj (torch config module)",
+        "torch.utils._config_module",
+        "ConfigModule.load_config",
+        (None, "x"),
+    ),
     ("picklescan malicious17 (torch._inductor)", "torch._inductor.codecache", "compile_file", ("", "", ["sh"])),
     ("modelscan #338 (mlflow)", "mlflow.projects.backend.local", "_run_entry_point", ("id", ".", "", "")),
     ("modelscan #338 (pandas reader)", "pandas.io.parsers.readers", "read_csv", ("http://127.0.0.1:9/x",)),
@@ -126,8 +154,9 @@ DENYLIST_GAPS = [
 
 @pytest.mark.parametrize("protocol", [0, 4])
 @pytest.mark.parametrize(("ref", "module", "name", "args"), DENYLIST_GAPS, ids=[g[0] for g in DENYLIST_GAPS])
-def test_callables_peers_missed_are_high_or_critical(tmp_path: Path, ref: str, module: str, name: str,
-                                                     args: tuple[Any, ...], protocol: int) -> None:
+def test_callables_peers_missed_are_high_or_critical(
+    tmp_path: Path, ref: str, module: str, name: str, args: tuple[Any, ...], protocol: int
+) -> None:
     result = scan_bytes(tmp_path, call(module, name, *args, protocol=protocol))
     hits = [f for f in result.findings if f.detail("global") == f"{module}.{name}"]
     assert hits, (ref, [(f.rule_id, f.detail("global")) for f in result.findings])
@@ -150,16 +179,39 @@ def test_memo_type_confusion_after_payload(tmp_path: Path) -> None:
 
 def test_builtins_through_numpy_and_dict_get(tmp_path: Path) -> None:
     # modelscan #89 / #330: dict.get(numpy.__builtins__, "exec").
-    data = (b"\x80\x04" + _s("builtins") + _s("dict.get") + b"\x93" + _s("numpy") + _s("__builtins__") + b"\x93"
-            + _s("exec") + b"\x86R" + _s(PAYLOAD) + b"\x85R.")
+    data = (
+        b"\x80\x04"
+        + _s("builtins")
+        + _s("dict.get")
+        + b"\x93"
+        + _s("numpy")
+        + _s("__builtins__")
+        + b"\x93"
+        + _s("exec")
+        + b"\x86R"
+        + _s(PAYLOAD)
+        + b"\x85R."
+    )
     ids = rule_ids(failing(scan_bytes(tmp_path, data)))
     assert "MLW-PKL-112" in ids
 
 
 def test_import_module_with_str_join_obfuscation(tmp_path: Path) -> None:
     # modelscan #331: importlib.import_module(str.join("", ["o", "s"])) — the module name never appears whole.
-    data = (b"\x80\x04" + _s("importlib") + _s("import_module") + b"\x93" + _s("builtins") + _s("str.join") + b"\x93"
-            + _s("") + b"](" + _s("o") + _s("s") + b"e\x86R\x85R.")
+    data = (
+        b"\x80\x04"
+        + _s("importlib")
+        + _s("import_module")
+        + b"\x93"
+        + _s("builtins")
+        + _s("str.join")
+        + b"\x93"
+        + _s("")
+        + b"]("
+        + _s("o")
+        + _s("s")
+        + b"e\x86R\x85R."
+    )
     result = scan_bytes(tmp_path, data)
     assert "importlib.import_module" in {f.detail("global") for f in failing(result)}
 
@@ -169,17 +221,43 @@ def test_marshal_code_into_function_type(tmp_path: Path) -> None:
     import marshal
 
     code = marshal.dumps(compile("1", "<x>", "eval"))
-    data = (b"\x80\x04" + _s("types") + _s("FunctionType") + b"\x93" + _s("marshal") + _s("loads") + b"\x93"
-            + b"C" + bytes([len(code)]) + code + b"\x85R}\x86R)R.")
+    data = (
+        b"\x80\x04"
+        + _s("types")
+        + _s("FunctionType")
+        + b"\x93"
+        + _s("marshal")
+        + _s("loads")
+        + b"\x93"
+        + b"C"
+        + bytes([len(code)])
+        + code
+        + b"\x85R}\x86R)R."
+    )
     found = {f.detail("global") for f in failing(scan_bytes(tmp_path, data))}
     assert {"types.FunctionType", "marshal.loads"} <= found
 
 
 def test_partial_of_torch_load(tmp_path: Path) -> None:
     # picklescan malicious19: functools.partial(torch.load, ..., weights_only=False) as the reducer.
-    data = (b"\x80\x04" + _s("functools") + _s("partial") + b"\x93" + _s("torch") + _s("load") + b"\x93\x85R"
-            + b"(" + _s("torch") + _s("load") + b"\x93(" + _s("other.bin") + b"t}" + _s("weights_only") + b"\x89sNtb"
-            + b")R.")
+    data = (
+        b"\x80\x04"
+        + _s("functools")
+        + _s("partial")
+        + b"\x93"
+        + _s("torch")
+        + _s("load")
+        + b"\x93\x85R"
+        + b"("
+        + _s("torch")
+        + _s("load")
+        + b"\x93("
+        + _s("other.bin")
+        + b"t}"
+        + _s("weights_only")
+        + b"\x89sNtb"
+        + b")R."
+    )
     assert "torch.load" in {f.detail("global") for f in failing(scan_bytes(tmp_path, data))}
 
 

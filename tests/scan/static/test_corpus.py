@@ -79,6 +79,9 @@ def test_whole_corpus_directory_scan_exit_code(tmp_path: Path) -> None:
     report = scan_paths([ROOT], jobs=2)
     assert len(report.files) == len(LABELS) + 1  # labels.json itself is scanned too (plain JSON)
     assert report.exit_code() == 1
-    flagged = {Path(r.path).relative_to(ROOT).as_posix() for r in report.files if r.max_severity is not None
-               and r.max_severity >= Severity.MEDIUM}
+    flagged = {
+        Path(r.path).relative_to(ROOT).as_posix()
+        for r in report.files
+        if r.max_severity is not None and r.max_severity >= Severity.MEDIUM
+    }
     assert flagged == {k for k, v in LABELS.items() if v["label"] == "malicious"}

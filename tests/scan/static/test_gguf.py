@@ -18,12 +18,12 @@ from tests.conftest import failing, rule_ids, scan_bytes, scan_one
 from tests.scan.static.test_template import CANARY, CHATML, LLAMA3, TOOLS
 
 SSTI = {
-    "cve_2024_34359": "{{ self.__init__.__globals__.__builtins__.__import__('os').popen('%s') }}".replace(
-        "%s", CANARY),
+    "cve_2024_34359": "{{ self.__init__.__globals__.__builtins__.__import__('os').popen('%s') }}".replace("%s", CANARY),
     "cycler": "{{ cycler.__init__.__globals__.os.popen('%s').read() }}".replace("%s", CANARY),
     "joiner": "{{ joiner.__init__.__globals__.os.popen('%s') }}".replace("%s", CANARY),
     "namespace": "{% set ns = namespace(a=1) %}{{ namespace.__init__.__globals__.os.popen('%s') }}".replace(
-        "%s", CANARY),
+        "%s", CANARY
+    ),
     "lipsum": "{{ lipsum.__globals__['os'].popen('%s') }}".replace("%s", CANARY),
     "attr_filter": "{{ ()|attr('__class__')|attr('__base__')|attr('__subclasses__')() }}",
     "concat": "{{ ()|attr('__cla'~'ss__') }}",
@@ -32,8 +32,13 @@ SSTI = {
 }
 
 
-def _write(path: Path, template: str | list[dict[str, str]] | None, *, big_endian: bool = False,
-           extra: dict[str, object] | None = None) -> Path:
+def _write(
+    path: Path,
+    template: str | list[dict[str, str]] | None,
+    *,
+    big_endian: bool = False,
+    extra: dict[str, object] | None = None,
+) -> Path:
     endian = gguf.GGUFEndian.BIG if big_endian else gguf.GGUFEndian.LITTLE
     w = gguf.GGUFWriter(str(path), "llama", endianess=endian)
     w.add_block_count(1)
@@ -84,8 +89,8 @@ def test_ssti_template_is_critical(tmp_path: Path, name: str) -> None:
     # The location points at the template string's length prefix inside the file.
     raw = path.read_bytes()
     assert hit.location.offset is not None
-    (length,) = struct.unpack("<Q", raw[hit.location.offset:hit.location.offset + 8])
-    assert raw[hit.location.offset + 8:hit.location.offset + 8 + length].decode() == SSTI[name]
+    (length,) = struct.unpack("<Q", raw[hit.location.offset : hit.location.offset + 8])
+    assert raw[hit.location.offset + 8 : hit.location.offset + 8 + length].decode() == SSTI[name]
 
 
 def test_big_endian_gguf(tmp_path: Path) -> None:
@@ -97,23 +102,25 @@ def test_big_endian_gguf(tmp_path: Path) -> None:
 
 
 def test_named_chat_templates_are_all_analysed(tmp_path: Path) -> None:
-    templates = [{"name": "default", "template": CHATML},
-                 {"name": "tool_use", "template": SSTI["lipsum"]}]
+    templates = [{"name": "default", "template": CHATML}, {"name": "tool_use", "template": SSTI["lipsum"]}]
     result = scan_one(_write(tmp_path / "model.gguf", templates))
     hit = next(f for f in result.findings if f.rule_id == "MLW-TPL-001")
     assert hit.detail("template") == "tokenizer.chat_template.tool_use"
     summary = next(f for f in result.findings if f.rule_id == "MLW-GGUF-004")
-    assert set(summary.detail("chat_templates")) == {"tokenizer.chat_template",
-                                                     "tokenizer.chat_template.tool_use"}
+    assert set(summary.detail("chat_templates")) == {"tokenizer.chat_template", "tokenizer.chat_template.tool_use"}
 
 
 def test_nested_arrays_are_parsed(tmp_path: Path) -> None:
-    result = scan_one(_write(tmp_path / "model.gguf", CHATML, extra={"test.nested": [[1, 2], [3]],
-                                                                       "test.strings": [["a"], ["b", "c"]]}))
+    result = scan_one(
+        _write(
+            tmp_path / "model.gguf", CHATML, extra={"test.nested": [[1, 2], [3]], "test.strings": [["a"], ["b", "c"]]}
+        )
+    )
     assert failing(result) == []
 
 
 # --- hand-built files (versions 1/2, corruptions gguf-py will not write) ---------------------------------
+
 
 def _s(text: str, version: int = 3) -> bytes:
     data = text.encode()
@@ -122,8 +129,14 @@ def _s(text: str, version: int = 3) -> bytes:
 
 def _handmade(version: int, kvs: list[bytes], n_tensors: int = 0, tail: bytes = b"") -> bytes:
     count = "<I" if version == 1 else "<Q"
-    return (b"GGUF" + struct.pack("<I", version) + struct.pack(count, n_tensors)
-            + struct.pack(count, len(kvs)) + b"".join(kvs) + tail)
+    return (
+        b"GGUF"
+        + struct.pack("<I", version)
+        + struct.pack(count, n_tensors)
+        + struct.pack(count, len(kvs))
+        + b"".join(kvs)
+        + tail
+    )
 
 
 def _kv_str(key: str, value: str, version: int = 3) -> bytes:
@@ -132,8 +145,13 @@ def _kv_str(key: str, value: str, version: int = 3) -> bytes:
 
 @pytest.mark.parametrize("version", [1, 2, 3])
 def test_all_versions_reach_the_template(tmp_path: Path, version: int) -> None:
-    data = _handmade(version, [_kv_str("general.architecture", "llama", version),
-                               _kv_str("tokenizer.chat_template", SSTI["cycler"], version)])
+    data = _handmade(
+        version,
+        [
+            _kv_str("general.architecture", "llama", version),
+            _kv_str("tokenizer.chat_template", SSTI["cycler"], version),
+        ],
+    )
     result = scan_bytes(tmp_path, data, "model.gguf")
     assert "MLW-TPL-001" in rule_ids(result)
     assert next(f for f in result.findings if f.rule_id == "MLW-GGUF-004").detail("version") == version
@@ -149,17 +167,30 @@ CORRUPT = {
     "bad_version": (_handmade(7, []), 4, "unsupported GGUF version 7"),
     "huge_kv_count": (b"GGUF" + struct.pack("<IQQ", 3, 0, 2**60), 24, "metadata count"),
     "huge_tensor_count": (b"GGUF" + struct.pack("<IQQ", 3, 2**40, 0), 24, "tensor count"),
-    "huge_string": (_handmade(3, [struct.pack("<Q", 2**62) + b"key" + b"\0" * 32]), 24,
-                    "length 4611686018427387904"),
-    "unknown_type": (_handmade(3, [_s("a.b") + struct.pack("<I", 99) + b"\0" * 8]), 35,
-                     "unknown value type 99"),
+    "huge_string": (_handmade(3, [struct.pack("<Q", 2**62) + b"key" + b"\0" * 32]), 24, "length 4611686018427387904"),
+    "unknown_type": (_handmade(3, [_s("a.b") + struct.pack("<I", 99) + b"\0" * 8]), 35, "unknown value type 99"),
     "huge_array": (_handmade(3, [_s("a.b") + struct.pack("<IIQ", 9, 6, 2**50)]), 39, "array of"),
     "truncated_value": (_handmade(3, [_kv_str("tokenizer.chat_template", "{{ x }}")])[:-3], 59, "left"),
-    "duplicate_key": (_handmade(3, [_kv_str("tokenizer.chat_template", CHATML),
-                                    _kv_str("tokenizer.chat_template", SSTI["cycler"])]), None, "duplicate"),
-    "deep_nesting": (_handmade(3, [_s("a.b") + struct.pack("<IIQ", 9, 9, 1) + struct.pack("<IQ", 9, 1)
-                                   + struct.pack("<IQ", 9, 1) + struct.pack("<IQ", 9, 1) + b"\0" * 64]),
-                     None, "nested deeper"),
+    "duplicate_key": (
+        _handmade(3, [_kv_str("tokenizer.chat_template", CHATML), _kv_str("tokenizer.chat_template", SSTI["cycler"])]),
+        None,
+        "duplicate",
+    ),
+    "deep_nesting": (
+        _handmade(
+            3,
+            [
+                _s("a.b")
+                + struct.pack("<IIQ", 9, 9, 1)
+                + struct.pack("<IQ", 9, 1)
+                + struct.pack("<IQ", 9, 1)
+                + struct.pack("<IQ", 9, 1)
+                + b"\0" * 64
+            ],
+        ),
+        None,
+        "nested deeper",
+    ),
     "bad_alignment": (_handmade(3, [_s("general.alignment") + struct.pack("<II", 4, 24)]), 0, "power of two"),
 }
 
@@ -190,13 +221,16 @@ def test_corrupt_file_is_sniffed_and_fails(tmp_path: Path) -> None:
 
 
 def _tensor(name: str, dims: list[int], ttype: int, offset: int) -> bytes:
-    return (_s(name) + struct.pack("<I", len(dims)) + struct.pack(f"<{len(dims)}Q", *dims)
-            + struct.pack("<IQ", ttype, offset))
+    return (
+        _s(name)
+        + struct.pack("<I", len(dims))
+        + struct.pack(f"<{len(dims)}Q", *dims)
+        + struct.pack("<IQ", ttype, offset)
+    )
 
 
 def _with_tensors(tensors: list[bytes], data_len: int) -> bytes:
-    head = _handmade(3, [_kv_str("general.architecture", "llama")], n_tensors=len(tensors),
-                     tail=b"".join(tensors))
+    head = _handmade(3, [_kv_str("general.architecture", "llama")], n_tensors=len(tensors), tail=b"".join(tensors))
     pad = (32 - len(head) % 32) % 32
     return head + b"\0" * (pad + data_len)
 
@@ -206,12 +240,15 @@ def test_valid_handmade_tensor_table() -> None:
     assert rule_ids(_scan(data)) == {"MLW-GGUF-004"}
 
 
-@pytest.mark.parametrize(("tensors", "data_len", "fragment"), [
-    ([_tensor("a", [8], 0, 0), _tensor("b", [8], 0, 64)], 96, "ggml expects 32"),
-    ([_tensor("a", [8], 0, 0), _tensor("a", [8], 0, 32)], 64, "duplicate tensor name 'a'"),
-    ([_tensor("a", [8], 0, 0)], 16, "past the end of the file"),
-    ([_tensor("q", [33], 2, 0)], 64, "not a multiple of the Q4_0 block size 32"),
-])
+@pytest.mark.parametrize(
+    ("tensors", "data_len", "fragment"),
+    [
+        ([_tensor("a", [8], 0, 0), _tensor("b", [8], 0, 64)], 96, "ggml expects 32"),
+        ([_tensor("a", [8], 0, 0), _tensor("a", [8], 0, 32)], 64, "duplicate tensor name 'a'"),
+        ([_tensor("a", [8], 0, 0)], 16, "past the end of the file"),
+        ([_tensor("q", [33], 2, 0)], 64, "not a multiple of the Q4_0 block size 32"),
+    ],
+)
 def test_invalid_tensor_table(tensors: list[bytes], data_len: int, fragment: str) -> None:
     findings = _scan(_with_tensors(tensors, data_len))
     hit = next(f for f in findings if f.rule_id == "MLW-GGUF-002")
@@ -226,8 +263,10 @@ def test_too_many_dimensions() -> None:
 
 def test_unknown_tensor_type_is_low() -> None:
     findings = _scan(_with_tensors([_tensor("a", [8], 200, 0)], 32))
-    assert {(f.rule_id, f.severity) for f in findings} == {("MLW-GGUF-003", Severity.LOW),
-                                                          ("MLW-GGUF-004", Severity.INFO)}
+    assert {(f.rule_id, f.severity) for f in findings} == {
+        ("MLW-GGUF-003", Severity.LOW),
+        ("MLW-GGUF-004", Severity.INFO),
+    }
 
 
 def test_header_limit(tmp_path: Path) -> None:

@@ -21,14 +21,33 @@ PAYLOAD = "{{ cycler.__init__.__globals__.os.popen('" + CANARY + "').read() }}"
 
 def _tokenizer_config(template: Any, n_added: int = 3) -> dict[str, Any]:
     """The shape transformers writes (Qwen2/Llama-3 style)."""
-    added = {str(151643 + i): {"content": f"<|extra_{i}|>", "lstrip": False, "normalized": False,
-                               "rstrip": False, "single_word": False, "special": True}
-             for i in range(n_added)}
-    return {"add_bos_token": False, "add_prefix_space": False, "added_tokens_decoder": added,
-            "additional_special_tokens": ["<|im_start|>", "<|im_end|>"], "bos_token": None,
-            "chat_template": template, "clean_up_tokenization_spaces": False, "eos_token": "<|im_end|>",
-            "errors": "replace", "model_max_length": 32768, "pad_token": "<|endoftext|>",
-            "split_special_tokens": False, "tokenizer_class": "Qwen2Tokenizer", "unk_token": None}
+    added = {
+        str(151643 + i): {
+            "content": f"<|extra_{i}|>",
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
+        }
+        for i in range(n_added)
+    }
+    return {
+        "add_bos_token": False,
+        "add_prefix_space": False,
+        "added_tokens_decoder": added,
+        "additional_special_tokens": ["<|im_start|>", "<|im_end|>"],
+        "bos_token": None,
+        "chat_template": template,
+        "clean_up_tokenization_spaces": False,
+        "eos_token": "<|im_end|>",
+        "errors": "replace",
+        "model_max_length": 32768,
+        "pad_token": "<|endoftext|>",
+        "split_special_tokens": False,
+        "tokenizer_class": "Qwen2Tokenizer",
+        "unk_token": None,
+    }
 
 
 def _write(path: Path, obj: Any) -> Path:
@@ -36,8 +55,7 @@ def _write(path: Path, obj: Any) -> Path:
     return path
 
 
-@pytest.mark.parametrize("template", [CHATML, LLAMA3, MISTRAL, TOOLS],
-                         ids=["chatml", "llama3", "mistral", "tools"])
+@pytest.mark.parametrize("template", [CHATML, LLAMA3, MISTRAL, TOOLS], ids=["chatml", "llama3", "mistral", "tools"])
 def test_benign_tokenizer_config(tmp_path: Path, template: str) -> None:
     result = scan_one(_write(tmp_path / "tokenizer_config.json", _tokenizer_config(template)))
     assert result.formats[0][1] == "hf-tokenizer-config"
@@ -52,8 +70,11 @@ def test_malicious_tokenizer_config(tmp_path: Path) -> None:
 
 
 def test_named_template_list(tmp_path: Path) -> None:
-    templates = [{"name": "default", "template": CHATML}, {"name": "tool_use", "template": TOOLS},
-                 {"name": "rag", "template": PAYLOAD}]
+    templates = [
+        {"name": "default", "template": CHATML},
+        {"name": "tool_use", "template": TOOLS},
+        {"name": "rag", "template": PAYLOAD},
+    ]
     result = scan_one(_write(tmp_path / "tokenizer_config.json", _tokenizer_config(templates)))
     hits = [f for f in result.findings if f.rule_id == "MLW-TPL-001"]
     assert [h.detail("template") for h in hits] == ["chat_template[rag]"]
@@ -95,9 +116,16 @@ def test_text_limit(tmp_path: Path) -> None:
 
 # --- config.json ------------------------------------------------------------------------------------------
 
-PLAIN_CONFIG = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
-                "num_attention_heads": 4, "num_hidden_layers": 2, "vocab_size": 128, "torch_dtype": "float32",
-                "transformers_version": "4.44.0"}
+PLAIN_CONFIG = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 64,
+    "num_attention_heads": 4,
+    "num_hidden_layers": 2,
+    "vocab_size": 128,
+    "torch_dtype": "float32",
+    "transformers_version": "4.44.0",
+}
 
 
 def test_plain_config_is_clean(tmp_path: Path) -> None:
@@ -107,8 +135,10 @@ def test_plain_config_is_clean(tmp_path: Path) -> None:
 
 
 def test_auto_map_local_module(tmp_path: Path) -> None:
-    config = {**PLAIN_CONFIG, "auto_map": {"AutoConfig": "configuration_x.XConfig",
-                                           "AutoModelForCausalLM": "modeling_x.XForCausalLM"}}
+    config = {
+        **PLAIN_CONFIG,
+        "auto_map": {"AutoConfig": "configuration_x.XConfig", "AutoModelForCausalLM": "modeling_x.XForCausalLM"},
+    }
     (tmp_path / "configuration_x.py").write_text("class XConfig: pass\n")
     result = scan_one(_write(tmp_path / "config.json", config))
     hits = sorted((f for f in result.findings if f.rule_id == "MLW-HF-001"), key=lambda f: f.detail("key"))
@@ -121,8 +151,13 @@ def test_auto_map_local_module(tmp_path: Path) -> None:
 
 
 def test_auto_map_other_repository(tmp_path: Path) -> None:
-    config = {**PLAIN_CONFIG, "auto_map": {"AutoModel": "someone/other-repo--modeling_evil.EvilModel",
-                                           "AutoTokenizer": ["tokenization_x.XTokenizer", None]}}
+    config = {
+        **PLAIN_CONFIG,
+        "auto_map": {
+            "AutoModel": "someone/other-repo--modeling_evil.EvilModel",
+            "AutoTokenizer": ["tokenization_x.XTokenizer", None],
+        },
+    }
     result = scan_one(_write(tmp_path / "config.json", config))
     by_key = {f.detail("key"): f for f in result.findings if f.rule_id == "MLW-HF-001"}
     assert by_key["auto_map.AutoModel"].detail("repository") == "someone/other-repo"

@@ -40,8 +40,9 @@ def only(findings: list[Finding], rule_id: str) -> Finding:
     return hits[0]
 
 
-def layer(class_name: str, config: dict[str, Any], module: str | None = "keras.layers",
-          registered_name: str | None = None) -> dict[str, Any]:
+def layer(
+    class_name: str, config: dict[str, Any], module: str | None = "keras.layers", registered_name: str | None = None
+) -> dict[str, Any]:
     return {"module": module, "class_name": class_name, "config": config, "registered_name": registered_name}
 
 
@@ -52,16 +53,26 @@ def fnref(module: str, name: str) -> dict[str, Any]:
 
 def model_with(*layers: dict[str, Any]) -> dict[str, Any]:
     base = [layer("InputLayer", {"batch_shape": [None, 4], "dtype": "float32", "name": "input_layer"})]
-    return {"module": "keras", "class_name": "Sequential", "registered_name": None,
-            "config": {"name": "sequential", "layers": base + list(layers)}}
+    return {
+        "module": "keras",
+        "class_name": "Sequential",
+        "registered_name": None,
+        "config": {"name": "sequential", "layers": base + list(layers)},
+    }
 
 
 # --- real models ---------------------------------------------------------------------------------------
 
 
 def _benign_models() -> dict[str, Any]:
-    seq = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
-                            keras.layers.Dropout(0.1), keras.layers.Dense(2, activation="softmax")])
+    seq = keras.Sequential(
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dropout(0.1),
+            keras.layers.Dense(2, activation="softmax"),
+        ]
+    )
     seq.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     inp = keras.Input((10,), dtype="int32")
     x = keras.layers.Embedding(50, 8)(inp)
@@ -70,8 +81,9 @@ def _benign_models() -> dict[str, Any]:
     x = keras.layers.LSTM(6)(x)
     out = keras.layers.Dense(1, activation="sigmoid", kernel_regularizer=keras.regularizers.L2(0.01))(x)
     fn = keras.Model(inp, out)
-    fn.compile(optimizer=keras.optimizers.SGD(0.01), loss=keras.losses.BinaryCrossentropy(),
-               metrics=[keras.metrics.AUC()])
+    fn.compile(
+        optimizer=keras.optimizers.SGD(0.01), loss=keras.losses.BinaryCrossentropy(), metrics=[keras.metrics.AUC()]
+    )
     return {"sequential": seq, "functional": fn}
 
 
@@ -150,15 +162,24 @@ def test_marshal_strings_lists_names_without_unmarshalling() -> None:
 # --- hand-edited configs ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("obj", "target"), [
-    ({"module": "os", "class_name": "system", "config": {}, "registered_name": None}, "os.system"),
-    ({"module": "builtins", "class_name": "function", "config": "exec", "registered_name": "function"},
-     "builtins.exec"),
-    ({"module": "subprocess", "class_name": "Popen", "config": {}, "registered_name": "X>Popen"},
-     "subprocess.Popen"),
-    ({"module": "evil_pkg.payload", "class_name": "run", "config": {}, "registered_name": None},
-     "evil_pkg.payload.run"),
-])
+@pytest.mark.parametrize(
+    ("obj", "target"),
+    [
+        ({"module": "os", "class_name": "system", "config": {}, "registered_name": None}, "os.system"),
+        (
+            {"module": "builtins", "class_name": "function", "config": "exec", "registered_name": "function"},
+            "builtins.exec",
+        ),
+        (
+            {"module": "subprocess", "class_name": "Popen", "config": {}, "registered_name": "X>Popen"},
+            "subprocess.Popen",
+        ),
+        (
+            {"module": "evil_pkg.payload", "class_name": "run", "config": {}, "registered_name": None},
+            "evil_pkg.payload.run",
+        ),
+    ],
+)
 def test_import_outside_keras_is_high(obj: dict[str, Any], target: str) -> None:
     dense = layer("Dense", {"name": "dense", "units": 2, "activation": obj})
     hit = only(scan_config(model_with(dense)), "MLW-KERAS-003")
@@ -170,32 +191,49 @@ def test_import_outside_keras_is_high(obj: dict[str, Any], target: str) -> None:
 
 def test_cve_2025_1550_shape_is_high() -> None:
     """CVE-2025-1550 (io-no/CVE-Reports#2): a layer whose module/class_name name an arbitrary callable."""
-    evil = {"module": "os", "class_name": "system", "config": {"command": "touch /tmp/x"},
-            "registered_name": None}
+    evil = {"module": "os", "class_name": "system", "config": {"command": "touch /tmp/x"}, "registered_name": None}
     assert rule_ids(scan_config(model_with(evil))) == {"MLW-KERAS-003"}
 
 
-@pytest.mark.parametrize(("fn", "expected"), [
-    (fnref("keras.models", "load_model"), "keras.models.load_model"),
-    (fnref("keras.utils", "get_file"), "keras.utils.get_file"),
-    ({"module": "keras.config", "class_name": "function", "config": "enable_unsafe_deserialization",
-      "registered_name": "function"}, "keras.config.enable_unsafe_deserialization"),
-    ({"module": "keras.src.backend.common.global_state", "class_name": "function",
-      "config": "set_global_attribute", "registered_name": "function"},
-     "keras.src.backend.common.global_state.set_global_attribute"),
-])
+@pytest.mark.parametrize(
+    ("fn", "expected"),
+    [
+        (fnref("keras.models", "load_model"), "keras.models.load_model"),
+        (fnref("keras.utils", "get_file"), "keras.utils.get_file"),
+        (
+            {
+                "module": "keras.config",
+                "class_name": "function",
+                "config": "enable_unsafe_deserialization",
+                "registered_name": "function",
+            },
+            "keras.config.enable_unsafe_deserialization",
+        ),
+        (
+            {
+                "module": "keras.src.backend.common.global_state",
+                "class_name": "function",
+                "config": "set_global_attribute",
+                "registered_name": "function",
+            },
+            "keras.src.backend.common.global_state.set_global_attribute",
+        ),
+    ],
+)
 def test_lambda_calling_non_modeling_keras_api(fn: dict[str, Any], expected: str) -> None:
     """CVE-2025-9906 / CVE-2025-8747 (io-no/CVE-Reports#5): Lambda wired to a Keras loader API."""
-    findings = scan_config(model_with(layer("Lambda", {"name": "unsafe", "function": fn,
-                                                        "arguments": {"safe_mode": False}})))
+    findings = scan_config(
+        model_with(layer("Lambda", {"name": "unsafe", "function": fn, "arguments": {"safe_mode": False}}))
+    )
     assert only(findings, "MLW-KERAS-004").detail("target") == expected
     assert only(findings, "MLW-KERAS-002").severity is Severity.HIGH
     assert "MLW-KERAS-001" not in rule_ids(findings)
 
 
 def test_custom_objects_are_medium_and_grouped() -> None:
-    custom = [layer("MyLayer", {"name": f"my_layer_{i}"}, module=None, registered_name="MyPkg>MyLayer")
-              for i in range(3)]
+    custom = [
+        layer("MyLayer", {"name": f"my_layer_{i}"}, module=None, registered_name="MyPkg>MyLayer") for i in range(3)
+    ]
     fn_layer = layer("Dense", {"name": "d", "units": 1, "activation": fnref("builtins", "my_activation")})
     pkg_layer = layer("Block", {"name": "block"}, module="my_models.layers", registered_name="MyModels>Block")
     findings = scan_config(model_with(*custom, fn_layer, pkg_layer))
@@ -207,33 +245,60 @@ def test_custom_objects_are_medium_and_grouped() -> None:
 
 
 def test_keras_hub_objects_are_not_custom() -> None:
-    backbone = layer("GemmaBackbone", {"name": "gemma_backbone"},
-                     module="keras_hub.src.models.gemma.gemma_backbone",
-                     registered_name="keras_hub>GemmaBackbone")
+    backbone = layer(
+        "GemmaBackbone",
+        {"name": "gemma_backbone"},
+        module="keras_hub.src.models.gemma.gemma_backbone",
+        registered_name="keras_hub>GemmaBackbone",
+    )
     assert scan_config(model_with(backbone)) == []
 
 
 def test_keras3_lambda_value_form_and_output_shape_lambda() -> None:
     code = base64.b64encode(marshal.dumps((lambda x: x).__code__)).decode()
     loose = {"class_name": "__lambda__", "config": {"value": [code, None, None]}}
-    lam = layer("Lambda", {"name": "l", "output_shape": loose, "function": {
-        "class_name": "__lambda__", "config": {"code": code, "defaults": None, "closure": None}}})
+    lam = layer(
+        "Lambda",
+        {
+            "name": "l",
+            "output_shape": loose,
+            "function": {"class_name": "__lambda__", "config": {"code": code, "defaults": None, "closure": None}},
+        },
+    )
     findings = scan_config(model_with(lam, layer("Dense", {"name": "d", "units": 1, "activation": loose})))
     hits = [f for f in findings if f.rule_id == "MLW-KERAS-001"]
     assert sorted(p for f in hits for p in f.detail("paths")) == [
-        "$.config.layers[1].config.function", "$.config.layers[1].config.output_shape",
-        "$.config.layers[2].config.activation"]
+        "$.config.layers[1].config.function",
+        "$.config.layers[1].config.output_shape",
+        "$.config.layers[2].config.activation",
+    ]
 
 
 def test_keras2_lambda_list_and_named_function_forms() -> None:
     code = base64.b64encode(marshal.dumps((lambda x: x).__code__)).decode()
-    keras2 = {"class_name": "Sequential", "keras_version": "2.15.0", "backend": "tensorflow", "config": {
-        "name": "sequential", "layers": [
-            {"class_name": "Lambda", "config": {"name": "lam", "function": [code, None, None],
-                                                "function_type": "lambda", "module": "__main__"}},
-            {"class_name": "Lambda", "config": {"name": "named", "function": "system",
-                                                "function_type": "function", "module": "os"}},
-        ]}}
+    keras2 = {
+        "class_name": "Sequential",
+        "keras_version": "2.15.0",
+        "backend": "tensorflow",
+        "config": {
+            "name": "sequential",
+            "layers": [
+                {
+                    "class_name": "Lambda",
+                    "config": {
+                        "name": "lam",
+                        "function": [code, None, None],
+                        "function_type": "lambda",
+                        "module": "__main__",
+                    },
+                },
+                {
+                    "class_name": "Lambda",
+                    "config": {"name": "named", "function": "system", "function_type": "function", "module": "os"},
+                },
+            ],
+        },
+    }
     findings = scan_config(keras2)
     assert only(findings, "MLW-KERAS-001").detail("paths") == ("$.config.layers[0].config.function",)
     assert only(findings, "MLW-KERAS-002").detail("function") == "os.system"
@@ -243,8 +308,9 @@ def test_keras2_lambda_list_and_named_function_forms() -> None:
 def test_torch_module_wrapper_pickle_is_reported_and_descended() -> None:
     """CVE-2025-49655: TorchModuleWrapper's base64 torch.save() pickle; the embedded pickle is analysed."""
     payload = pickle.dumps(print, protocol=2)  # a global reference, never unpickled by the scanner
-    wrapper = layer("TorchModuleWrapper", {"name": "torch_module_wrapper",
-                                           "module": base64.b64encode(payload).decode()})
+    wrapper = layer(
+        "TorchModuleWrapper", {"name": "torch_module_wrapper", "module": base64.b64encode(payload).decode()}
+    )
     ctx = ScanContext(Policy())
     ctx.descend(Artifact.from_bytes(json.dumps(model_with(wrapper)).encode(), ("m.keras", "config.json"), 1))
     assert only(ctx.findings, "MLW-KERAS-006").severity is Severity.HIGH

@@ -70,8 +70,14 @@ def test_joblib_payload_after_array_bytes(tmp_path: Path) -> None:
     joblib = pytest.importorskip("joblib")
     marker = tmp_path / "canary"
     p = tmp_path / "model.joblib"
-    joblib.dump({"a_weights": np.arange(10_000, dtype=np.float64), "b": np.ones((7, 3), dtype=np.int8),
-                 "z_payload": Canary(marker)}, p)
+    joblib.dump(
+        {
+            "a_weights": np.arange(10_000, dtype=np.float64),
+            "b": np.ones((7, 3), dtype=np.int8),
+            "z_payload": Canary(marker),
+        },
+        p,
+    )
     result = scan_one(p)
     assert {f.detail("global") for f in failing(result)} <= SYSTEM
     assert failing(result)
@@ -114,8 +120,12 @@ def test_sklearn_models_are_clean(tmp_path: Path) -> None:
         LogisticRegression().fit(x, y),
         RandomForestClassifier(n_estimators=3, random_state=0).fit(x, y),
         GradientBoostingClassifier(n_estimators=3).fit(x, y),
-        Pipeline([("pre", ColumnTransformer([("num", StandardScaler(), [0]), ("cat", OneHotEncoder(), [1])])),
-                  ("clf", LogisticRegression())]).fit(x, y),
+        Pipeline(
+            [
+                ("pre", ColumnTransformer([("num", StandardScaler(), [0]), ("cat", OneHotEncoder(), [1])])),
+                ("clf", LogisticRegression()),
+            ]
+        ).fit(x, y),
         Pipeline([("log", FunctionTransformer(np.log1p)), ("clf", LogisticRegression())]).fit(np.abs(x), y),
     ]
     for i, model in enumerate(models):

@@ -30,13 +30,17 @@ def _mlp(domain: str = "", extra_nodes: list[Any] | None = None, functions: list
         helper.make_node("Relu", ["H2"], ["Y"], name="relu", domain=domain),
         *(extra_nodes or []),
     ]
-    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 64])],
-                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 16])], [w, b])
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 16])],
+        [w, b],
+    )
     opsets = [helper.make_opsetid("", 17)]
     if domain:
         opsets.append(helper.make_opsetid(domain, 1))
-    return helper.make_model(graph, producer_name="mlwarden-test", opset_imports=opsets,
-                             functions=functions or [])
+    return helper.make_model(graph, producer_name="mlwarden-test", opset_imports=opsets, functions=functions or [])
 
 
 def _with_external(model: Any, location: str) -> Any:
@@ -67,20 +71,29 @@ def test_benign_mlp_is_clean(tmp_path: Path) -> None:
 def test_benign_external_data_inside_folder_is_clean(tmp_path: Path) -> None:
     path = tmp_path / "model" / "mlp.onnx"
     path.parent.mkdir()
-    onnx.save_model(_mlp(), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="weights.bin", size_threshold=0)
+    onnx.save_model(
+        _mlp(),
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="weights.bin",
+        size_threshold=0,
+    )
     assert (path.parent / "weights.bin").is_file()
     result = scan_one(path)
     assert failing(result) == []
     assert not rule_ids(result) & {"MLW-ONNX-001", "MLW-ONNX-002"}
 
 
-@pytest.mark.parametrize(("location", "problem"), [
-    ("/etc/passwd", "absolute path"),
-    ("../../../../etc/passwd", "'..' component"),
-    ("weights/..\\..\\secret.bin", "'..' component"),
-    ("C:\\Windows\\win.ini", "absolute path"),
-])
+@pytest.mark.parametrize(
+    ("location", "problem"),
+    [
+        ("/etc/passwd", "absolute path"),
+        ("../../../../etc/passwd", "'..' component"),
+        ("weights/..\\..\\secret.bin", "'..' component"),
+        ("C:\\Windows\\win.ini", "absolute path"),
+    ],
+)
 def test_external_data_traversal_is_high(tmp_path: Path, location: str, problem: str) -> None:
     result = scan_one(_write(tmp_path / "evil.onnx", _with_external(_mlp(), location)))
     hits = [f for f in result.findings if f.rule_id == "MLW-ONNX-001"]
@@ -114,8 +127,7 @@ def test_external_data_symlink_within_folder_is_high(tmp_path: Path) -> None:
     (model_dir / "real.bin").write_bytes(b"\x00" * 4096)
     os.symlink("real.bin", model_dir / "weights.bin")
     result = scan_one(_write(model_dir / "m.onnx", _with_external(_mlp(), "weights.bin")))
-    assert [f.evidence for f in result.findings if f.rule_id == "MLW-ONNX-001"][0].endswith(
-        "is a symlink to real.bin")
+    assert [f.evidence for f in result.findings if f.rule_id == "MLW-ONNX-001"][0].endswith("is a symlink to real.bin")
 
 
 def test_external_data_special_file_is_high(tmp_path: Path) -> None:
@@ -173,14 +185,24 @@ def test_model_local_function_is_not_a_custom_op(tmp_path: Path) -> None:
 
 def test_custom_op_inside_if_subgraph_and_function_body(tmp_path: Path) -> None:
     def branch(name: str, domain: str) -> Any:
-        return helper.make_graph([helper.make_node("Bad", ["Y"], ["O"], domain=domain, name=name)], name, [],
-                                 [helper.make_tensor_value_info("O", TensorProto.FLOAT, [1, 16])])
+        return helper.make_graph(
+            [helper.make_node("Bad", ["Y"], ["O"], domain=domain, name=name)],
+            name,
+            [],
+            [helper.make_tensor_value_info("O", TensorProto.FLOAT, [1, 16])],
+        )
 
-    cond = helper.make_node("If", ["C"], ["O"], then_branch=branch("then", "com.native.a"),
-                            else_branch=branch("else", "com.native.b"))
-    fn = helper.make_function("pkg.local", "Wrap", ["x"], ["y"],
-                              [helper.make_node("Hidden", ["x"], ["y"], domain="com.native.c")],
-                              [helper.make_opsetid("", 17)])
+    cond = helper.make_node(
+        "If", ["C"], ["O"], then_branch=branch("then", "com.native.a"), else_branch=branch("else", "com.native.b")
+    )
+    fn = helper.make_function(
+        "pkg.local",
+        "Wrap",
+        ["x"],
+        ["y"],
+        [helper.make_node("Hidden", ["x"], ["y"], domain="com.native.c")],
+        [helper.make_opsetid("", 17)],
+    )
     result = scan_one(_write(tmp_path / "sub.onnx", _mlp(extra_nodes=[cond], functions=[fn])))
     domains = {f.detail("domain") for f in result.findings if f.rule_id == "MLW-ONNX-003"}
     assert domains == {"com.native.a", "com.native.b", "com.native.c"}

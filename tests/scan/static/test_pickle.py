@@ -52,9 +52,24 @@ def test_protocol0_text_pickle_under_a_text_name(tmp_path: Path) -> None:
 def test_stack_global_with_memoised_decoys(tmp_path: Path) -> None:
     # "os"/"system" are memoised and popped; decoys "torch"/"LongStorage" are pushed last. A scanner that
     # takes the last two strings sees torch.LongStorage; the machine (and the emulator) sees os.system.
-    data = (b"\x80\x04" + _str("os") + b"\x94" + b"0" + _str("system") + b"\x94" + b"0"
-            + _str("torch") + b"\x94" + b"0" + _str("LongStorage") + b"\x94" + b"0"
-            + b"h\x00h\x01\x93" + _str("id") + b"\x85R.")
+    data = (
+        b"\x80\x04"
+        + _str("os")
+        + b"\x94"
+        + b"0"
+        + _str("system")
+        + b"\x94"
+        + b"0"
+        + _str("torch")
+        + b"\x94"
+        + b"0"
+        + _str("LongStorage")
+        + b"\x94"
+        + b"0"
+        + b"h\x00h\x01\x93"
+        + _str("id")
+        + b"\x85R."
+    )
     result = scan_bytes(tmp_path, data)
     assert {f.detail("global") for f in failing(result)} == {"os.system"}
 
@@ -90,8 +105,19 @@ def test_extension_registry_callable_is_unresolved(tmp_path: Path) -> None:
 
 def test_computed_stack_global_is_unresolved(tmp_path: Path) -> None:
     # module name produced by a call (str.join at load time): no static list can judge the result.
-    data = (b"\x80\x04" + b"cbuiltins\nstr.join\n" + _str("") + b"](" + _str("o") + _str("s") + b"e\x86R"
-            + _str("system") + b"\x93" + _str("id") + b"\x85R.")
+    data = (
+        b"\x80\x04"
+        + b"cbuiltins\nstr.join\n"
+        + _str("")
+        + b"]("
+        + _str("o")
+        + _str("s")
+        + b"e\x86R"
+        + _str("system")
+        + b"\x93"
+        + _str("id")
+        + b"\x85R."
+    )
     result = scan_bytes(tmp_path, data)
     ids = rule_ids(result)
     assert "MLW-PKL-111" in ids

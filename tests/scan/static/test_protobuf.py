@@ -115,16 +115,19 @@ def test_fields_of_every_wire_type(as_stream: bool) -> None:
     assert reader.text(sub[0]) == "node"
 
 
-@pytest.mark.parametrize(("data", "message"), [
-    (tag(1, 3) + tag(1, 4), "groups are not supported"),
-    (tag(1, 6) + b"\x00", "invalid wire type 6"),
-    (tag(1, 7) + b"\x00", "invalid wire type 7"),
-    (b"\x00\x01", "invalid field number 0"),
-    (tag(1, VARINT) + b"\xff\xff", "truncated varint"),
-    (tag(1, VARINT) + b"\xff" * 11, "varint longer than 10 bytes"),
-    (tag(1, LEN) + varint(50) + b"abc", "runs past the end"),
-    (tag(1, I64) + b"\x00\x00", "truncated fixed-width value"),
-])
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (tag(1, 3) + tag(1, 4), "groups are not supported"),
+        (tag(1, 6) + b"\x00", "invalid wire type 6"),
+        (tag(1, 7) + b"\x00", "invalid wire type 7"),
+        (b"\x00\x01", "invalid field number 0"),
+        (tag(1, VARINT) + b"\xff\xff", "truncated varint"),
+        (tag(1, VARINT) + b"\xff" * 11, "varint longer than 10 bytes"),
+        (tag(1, LEN) + varint(50) + b"abc", "runs past the end"),
+        (tag(1, I64) + b"\x00\x00", "truncated fixed-width value"),
+    ],
+)
 def test_malformed_input_raises_protobuf_error(data: bytes, message: str) -> None:
     with pytest.raises(ProtobufError, match=message):
         list(WireReader(data).fields())
@@ -188,8 +191,12 @@ def _onnx_bytes() -> bytes:
     from onnx import TensorProto, helper
 
     node = helper.make_node("Relu", ["X"], ["Y"])
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1])])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1])],
+    )
     return bytes(helper.make_model(graph, producer_name="mlwarden-test").SerializeToString())
 
 
@@ -223,13 +230,16 @@ def test_truncated_models_are_still_claimed() -> None:
     assert sniff_protobuf_model(_artifact(sm[:-4])) is Format.SAVEDMODEL
 
 
-@pytest.mark.parametrize("data", [
-    b"hello world, this is plain text\n" * 10,
-    fb(2, "only a string field"),  # well formed, but neither schema
-    fv(1, 7) + fb(3, "producer"),  # ModelProto-like fields without a graph
-    fv(1, 1) + fv(2, 5),  # SavedModel numbers with the wrong wire type (fingerprint.pb shape)
-    fb(1, fb(2, "x")),  # keras_metadata.pb shape (nodes = 1, repeated message)
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"hello world, this is plain text\n" * 10,
+        fb(2, "only a string field"),  # well formed, but neither schema
+        fv(1, 7) + fb(3, "producer"),  # ModelProto-like fields without a graph
+        fv(1, 1) + fv(2, 5),  # SavedModel numbers with the wrong wire type (fingerprint.pb shape)
+        fb(1, fb(2, "x")),  # keras_metadata.pb shape (nodes = 1, repeated message)
+    ],
+)
 def test_rejects_other_protobufs_and_text(data: bytes) -> None:
     assert sniff_protobuf_model(_artifact(data)) is None
 

@@ -41,16 +41,27 @@ def _reference_rejects(path: Path) -> bool:
     return False
 
 
-GOOD = {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
-        "b": {"dtype": "U8", "shape": [4], "data_offsets": [8, 12]}}
+GOOD = {
+    "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+    "b": {"dtype": "U8", "shape": [4], "data_offsets": [8, 12]},
+}
 
 
 @pytest.fixture
 def torch_file(tmp_path: Path) -> Path:
     path = tmp_path / "model.safetensors"
-    save_file({"w": torch.randn(3, 4), "b": torch.zeros(4, dtype=torch.bfloat16), "empty": torch.zeros(0),
-               "scalar": torch.tensor(1), "f8": torch.zeros(2, dtype=torch.float8_e4m3fn),
-               "flag": torch.ones(3, dtype=torch.bool)}, str(path), metadata={"format": "pt"})
+    save_file(
+        {
+            "w": torch.randn(3, 4),
+            "b": torch.zeros(4, dtype=torch.bfloat16),
+            "empty": torch.zeros(0),
+            "scalar": torch.tensor(1),
+            "f8": torch.zeros(2, dtype=torch.float8_e4m3fn),
+            "flag": torch.ones(3, dtype=torch.bool),
+        },
+        str(path),
+        metadata={"format": "pt"},
+    )
     return path
 
 
@@ -64,8 +75,14 @@ def test_real_torch_file_is_clean(torch_file: Path) -> None:
 
 def test_real_numpy_file_is_clean(tmp_path: Path) -> None:
     path = tmp_path / "model.safetensors"
-    np_save_file({"x": np.arange(10, dtype=np.int16), "y": np.ones((2, 3), dtype=np.float64),
-                  "z": np.zeros((), dtype=np.uint32)}, str(path))
+    np_save_file(
+        {
+            "x": np.arange(10, dtype=np.int16),
+            "y": np.ones((2, 3), dtype=np.float64),
+            "z": np.zeros((), dtype=np.uint32),
+        },
+        str(path),
+    )
     result = scan_one(path)
     assert failing(result, Severity.LOW) == []
     assert rule_ids(result) == {"MLW-ST-006"}
@@ -89,11 +106,12 @@ def _variant(**changes: Any) -> dict[str, Any]:
 NOT_UINTS = "not a list of non-negative"
 CORRUPT: dict[str, tuple[bytes, str, str]] = {
     # name: (file bytes, expected rule, expected evidence fragment)
-    "gap": (_build({"a": GOOD["a"], "b": {"dtype": "U8", "shape": [4], "data_offsets": [10, 14]}},
-                   b"\0" * 14),
-            "MLW-ST-003", "gap of 2 unreferenced bytes before 'b'"),
-    "overlap": (_build(_variant(b__data_offsets=[4, 8], b__shape=[4]), b"\0" * 8), "MLW-ST-003",
-                "overlaps 'a'"),
+    "gap": (
+        _build({"a": GOOD["a"], "b": {"dtype": "U8", "shape": [4], "data_offsets": [10, 14]}}, b"\0" * 14),
+        "MLW-ST-003",
+        "gap of 2 unreferenced bytes before 'b'",
+    ),
+    "overlap": (_build(_variant(b__data_offsets=[4, 8], b__shape=[4]), b"\0" * 8), "MLW-ST-003", "overlaps 'a'"),
     "trailing": (_build(GOOD, b"\0" * 12 + b"cos\nsystem\n"), "MLW-ST-003", "11 trailing bytes"),
     "truncated": (_build(GOOD, b"\0" * 10), "MLW-ST-003", "the file has 10 (truncated)"),
     "size_mismatch": (_build(_variant(a__shape=[3]), b"\0" * 12), "MLW-ST-002", "needs 12"),
@@ -101,23 +119,29 @@ CORRUPT: dict[str, tuple[bytes, str, str]] = {
     "negative_shape": (_build(_variant(a__shape=[-2]), b"\0" * 12), "MLW-ST-002", NOT_UINTS),
     "bool_shape": (_build(_variant(a__shape=[True, 2]), b"\0" * 12), "MLW-ST-002", NOT_UINTS),
     "float_shape": (_build(_variant(a__shape=[2.0]), b"\0" * 12), "MLW-ST-002", NOT_UINTS),
-    "three_offsets": (_build(_variant(a__data_offsets=[0, 8, 9]), b"\0" * 12), "MLW-ST-002",
-                      "is not [begin, end]"),
-    "reversed_offsets": (_build(_variant(b__data_offsets=[12, 8]), b"\0" * 12), "MLW-ST-002",
-                         "end 8 < begin 12"),
-    "missing_dtype": (_build({"a": {"shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8), "MLW-ST-002",
-                      "missing"),
+    "three_offsets": (_build(_variant(a__data_offsets=[0, 8, 9]), b"\0" * 12), "MLW-ST-002", "is not [begin, end]"),
+    "reversed_offsets": (_build(_variant(b__data_offsets=[12, 8]), b"\0" * 12), "MLW-ST-002", "end 8 < begin 12"),
+    "missing_dtype": (_build({"a": {"shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8), "MLW-ST-002", "missing"),
     "entry_not_object": (_build({"a": [1, 2]}, b""), "MLW-ST-002", "entry is a list"),
     "metadata_not_str": (_build({"__metadata__": {"k": 1}, **GOOD}, b"\0" * 12), "MLW-ST-004", "strings"),
-    "duplicate_keys": (_build(b'{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},'
-                              b'"a":{"dtype":"U8","shape":[8],"data_offsets":[0,8]}}', b"\0" * 8),
-                       "MLW-ST-001", "duplicate JSON keys ['a']"),
+    "duplicate_keys": (
+        _build(
+            b'{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},'
+            b'"a":{"dtype":"U8","shape":[8],"data_offsets":[0,8]}}',
+            b"\0" * 8,
+        ),
+        "MLW-ST-001",
+        "duplicate JSON keys ['a']",
+    ),
     "not_json": (_build(b"{not json}"), "MLW-ST-001", "not valid JSON"),
     "not_utf8": (_build(b'{"a\xff":1}'), "MLW-ST-001", "not UTF-8"),
     "array_header": (_build(b"[1, 2, 3]"), "MLW-ST-001", "JSON list, not an object"),
     "nan": (_build(b'{"__metadata__":{"k":"v"},"x":NaN}'), "MLW-ST-001", "NaN"),
-    "odd_bits": (_build({"a": {"dtype": "F4", "shape": [3], "data_offsets": [0, 2]}}, b"\0" * 2),
-                 "MLW-ST-002", "not a whole number of bytes"),
+    "odd_bits": (
+        _build({"a": {"dtype": "F4", "shape": [3], "data_offsets": [0, 2]}}, b"\0" * 2),
+        "MLW-ST-002",
+        "not a whole number of bytes",
+    ),
 }
 
 
@@ -156,9 +180,23 @@ def test_leading_whitespace_header_is_valid() -> None:
     assert rule_ids(_scan_as_safetensors(data)) == {"MLW-ST-006"}
 
 
-@pytest.mark.parametrize("name", ["gap", "overlap", "trailing", "truncated", "size_mismatch", "unknown_dtype",
-                                  "negative_shape", "three_offsets", "reversed_offsets", "not_json",
-                                  "array_header", "odd_bits"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "gap",
+        "overlap",
+        "trailing",
+        "truncated",
+        "size_mismatch",
+        "unknown_dtype",
+        "negative_shape",
+        "three_offsets",
+        "reversed_offsets",
+        "not_json",
+        "array_header",
+        "odd_bits",
+    ],
+)
 def test_reference_loader_rejects_what_we_report(tmp_path: Path, name: str) -> None:
     path = tmp_path / "model.safetensors"
     path.write_bytes(CORRUPT[name][0])

@@ -36,8 +36,7 @@ def function(name: str, *nodes: bytes) -> bytes:
     return fb(1, fb(1, name)) + b"".join(fb(3, n) for n in nodes)
 
 
-def saved_model(nodes: list[bytes], functions: list[bytes] | None = None, assets: list[str] | None = None
-                ) -> bytes:
+def saved_model(nodes: list[bytes], functions: list[bytes] | None = None, assets: list[str] | None = None) -> bytes:
     graph_def = b"".join(fb(1, n) for n in nodes)
     if functions:
         graph_def += fb(2, b"".join(fb(1, f) for f in functions))
@@ -59,8 +58,7 @@ BENIGN_GRAPH = [
     node("StatefulPartitionedCall", "StatefulPartitionedCall", "saver_filename"),
 ]
 BENIGN_FUNCTIONS = [
-    function("__inference__traced_save_45", node("SaveV2", "SaveV2"), node("MergeV2Checkpoints",
-                                                                          "MergeV2Checkpoints")),
+    function("__inference__traced_save_45", node("SaveV2", "SaveV2"), node("MergeV2Checkpoints", "MergeV2Checkpoints")),
     function("__inference__traced_restore_60", node("RestoreV2", "RestoreV2")),
     function("__inference_serve_10", node("MatMul", "MatMul"), node("Relu", "Relu")),
 ]
@@ -82,8 +80,9 @@ def test_benign_saved_model_has_only_low_checkpoint_io(tmp_path: Path) -> None:
 
 
 def test_pyfunc_in_graph_is_high(tmp_path: Path) -> None:
-    findings = _scan(tmp_path, saved_model([*BENIGN_GRAPH, node("hook", "PyFunc", "x",
-                                                                    attrs={"token": attr_s("pyfunc_0")})]))
+    findings = _scan(
+        tmp_path, saved_model([*BENIGN_GRAPH, node("hook", "PyFunc", "x", attrs={"token": attr_s("pyfunc_0")})])
+    )
     hits = [f for f in findings if f.rule_id == "MLW-TF-001"]
     assert len(hits) == 1
     assert hits[0].severity is Severity.HIGH
@@ -93,8 +92,7 @@ def test_pyfunc_in_graph_is_high(tmp_path: Path) -> None:
 
 
 def test_eager_pyfunc_and_write_file_inside_function_body(tmp_path: Path) -> None:
-    evil = function("__inference_serve_99", node("py", "EagerPyFunc"),
-                    node("dump", "WriteFile", "fn", "data"))
+    evil = function("__inference_serve_99", node("py", "EagerPyFunc"), node("dump", "WriteFile", "fn", "data"))
     findings = _scan(tmp_path, saved_model(BENIGN_GRAPH, [*BENIGN_FUNCTIONS, evil]))
     by_rule = {f.rule_id: f for f in findings}
     assert by_rule["MLW-TF-001"].detail("op") == "EagerPyFunc"
@@ -105,8 +103,13 @@ def test_eager_pyfunc_and_write_file_inside_function_body(tmp_path: Path) -> Non
 
 
 def test_file_read_ops_are_medium_and_counted(tmp_path: Path) -> None:
-    nodes = [*BENIGN_GRAPH, node("r1", "ReadFile", "p"), node("r2", "ReadFile", "q"),
-             node("ls", "MatchingFiles", "pattern"), node("mm", "ImmutableConst")]
+    nodes = [
+        *BENIGN_GRAPH,
+        node("r1", "ReadFile", "p"),
+        node("r2", "ReadFile", "q"),
+        node("ls", "MatchingFiles", "pattern"),
+        node("mm", "ImmutableConst"),
+    ]
     findings = _scan(tmp_path, saved_model(nodes))
     reads = {f.detail("op"): f for f in findings if f.rule_id == "MLW-TF-004"}
     assert set(reads) == {"ReadFile", "MatchingFiles", "ImmutableConst"}

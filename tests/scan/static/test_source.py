@@ -64,25 +64,30 @@ def test_plain_modeling_file_is_info_only(tmp_path: Path) -> None:
     assert "torch.nn" in result.findings[0].detail("imports")
 
 
-@pytest.mark.parametrize(("snippet", "rule_id", "name"), [
-    ("import os\nos.system('touch /tmp/canary')\n", "MLW-SRC-001", "os.system"),
-    ("import subprocess as sp\nsp.run(['true'])\n", "MLW-SRC-001", "subprocess.run"),
-    ("from os import popen\npopen('true')\n", "MLW-SRC-001", "os.popen"),
-    ("import os\nos.execvp('true', ['true'])\n", "MLW-SRC-001", "os.execvp"),
-    ("exec(__import__('base64').b64decode('cHJpbnQoMSk='))\n", "MLW-SRC-001", "builtins.exec"),
-    ("x = eval('1+1')\n", "MLW-SRC-001", "builtins.eval"),
-    ("import socket\nsocket.create_connection(('127.0.0.1', 9))\n", "MLW-SRC-001",
-     "socket.create_connection"),
-    ("import urllib.request\nurllib.request.urlopen('http://127.0.0.1/')\n", "MLW-SRC-001",
-     "urllib.request.urlopen"),
-    ("import requests\nrequests.get('http://127.0.0.1/')\n", "MLW-SRC-001", "requests.get"),
-    ("import ctypes\nctypes.CDLL('libc.so.6')\n", "MLW-SRC-001", "ctypes.CDLL"),
-    ("import pickle\npickle.loads(b'')\n", "MLW-SRC-002", "pickle.loads"),
-    ("import torch\ntorch.load('x.pt')\n", "MLW-SRC-002", "torch.load"),
-    ("import torch\ntorch.load('x.pt', weights_only=False)\n", "MLW-SRC-002", "torch.load"),
-    ("import importlib\nimportlib.import_module('os')\n", "MLW-SRC-002", "importlib.import_module"),
-    ("import shutil\nshutil.rmtree('/tmp/x')\n", "MLW-SRC-002", "shutil.rmtree"),
-])
+@pytest.mark.parametrize(
+    ("snippet", "rule_id", "name"),
+    [
+        ("import os\nos.system('touch /tmp/canary')\n", "MLW-SRC-001", "os.system"),
+        ("import subprocess as sp\nsp.run(['true'])\n", "MLW-SRC-001", "subprocess.run"),
+        ("from os import popen\npopen('true')\n", "MLW-SRC-001", "os.popen"),
+        ("import os\nos.execvp('true', ['true'])\n", "MLW-SRC-001", "os.execvp"),
+        ("exec(__import__('base64').b64decode('cHJpbnQoMSk='))\n", "MLW-SRC-001", "builtins.exec"),
+        ("x = eval('1+1')\n", "MLW-SRC-001", "builtins.eval"),
+        ("import socket\nsocket.create_connection(('127.0.0.1', 9))\n", "MLW-SRC-001", "socket.create_connection"),
+        (
+            "import urllib.request\nurllib.request.urlopen('http://127.0.0.1/')\n",
+            "MLW-SRC-001",
+            "urllib.request.urlopen",
+        ),
+        ("import requests\nrequests.get('http://127.0.0.1/')\n", "MLW-SRC-001", "requests.get"),
+        ("import ctypes\nctypes.CDLL('libc.so.6')\n", "MLW-SRC-001", "ctypes.CDLL"),
+        ("import pickle\npickle.loads(b'')\n", "MLW-SRC-002", "pickle.loads"),
+        ("import torch\ntorch.load('x.pt')\n", "MLW-SRC-002", "torch.load"),
+        ("import torch\ntorch.load('x.pt', weights_only=False)\n", "MLW-SRC-002", "torch.load"),
+        ("import importlib\nimportlib.import_module('os')\n", "MLW-SRC-002", "importlib.import_module"),
+        ("import shutil\nshutil.rmtree('/tmp/x')\n", "MLW-SRC-002", "shutil.rmtree"),
+    ],
+)
 def test_dangerous_calls(snippet: str, rule_id: str, name: str) -> None:
     findings = _scan("import torch.nn as nn\n\n" + snippet)
     hit = next(f for f in findings if f.rule_id == rule_id)
@@ -92,8 +97,10 @@ def test_dangerous_calls(snippet: str, rule_id: str, name: str) -> None:
 
 
 def test_import_time_versus_method_call() -> None:
-    source = MODELING + "\n\nclass Evil(nn.Module):\n    def forward(self, x):\n        os.system('true')\n" \
+    source = (
+        MODELING + "\n\nclass Evil(nn.Module):\n    def forward(self, x):\n        os.system('true')\n"
         "        return x\n\nos.system('touch /tmp/canary')\n"
+    )
     hit = next(f for f in _scan(source) if f.rule_id == "MLW-SRC-001")
     lines = MODELING.count("\n")
     assert hit.detail("lines") == (lines + 5, lines + 8)

@@ -97,8 +97,14 @@ GENERATION = (
     "{% else %}{{ comma() }}{{ row.next() }}{{ m.content }}{% endif %}{% endfor %}{{ range(3)|list|length }}"
 )
 
-BENIGN = {"chatml": CHATML, "llama3": LLAMA3, "mistral": MISTRAL, "gemma": GEMMA, "tools": TOOLS,
-          "generation": GENERATION}
+BENIGN = {
+    "chatml": CHATML,
+    "llama3": LLAMA3,
+    "mistral": MISTRAL,
+    "gemma": GEMMA,
+    "tools": TOOLS,
+    "generation": GENERATION,
+}
 
 # --- injection payloads (all would only `touch` a canary file if ever rendered) ------------------------
 CANARY = "touch /tmp/mlwarden-canary"
@@ -167,8 +173,11 @@ def test_benign_unusual_method_is_only_low() -> None:
 
 @pytest.mark.parametrize("name", sorted(CRITICAL_PAYLOADS))
 def test_critical_payloads(name: str) -> None:
-    source = CRITICAL_PAYLOADS[name].replace("%s", CANARY) if "%c" not in CRITICAL_PAYLOADS[name] \
+    source = (
+        CRITICAL_PAYLOADS[name].replace("%s", CANARY)
+        if "%c" not in CRITICAL_PAYLOADS[name]
         else CRITICAL_PAYLOADS[name]
+    )
     findings = _analyse(source)
     critical = [f for f in findings if f.rule_id == "MLW-TPL-001"]
     assert critical, findings
@@ -248,11 +257,12 @@ def test_deeply_nested_template_fails_closed() -> None:
 
 # --- the standalone handler, through the engine ---------------------------------------------------------
 
+
 def test_jinja_file_with_payload(tmp_path: Path) -> None:
     path = tmp_path / "chat_template.jinja"
     path.write_text("Chat template for the model.\n" + CRITICAL_PAYLOADS["cycler"].replace("%s", CANARY))
     result = scan_one(path)
-    assert ("chat_template.jinja" in result.formats[0][0])
+    assert "chat_template.jinja" in result.formats[0][0]
     assert result.formats[0][1] == "jinja-template"
     assert "MLW-TPL-001" in rule_ids(result)
 

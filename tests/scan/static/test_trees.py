@@ -35,15 +35,19 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     booster.save_model(str(out / "model.ubj"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        gbm = lgb.train({"objective": "multiclass", "num_class": 3, "verbose": -1, "num_leaves": 4},
-                        lgb.Dataset(x, label=(x[:, 1] * 3).astype(int)), 3)
+        gbm = lgb.train(
+            {"objective": "multiclass", "num_class": 3, "verbose": -1, "num_leaves": 4},
+            lgb.Dataset(x, label=(x[:, 1] * 3).astype(int)),
+            3,
+        )
     gbm.save_model(str(out / "model.txt"))
     return {"json": out / "model.json", "ubj": out / "model.ubj", "lgb": out / "model.txt"}
 
 
-@pytest.mark.parametrize(("kind", "fragment"), [("json", "XGBoost JSON model"),
-                                                ("ubj", "XGBoost UBJSON model"),
-                                                ("lgb", "LightGBM text model v4 with 9 trees")])
+@pytest.mark.parametrize(
+    ("kind", "fragment"),
+    [("json", "XGBoost JSON model"), ("ubj", "XGBoost UBJSON model"), ("lgb", "LightGBM text model v4 with 9 trees")],
+)
 def test_valid_models_are_info_only(models: dict[str, Path], kind: str, fragment: str) -> None:
     result = scan_one(models[kind])
     assert [(f.rule_id, f.severity) for f in result.findings] == [("MLW-TREE-002", Severity.INFO)]
@@ -65,19 +69,22 @@ def _scan(data: bytes, fmt: Format, limits: Limits | None = None) -> list[Findin
     return ctx.findings
 
 
-@pytest.mark.parametrize(("kind", "fmt", "mutate", "fragment"), [
-    ("ubj", Format.XGBOOST_UBJ, lambda b: b[: len(b) // 2], "truncated"),
-    ("ubj", Format.XGBOOST_UBJ, lambda b: b + b"junk", "bytes after the end"),
-    ("ubj", Format.XGBOOST_UBJ, lambda b: b.replace(b"attributes{", b"attributes\x01", 1),
-     "unknown UBJSON marker"),
-    ("json", Format.XGBOOST_JSON, lambda b: b[:-10], "not valid JSON"),
-    ("json", Format.XGBOOST_JSON, lambda b: b'{"learner": [], "version": [1]}', "not an XGBoost model"),
-    ("lgb", Format.LIGHTGBM_TEXT, lambda b: b[: b.index(b"end of trees")], "no 'end of trees'"),
-    ("lgb", Format.LIGHTGBM_TEXT, lambda b: b.replace(b"version=v4", b"vers=v4"), "no 'version='"),
-    ("lgb", Format.LIGHTGBM_TEXT, lambda b: b"trees\n" + b, "first line"),
-])
-def test_corrupt_models_are_low(models: dict[str, Path], kind: str, fmt: Format,
-                                mutate: Callable[[bytes], bytes], fragment: str) -> None:
+@pytest.mark.parametrize(
+    ("kind", "fmt", "mutate", "fragment"),
+    [
+        ("ubj", Format.XGBOOST_UBJ, lambda b: b[: len(b) // 2], "truncated"),
+        ("ubj", Format.XGBOOST_UBJ, lambda b: b + b"junk", "bytes after the end"),
+        ("ubj", Format.XGBOOST_UBJ, lambda b: b.replace(b"attributes{", b"attributes\x01", 1), "unknown UBJSON marker"),
+        ("json", Format.XGBOOST_JSON, lambda b: b[:-10], "not valid JSON"),
+        ("json", Format.XGBOOST_JSON, lambda b: b'{"learner": [], "version": [1]}', "not an XGBoost model"),
+        ("lgb", Format.LIGHTGBM_TEXT, lambda b: b[: b.index(b"end of trees")], "no 'end of trees'"),
+        ("lgb", Format.LIGHTGBM_TEXT, lambda b: b.replace(b"version=v4", b"vers=v4"), "no 'version='"),
+        ("lgb", Format.LIGHTGBM_TEXT, lambda b: b"trees\n" + b, "first line"),
+    ],
+)
+def test_corrupt_models_are_low(
+    models: dict[str, Path], kind: str, fmt: Format, mutate: Callable[[bytes], bytes], fragment: str
+) -> None:
     findings = _scan(mutate(models[kind].read_bytes()), fmt)
     assert [(f.rule_id, f.severity) for f in findings] == [("MLW-TREE-001", Severity.LOW)]
     assert fragment in findings[0].evidence

@@ -32,45 +32,72 @@ if TYPE_CHECKING:
     from mlwarden.scan.context import ScanContext
 
 UNSAFE_NAME = rule(
-    "MLW-ARC-001", "Archive member path escapes the extraction folder", Severity.HIGH, cwe=22,
+    "MLW-ARC-001",
+    "Archive member path escapes the extraction folder",
+    Severity.HIGH,
+    cwe=22,
     description="A member name is absolute or contains '..', so extracting the archive writes outside the "
     "target folder (path traversal, 'zip slip').",
     remediation="Do not extract this archive with a tool that honours member paths; rebuild it from trusted files.",
 )
 LINK_MEMBER = rule(
-    "MLW-ARC-002", "Archive member is a link or special file", Severity.MEDIUM, cwe=59,
+    "MLW-ARC-002",
+    "Archive member is a link or special file",
+    Severity.MEDIUM,
+    cwe=59,
     description="A symbolic link, hard link or device member can make extraction read or overwrite files outside "
-    "the archive.", remediation="Remove links from model archives.",
+    "the archive.",
+    remediation="Remove links from model archives.",
 )
 BOMB = rule(
-    "MLW-ARC-003", "Archive member compression ratio is suspicious", Severity.MEDIUM, cwe=409,
+    "MLW-ARC-003",
+    "Archive member compression ratio is suspicious",
+    Severity.MEDIUM,
+    cwe=409,
     description="The member expands far more than model data does (decompression bomb); it was not decompressed.",
     remediation="Raise [limits].max_compression_ratio if this archive is legitimate.",
 )
 UNREADABLE = rule(
-    "MLW-ARC-004", "Archive member could not be read", Severity.MEDIUM, cwe=20,
+    "MLW-ARC-004",
+    "Archive member could not be read",
+    Severity.MEDIUM,
+    cwe=20,
     description="The member's data could not be located or decompressed, so it was not analysed; another "
-    "reader might still load it.", remediation="Inspect the archive by hand.",
+    "reader might still load it.",
+    remediation="Inspect the archive by hand.",
 )
 HEADER_MISMATCH = rule(
-    "MLW-ARC-005", "Zip headers disagree", Severity.LOW, cwe=20,
+    "MLW-ARC-005",
+    "Zip headers disagree",
+    Severity.LOW,
+    cwe=20,
     description="Local header and central directory disagree (name, or flag bits such as 'encrypted' set on data "
     "that is not encrypted): a known trick to crash scanners while PyTorch still loads the member.",
-    remediation="Rebuild the archive with a standard tool.", confidence=Confidence.HIGH,
+    remediation="Rebuild the archive with a standard tool.",
+    confidence=Confidence.HIGH,
 )
 ENCRYPTED = rule(
-    "MLW-ARC-006", "Encrypted archive member", Severity.LOW, cwe=311,
+    "MLW-ARC-006",
+    "Encrypted archive member",
+    Severity.LOW,
+    cwe=311,
     description="The member is encrypted and its bytes are not a recognisable format, so model loaders (which "
     "ignore encryption) cannot load it either; its content was not analysed.",
     remediation="Decrypt the archive and scan its content.",
 )
 CENTRAL_DIRECTORY = rule(
-    "MLW-ARC-007", "Zip central directory unreadable", Severity.MEDIUM, cwe=20,
+    "MLW-ARC-007",
+    "Zip central directory unreadable",
+    Severity.MEDIUM,
+    cwe=20,
     description="The zip's central directory could not be parsed; members were recovered from local headers.",
     remediation="Rebuild the archive; inspect it by hand before loading.",
 )
 OPAQUE = rule(
-    "MLW-ARC-010", "Container format not opened", Severity.MEDIUM, cwe=693,
+    "MLW-ARC-010",
+    "Container format not opened",
+    Severity.MEDIUM,
+    cwe=693,
     description="7z and RAR containers are not opened by mlwarden (nor by model loaders, so a model packed this "
     "way is unpacked by some other tool first); its contents were not analysed.",
     remediation="Unpack the container and scan the extracted files.",
@@ -105,8 +132,13 @@ class ZipHandler(Handler):
             ctx.report(CENTRAL_DIRECTORY.finding(artifact.location(), f"{type(exc).__name__}: {exc}"))
             infos = _local_headers(artifact, ctx)
         if len(infos) > ctx.limits.max_members:
-            ctx.report(INCOMPLETE.finding(artifact.location(), f"{len(infos)} members, max_members is "
-                                          f"{ctx.limits.max_members}", limit="max_members"))
+            ctx.report(
+                INCOMPLETE.finding(
+                    artifact.location(),
+                    f"{len(infos)} members, max_members is {ctx.limits.max_members}",
+                    limit="max_members",
+                )
+            )
             infos = infos[: ctx.limits.max_members]
         torch_like = any(i.filename.endswith("data.pkl") for i in infos)
         for info in infos:
@@ -116,8 +148,13 @@ class ZipHandler(Handler):
             except LimitExceeded:
                 raise
             except Exception as exc:  # noqa: BLE001 - one bad member must never hide the ones after it
-                ctx.report(UNREADABLE.finding(artifact.location(), f"member {info.filename!r}: "
-                                              f"{type(exc).__name__}: {exc}", member=info.filename))
+                ctx.report(
+                    UNREADABLE.finding(
+                        artifact.location(),
+                        f"member {info.filename!r}: {type(exc).__name__}: {exc}",
+                        member=info.filename,
+                    )
+                )
 
     def _member(self, artifact: Artifact, ctx: ScanContext, info: zipfile.ZipInfo, torch_like: bool) -> None:
         name = info.filename
@@ -133,24 +170,43 @@ class ZipHandler(Handler):
         if info.is_dir():
             return
         if info.file_size > ctx.limits.max_member_size:
-            ctx.report(INCOMPLETE.finding(loc, f"member {name!r} is {info.file_size} bytes uncompressed",
-                                          limit="max_member_size"))
+            ctx.report(
+                INCOMPLETE.finding(
+                    loc, f"member {name!r} is {info.file_size} bytes uncompressed", limit="max_member_size"
+                )
+            )
             return
         if info.compress_type != zipfile.ZIP_STORED:
             ratio = info.file_size / max(info.compress_size, 1)
             if ratio > ctx.limits.max_compression_ratio and info.file_size > 1 << 20:
-                ctx.report(BOMB.finding(loc, f"member {name!r}: {info.compress_size} -> {info.file_size} bytes "
-                                        f"(ratio {ratio:.0f})", member=name))
+                ctx.report(
+                    BOMB.finding(
+                        loc,
+                        f"member {name!r}: {info.compress_size} -> {info.file_size} bytes (ratio {ratio:.0f})",
+                        member=name,
+                    )
+                )
                 return
             ctx.account(info.file_size)
         try:
             data_start, local_name = _data_start(artifact, info)
             if local_name is not None and local_name != info.orig_filename:
-                ctx.report(HEADER_MISMATCH.finding(loc, f"central directory says {info.orig_filename!r}, local "
-                                                   f"header says {local_name!r}", member=name))
+                ctx.report(
+                    HEADER_MISMATCH.finding(
+                        loc,
+                        f"central directory says {info.orig_filename!r}, local header says {local_name!r}",
+                        member=name,
+                    )
+                )
             if info.flag_bits & 0x61:
-                ctx.report(HEADER_MISMATCH.finding(loc, f"member {name!r} has flag bits 0x{info.flag_bits:x} "
-                                                   "(encryption/patch bits), read as the loader does", member=name))
+                ctx.report(
+                    HEADER_MISMATCH.finding(
+                        loc,
+                        f"member {name!r} has flag bits 0x{info.flag_bits:x} "
+                        "(encryption/patch bits), read as the loader does",
+                        member=name,
+                    )
+                )
             opener = _member_opener(artifact, info, data_start)
             small = torch_like and _TORCH_STORAGE.search(name) is not None
             head = _head(opener, _SMALL_HEAD if small else HEAD_SIZE)

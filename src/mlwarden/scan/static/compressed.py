@@ -26,9 +26,13 @@ if TYPE_CHECKING:
     from mlwarden.scan.context import ScanContext
 
 CORRUPT = rule(
-    "MLW-CMP-001", "Compressed data is corrupt or truncated", Severity.LOW, cwe=20,
+    "MLW-CMP-001",
+    "Compressed data is corrupt or truncated",
+    Severity.LOW,
+    cwe=20,
     description="Decompression failed part-way; what decompressed before the error was analysed (a loader "
-    "would stop at the same point).", remediation="Obtain an intact copy of the file.",
+    "would stop at the same point).",
+    remediation="Obtain an intact copy of the file.",
 )
 
 _ERRORS = (EOFError, OSError, zlib.error, lzma.LZMAError, ValueError)
@@ -184,8 +188,16 @@ def _decoder(fmt: Format, artifact: Artifact) -> Callable[[], BinaryIO]:
 class CompressedHandler(Handler):
     """Removes one compression layer and analyses what is inside."""
 
-    formats = (Format.GZIP, Format.BZIP2, Format.XZ, Format.LZMA, Format.ZLIB, Format.JOBLIB_ZF, Format.LZ4,
-               Format.ZSTD)
+    formats = (
+        Format.GZIP,
+        Format.BZIP2,
+        Format.XZ,
+        Format.LZMA,
+        Format.ZLIB,
+        Format.JOBLIB_ZF,
+        Format.LZ4,
+        Format.ZSTD,
+    )
 
     def scan(self, artifact: Artifact, ctx: ScanContext) -> None:
         """Decompress lazily (bounded) and descend into the content."""
@@ -195,8 +207,7 @@ class CompressedHandler(Handler):
         decode = _decoder(fmt, artifact)
         errors: list[str] = []
         compressed = artifact.size or 0
-        limit = min(ctx.limits.max_member_size,
-                    max(int(compressed * ctx.limits.max_compression_ratio), 64 << 20))
+        limit = min(ctx.limits.max_member_size, max(int(compressed * ctx.limits.max_compression_ratio), 64 << 20))
 
         def opener() -> BinaryIO:
             return _Guarded(decode, limit, errors.append)  # type: ignore[return-value]

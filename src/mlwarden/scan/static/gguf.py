@@ -24,28 +24,41 @@ if TYPE_CHECKING:
     from mlwarden.artifacts.artifact import Artifact
     from mlwarden.scan.context import ScanContext
 
-_MALFORMED = ("llama.cpp rejects such a file; other readers may parse it differently, which is how "
-              "payloads hide from scanners.")
+_MALFORMED = (
+    "llama.cpp rejects such a file; other readers may parse it differently, which is how payloads hide from scanners."
+)
 HEADER_INVALID = rule(
-    "MLW-GGUF-001", "Malformed GGUF header", Severity.MEDIUM, cwe=20,
+    "MLW-GGUF-001",
+    "Malformed GGUF header",
+    Severity.MEDIUM,
+    cwe=20,
     description="The GGUF header is truncated or inconsistent (unknown version or value type, a count or "
     "length larger than the file, nesting too deep, duplicate keys, invalid alignment). " + _MALFORMED,
     remediation="Re-download or re-convert the model from a trusted source; do not load this file.",
 )
 TENSORS_INVALID = rule(
-    "MLW-GGUF-002", "Invalid GGUF tensor table", Severity.MEDIUM, cwe=20,
+    "MLW-GGUF-002",
+    "Invalid GGUF tensor table",
+    Severity.MEDIUM,
+    cwe=20,
     description="A tensor has too many dimensions, a size that is not whole blocks, a duplicate name, or an "
     "offset that is not where ggml expects it (or past the end of the file). " + _MALFORMED,
     remediation="Re-download or re-convert the model from a trusted source; do not load this file.",
 )
 UNKNOWN_TYPE = rule(
-    "MLW-GGUF-003", "Unknown GGUF tensor type", Severity.LOW, cwe=None,
+    "MLW-GGUF-003",
+    "Unknown GGUF tensor type",
+    Severity.LOW,
+    cwe=None,
     description="A tensor uses a ggml type this version of mlwarden does not know (perhaps a newer "
     "quantisation), so its size and the layout after it were not checked.",
     remediation="Upgrade mlwarden; check the file with the llama.cpp version that will load it.",
 )
 SUMMARY = rule(
-    "MLW-GGUF-004", "GGUF header", Severity.INFO, cwe=None,
+    "MLW-GGUF-004",
+    "GGUF header",
+    Severity.INFO,
+    cwe=None,
     description="Version, byte order, counts, architecture and the chat templates found.",
     remediation="None needed.",
 )
@@ -58,14 +71,40 @@ _STRING, _ARRAY = 8, 9
 _INT_FORMATS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 10: "Q", 11: "q"}
 #: ggml type -> (name, elements per block, bytes per block); from ggml.h / gguf-py GGML_QUANT_SIZES.
 GGML_TYPES: dict[int, tuple[str, int, int]] = {
-    0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20), 6: ("Q5_0", 32, 22),
-    7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34), 9: ("Q8_1", 32, 40), 10: ("Q2_K", 256, 84),
-    11: ("Q3_K", 256, 110), 12: ("Q4_K", 256, 144), 13: ("Q5_K", 256, 176), 14: ("Q6_K", 256, 210),
-    15: ("Q8_K", 256, 292), 16: ("IQ2_XXS", 256, 66), 17: ("IQ2_XS", 256, 74), 18: ("IQ3_XXS", 256, 98),
-    19: ("IQ1_S", 256, 50), 20: ("IQ4_NL", 32, 18), 21: ("IQ3_S", 256, 110), 22: ("IQ2_S", 256, 82),
-    23: ("IQ4_XS", 256, 136), 24: ("I8", 1, 1), 25: ("I16", 1, 2), 26: ("I32", 1, 4), 27: ("I64", 1, 8),
-    28: ("F64", 1, 8), 29: ("IQ1_M", 256, 56), 30: ("BF16", 1, 2), 34: ("TQ1_0", 256, 54),
-    35: ("TQ2_0", 256, 66), 39: ("MXFP4", 32, 17), 40: ("NVFP4", 64, 36), 41: ("Q1_0", 128, 18),
+    0: ("F32", 1, 4),
+    1: ("F16", 1, 2),
+    2: ("Q4_0", 32, 18),
+    3: ("Q4_1", 32, 20),
+    6: ("Q5_0", 32, 22),
+    7: ("Q5_1", 32, 24),
+    8: ("Q8_0", 32, 34),
+    9: ("Q8_1", 32, 40),
+    10: ("Q2_K", 256, 84),
+    11: ("Q3_K", 256, 110),
+    12: ("Q4_K", 256, 144),
+    13: ("Q5_K", 256, 176),
+    14: ("Q6_K", 256, 210),
+    15: ("Q8_K", 256, 292),
+    16: ("IQ2_XXS", 256, 66),
+    17: ("IQ2_XS", 256, 74),
+    18: ("IQ3_XXS", 256, 98),
+    19: ("IQ1_S", 256, 50),
+    20: ("IQ4_NL", 32, 18),
+    21: ("IQ3_S", 256, 110),
+    22: ("IQ2_S", 256, 82),
+    23: ("IQ4_XS", 256, 136),
+    24: ("I8", 1, 1),
+    25: ("I16", 1, 2),
+    26: ("I32", 1, 4),
+    27: ("I64", 1, 8),
+    28: ("F64", 1, 8),
+    29: ("IQ1_M", 256, 56),
+    30: ("BF16", 1, 2),
+    34: ("TQ1_0", 256, 54),
+    35: ("TQ2_0", 256, 66),
+    39: ("MXFP4", 32, 17),
+    40: ("NVFP4", 64, 36),
+    41: ("Q1_0", 128, 18),
 }
 
 
@@ -94,8 +133,7 @@ class _Reader:
             raise _Corrupt(self.pos, f"{what}: needs {n} bytes, only {self.left()} left in the file")
         self.pos += n
         if self.pos > self.ctx.limits.max_header_size:
-            raise LimitExceeded("max_header_size",
-                                f"GGUF header larger than {self.ctx.limits.max_header_size}")
+            raise LimitExceeded("max_header_size", f"GGUF header larger than {self.ctx.limits.max_header_size}")
         self.steps += 1
         if self.steps % 65536 == 0:
             self.ctx.check_time()
@@ -194,12 +232,19 @@ class GgufHandler(Handler):
         for key, template, offset in templates:
             analyse_template(template, artifact, ctx, key, offset)
         self._tensors(r, n_tensors, alignment, artifact, ctx)
-        ctx.report(SUMMARY.finding(
-            artifact.location(0), f"GGUF v{version} ({'big' if r.endian == '>' else 'little'}-endian), "
-            f"{n_tensors} tensors, {n_kv} metadata keys, architecture "
-            f"{kept.get('general.architecture', '?')!r}, chat templates {[k for k, _, _ in templates]}",
-            version=version, endian="big" if r.endian == ">" else "little", tensors=n_tensors,
-            metadata=n_kv, chat_templates=[k for k, _, _ in templates]))
+        ctx.report(
+            SUMMARY.finding(
+                artifact.location(0),
+                f"GGUF v{version} ({'big' if r.endian == '>' else 'little'}-endian), "
+                f"{n_tensors} tensors, {n_kv} metadata keys, architecture "
+                f"{kept.get('general.architecture', '?')!r}, chat templates {[k for k, _, _ in templates]}",
+                version=version,
+                endian="big" if r.endian == ">" else "little",
+                tensors=n_tensors,
+                metadata=n_kv,
+                chat_templates=[k for k, _, _ in templates],
+            )
+        )
 
     def _value(self, r: _Reader, vtype: int, key: str, depth: int, keep: bool) -> Any:
         if vtype in _FIXED:
@@ -258,8 +303,13 @@ class GgufHandler(Handler):
                 if elements >= 2**63:
                     problems.append((pos, f"tensor {name!r} has {elements} elements (overflows int64)"))
                 elif dims and dims[0] % block:
-                    problems.append((pos, f"tensor {name!r}: row of {dims[0]} elements is not a multiple of "
-                                     f"the {tname} block size {block}"))
+                    problems.append(
+                        (
+                            pos,
+                            f"tensor {name!r}: row of {dims[0]} elements is not a multiple of "
+                            f"the {tname} block size {block}",
+                        )
+                    )
                 else:
                     nbytes = elements // block * type_size
             entries.append((name, offset, nbytes, pos))
@@ -272,13 +322,16 @@ class GgufHandler(Handler):
                 break
             end = data_start + offset + nbytes
             if end > r.size:
-                problems.append((pos, f"tensor {name!r} ends at byte {end}, past the end of the file "
-                                 f"({r.size})"))
+                problems.append((pos, f"tensor {name!r} ends at byte {end}, past the end of the file ({r.size})"))
             expected = offset + _align(nbytes, alignment)
         if problems:
             reasons = [p[1] for p in problems]
-            ctx.report(TENSORS_INVALID.finding(artifact.location(problems[0][0]), "; ".join(reasons[:10]),
-                                               reasons=reasons[:50], count=len(reasons)))
+            ctx.report(
+                TENSORS_INVALID.finding(
+                    artifact.location(problems[0][0]), "; ".join(reasons[:10]), reasons=reasons[:50], count=len(reasons)
+                )
+            )
         if unknown:
-            ctx.report(UNKNOWN_TYPE.finding(artifact.location(entries[0][3]), "; ".join(unknown[:10]),
-                                            count=len(unknown)))
+            ctx.report(
+                UNKNOWN_TYPE.finding(artifact.location(entries[0][3]), "; ".join(unknown[:10]), count=len(unknown))
+            )

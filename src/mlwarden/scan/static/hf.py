@@ -23,22 +23,32 @@ if TYPE_CHECKING:
     from mlwarden.scan.context import ScanContext
 
 REMOTE_CODE = rule(
-    "MLW-HF-001", "Custom code executes with trust_remote_code", Severity.MEDIUM, cwe=94,
+    "MLW-HF-001",
+    "Custom code executes with trust_remote_code",
+    Severity.MEDIUM,
+    cwe=94,
     description="auto_map (or custom_pipelines) names Python classes that transformers downloads, imports "
     "and runs when the model is loaded with trust_remote_code=True. The code is not a model weight: it runs "
     "with the loading user's rights. A reference of the form 'repo--module.Class' pulls the code from "
     "another repository, which can change after review.",
     remediation="Review the referenced module (scan it too: mlwarden scans .py files beside the model), pin "
-    "the revision, or load without trust_remote_code.", confidence=Confidence.HIGH,
+    "the revision, or load without trust_remote_code.",
+    confidence=Confidence.HIGH,
 )
 MALFORMED = rule(
-    "MLW-HF-002", "Malformed Hugging Face JSON", Severity.LOW, cwe=20,
+    "MLW-HF-002",
+    "Malformed Hugging Face JSON",
+    Severity.LOW,
+    cwe=20,
     description="The file is not a JSON object. transformers fails to load it (nothing runs), but it could "
     "not be analysed.",
     remediation="Replace the file with a valid one from the model's source.",
 )
 BAD_TEMPLATE_FIELD = rule(
-    "MLW-HF-003", "Unexpected chat_template structure", Severity.LOW, cwe=20,
+    "MLW-HF-003",
+    "Unexpected chat_template structure",
+    Severity.LOW,
+    cwe=20,
     description="chat_template is neither a string nor a list of {name, template} objects; transformers "
     "rejects or ignores it.",
     remediation="Replace the file with a valid one from the model's source.",
@@ -123,16 +133,20 @@ class HfTokenizerConfigHandler(Handler):
             analyse_template(templates, artifact, ctx, "chat_template", None)
             return
         if not isinstance(templates, list):
-            ctx.report(BAD_TEMPLATE_FIELD.finding(artifact.location(), f"chat_template is a "
-                                                  f"{type(templates).__name__}"))
+            ctx.report(
+                BAD_TEMPLATE_FIELD.finding(artifact.location(), f"chat_template is a {type(templates).__name__}")
+            )
             return
         for index, entry in enumerate(templates):
             if isinstance(entry, dict) and isinstance(entry.get("template"), str):
                 name = entry.get("name", index)
                 analyse_template(entry["template"], artifact, ctx, f"chat_template[{name}]", None)
             else:
-                ctx.report(BAD_TEMPLATE_FIELD.finding(artifact.location(), f"chat_template[{index}] is not "
-                                                      "a {name, template} object"))
+                ctx.report(
+                    BAD_TEMPLATE_FIELD.finding(
+                        artifact.location(), f"chat_template[{index}] is not a {{name, template}} object"
+                    )
+                )
 
 
 class HfConfigHandler(Handler):

@@ -26,7 +26,10 @@ from mlwarden.scan.static.protobuf import open_seekable
 CONFIG_ATTRS = ("model_config", "training_config")
 
 UNREADABLE = rule(
-    "MLW-KERAS-012", "Unreadable HDF5 file", Severity.MEDIUM, cwe=20,
+    "MLW-KERAS-012",
+    "Unreadable HDF5 file",
+    Severity.MEDIUM,
+    cwe=20,
     description="libhdf5 could not open the file (truncated, corrupt or deliberately malformed), so any "
     "Keras model config in it was not analysed.",
     remediation="Re-download the file; do not load an HDF5 model that cannot be analysed.",

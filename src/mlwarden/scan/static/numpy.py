@@ -22,19 +22,28 @@ if TYPE_CHECKING:
     from mlwarden.scan.context import ScanContext
 
 BAD_HEADER = rule(
-    "MLW-NPY-001", "numpy header is malformed", Severity.LOW, cwe=20,
+    "MLW-NPY-001",
+    "numpy header is malformed",
+    Severity.LOW,
+    cwe=20,
     description="The .npy header cannot be parsed the way numpy parses it, so numpy.load fails on it too.",
     remediation="Obtain an intact copy of the file.",
 )
 OBJECT_ARRAY = rule(
-    "MLW-NPY-002", "numpy array of Python objects (pickle)", Severity.INFO, cwe=502,
+    "MLW-NPY-002",
+    "numpy array of Python objects (pickle)",
+    Severity.INFO,
+    cwe=502,
     description="The array has dtype object: its data is a pickle, loaded only with allow_pickle=True. The "
     "pickle was analysed; findings about it are reported separately.",
     remediation="Prefer numeric dtypes; never load object arrays from untrusted sources with allow_pickle=True.",
     confidence=Confidence.HIGH,
 )
 SIZE_MISMATCH = rule(
-    "MLW-NPY-003", "numpy data size does not match the header", Severity.LOW, cwe=20,
+    "MLW-NPY-003",
+    "numpy data size does not match the header",
+    Severity.LOW,
+    cwe=20,
     description="The bytes after the header are not what shape and dtype announce.",
     remediation="Obtain an intact copy of the file.",
 )
@@ -112,5 +121,8 @@ class NumpyHandler(Handler):
         expected = prod(shape) * itemsize
         actual = artifact.size - data_start
         if actual != expected:
-            ctx.report(SIZE_MISMATCH.finding(artifact.location(data_start),
-                                             f"header announces {expected} bytes of data, file has {actual}"))
+            ctx.report(
+                SIZE_MISMATCH.finding(
+                    artifact.location(data_start), f"header announces {expected} bytes of data, file has {actual}"
+                )
+            )

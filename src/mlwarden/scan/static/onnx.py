@@ -37,15 +37,27 @@ from mlwarden.scan.context import ScanContext
 from mlwarden.scan.static.base import Handler
 from mlwarden.scan.static.protobuf import VARINT, ProtobufError, WireField, WireReader, expect, open_seekable
 
-STANDARD_DOMAINS = frozenset({
-    "", "ai.onnx", "ai.onnx.ml", "ai.onnx.training", "ai.onnx.preview.training",
-    "com.microsoft", "com.microsoft.nchwc", "com.microsoft.experimental", "com.ms.internal.nhwc",
-})
+STANDARD_DOMAINS = frozenset(
+    {
+        "",
+        "ai.onnx",
+        "ai.onnx.ml",
+        "ai.onnx.training",
+        "ai.onnx.preview.training",
+        "com.microsoft",
+        "com.microsoft.nchwc",
+        "com.microsoft.experimental",
+        "com.ms.internal.nhwc",
+    }
+)
 MAX_GRAPH_DEPTH = 64
 _EXAMPLES = 5
 
 EXTERNAL_TRAVERSAL = rule(
-    "MLW-ONNX-001", "External tensor data points outside the model folder", Severity.HIGH, cwe=22,
+    "MLW-ONNX-001",
+    "External tensor data points outside the model folder",
+    Severity.HIGH,
+    cwe=22,
     description="A tensor stores its data in an external file whose location is absolute, contains '..', "
     "escapes the model's folder, or is a symlink or special file. Loading the model reads that file "
     "(CVE-2022-25882, CVE-2024-27318), which can disclose local files through the model's outputs or "
@@ -54,13 +66,19 @@ EXTERNAL_TRAVERSAL = rule(
     "named by a plain relative path.",
 )
 EXTERNAL_MISSING = rule(
-    "MLW-ONNX-002", "External tensor data file missing or reference incomplete", Severity.LOW, cwe=None,
+    "MLW-ONNX-002",
+    "External tensor data file missing or reference incomplete",
+    Severity.LOW,
+    cwe=None,
     description="A tensor refers to external data that is not present beside the model (or names no "
     "location). The model cannot load as distributed; this cannot execute code.",
     remediation="Obtain the complete model folder (all external data files) from the publisher.",
 )
 CUSTOM_DOMAIN = rule(
-    "MLW-ONNX-003", "Custom operator domain needs a native library", Severity.MEDIUM, cwe=829,
+    "MLW-ONNX-003",
+    "Custom operator domain needs a native library",
+    Severity.MEDIUM,
+    cwe=829,
     description="Nodes use an operator domain that neither ONNX nor ONNX Runtime implements and that no "
     "function in the model defines. Running the model requires registering a custom-op library or Python "
     "callback, whose code is not in the model and is not analysed.",
@@ -69,7 +87,10 @@ CUSTOM_DOMAIN = rule(
     confidence=Confidence.MEDIUM,
 )
 MALFORMED = rule(
-    "MLW-ONNX-004", "Malformed ONNX model", Severity.MEDIUM, cwe=20,
+    "MLW-ONNX-004",
+    "Malformed ONNX model",
+    Severity.MEDIUM,
+    cwe=20,
     description="The ModelProto could not be parsed (truncated, corrupt or deliberately malformed), so "
     "its graph was not fully analysed.",
     remediation="Re-export or re-download the model; do not load a model that mlwarden cannot parse.",
@@ -234,18 +255,27 @@ class OnnxHandler(Handler):
         for (domain, op_type), nodes in sorted(s.custom.items()):
             if (domain, op_type) in s.functions:
                 continue
-            ctx.report(CUSTOM_DOMAIN.finding(
-                artifact.location(nodes[0][1]),
-                f"{len(nodes)} node(s) of operator {domain}::{op_type}, e.g. {', '.join(_examples(nodes))}",
-                domain=domain, op_type=op_type, count=len(nodes), nodes=_examples(nodes)))
+            ctx.report(
+                CUSTOM_DOMAIN.finding(
+                    artifact.location(nodes[0][1]),
+                    f"{len(nodes)} node(s) of operator {domain}::{op_type}, e.g. {', '.join(_examples(nodes))}",
+                    domain=domain,
+                    op_type=op_type,
+                    count=len(nodes),
+                    nodes=_examples(nodes),
+                )
+            )
         base = artifact.fs_path.parent if artifact.fs_path is not None else None
         for location, tensors in sorted(s.external.items()):
             where = artifact.location(tensors[0][1])
             evidence = f"external data location {location!r} of tensor(s) {', '.join(_examples(tensors))}"
             problem = relative_path_problem(location)
             if problem is not None:
-                ctx.report(EXTERNAL_TRAVERSAL.finding(where, f"{evidence}: {problem}",
-                                                      external_location=location, tensors=_examples(tensors)))
+                ctx.report(
+                    EXTERNAL_TRAVERSAL.finding(
+                        where, f"{evidence}: {problem}", external_location=location, tensors=_examples(tensors)
+                    )
+                )
                 continue
             if base is None:
                 continue
@@ -254,11 +284,15 @@ class OnnxHandler(Handler):
                 continue
             problem, traversal = found
             target = EXTERNAL_TRAVERSAL if traversal else EXTERNAL_MISSING
-            ctx.report(target.finding(where, f"{evidence}: {problem}", external_location=location,
-                                      tensors=_examples(tensors)))
+            ctx.report(
+                target.finding(where, f"{evidence}: {problem}", external_location=location, tensors=_examples(tensors))
+            )
         if s.no_location:
-            ctx.report(EXTERNAL_MISSING.finding(
-                artifact.location(s.no_location[0][1]),
-                f"{len(s.no_location)} external tensor(s) name no location, e.g. "
-                f"{', '.join(_examples(s.no_location))}", tensors=_examples(s.no_location)))
-
+            ctx.report(
+                EXTERNAL_MISSING.finding(
+                    artifact.location(s.no_location[0][1]),
+                    f"{len(s.no_location)} external tensor(s) name no location, e.g. "
+                    f"{', '.join(_examples(s.no_location))}",
+                    tensors=_examples(s.no_location),
+                )
+            )

@@ -91,8 +91,7 @@ class WireReader:
         tick: called every few thousand fields (handlers pass ``ctx.check_time``).
     """
 
-    def __init__(self, source: Source, size: int | None = None,
-                 tick: Callable[[], None] | None = None) -> None:
+    def __init__(self, source: Source, size: int | None = None, tick: Callable[[], None] | None = None) -> None:
         self._mem: memoryview | None = None
         self._fh: BinaryIO | None = None
         if isinstance(source, bytes | bytearray | memoryview):
@@ -111,10 +110,10 @@ class WireReader:
     def _window(self, offset: int, n: int) -> bytes | memoryview:
         """Up to ``n`` bytes at ``offset`` (fewer at the end of the data)."""
         if self._mem is not None:
-            return self._mem[offset: offset + n]
+            return self._mem[offset : offset + n]
         rel = offset - self._buf_off
         if 0 <= rel and rel + n <= len(self._buf):
-            return memoryview(self._buf)[rel: rel + n]
+            return memoryview(self._buf)[rel : rel + n]
         assert self._fh is not None
         self._fh.seek(offset)
         self._buf = self._fh.read(max(n, _CHUNK))
@@ -146,14 +145,15 @@ class WireReader:
                 width = 8 if wire_type == I64 else 4
                 if i + width > len(head):
                     raise ProtobufError("truncated fixed-width value", pos)
-                value = int.from_bytes(head[i: i + width], "little")
+                value = int.from_bytes(head[i : i + width], "little")
                 data_offset = pos + i
                 next_pos = data_offset + width
             else:
                 raise ProtobufError(f"invalid wire type {wire_type}", pos)
             if next_pos > end:
-                raise ProtobufError(f"field {number} runs past the end of its message ({next_pos} > {end})",
-                                    pos, number)
+                raise ProtobufError(
+                    f"field {number} runs past the end of its message ({next_pos} > {end})", pos, number
+                )
             self.fields_read += 1
             if self._tick is not None and self.fields_read % _TICK_EVERY == 0:
                 self._tick()
@@ -170,7 +170,7 @@ class WireReader:
         expect(field, LEN)
         n = min(field.value, limit)
         if self._mem is not None:
-            return bytes(self._mem[field.data_offset: field.data_offset + n])
+            return bytes(self._mem[field.data_offset : field.data_offset + n])
         assert self._fh is not None
         self._fh.seek(field.data_offset)
         data = self._fh.read(n)
@@ -187,8 +187,7 @@ class WireReader:
 def expect(field: WireField, wire_type: int) -> None:
     """Raise :class:`ProtobufError` unless ``field`` has ``wire_type`` (schema mismatch = malformed)."""
     if field.wire_type != wire_type:
-        raise ProtobufError(f"field {field.number} has wire type {field.wire_type}, expected {wire_type}",
-                            field.offset)
+        raise ProtobufError(f"field {field.number} has wire type {field.wire_type}, expected {wire_type}", field.offset)
 
 
 def open_seekable(artifact: Artifact, max_size: int) -> BinaryIO:
@@ -220,8 +219,7 @@ def open_seekable(artifact: Artifact, max_size: int) -> BinaryIO:
 
 # ModelProto fields -> wire type (onnx.proto). Unknown field numbers are tolerated (newer ONNX versions
 # add fields) as long as they are well formed; the known ones must match the schema.
-_ONNX_MODEL = {1: VARINT, 2: LEN, 3: LEN, 4: LEN, 5: VARINT, 6: LEN, 7: LEN, 8: LEN, 14: LEN, 20: LEN,
-               25: LEN, 26: LEN}
+_ONNX_MODEL = {1: VARINT, 2: LEN, 3: LEN, 4: LEN, 5: VARINT, 6: LEN, 7: LEN, 8: LEN, 14: LEN, 20: LEN, 25: LEN, 26: LEN}
 _ONNX_GRAPH = {1: LEN, 2: LEN, 5: LEN, 10: LEN, 11: LEN, 12: LEN, 13: LEN, 14: LEN, 15: LEN, 16: LEN}
 _SAVEDMODEL = {1: VARINT, 2: LEN}
 _META_GRAPH = {1: LEN, 2: LEN, 3: LEN, 4: LEN, 5: LEN, 6: LEN, 7: LEN}

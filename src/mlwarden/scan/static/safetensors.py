@@ -29,46 +29,90 @@ if TYPE_CHECKING:
     from mlwarden.artifacts.artifact import Artifact
     from mlwarden.scan.context import ScanContext
 
-_MALFORMED = ("A loader's behaviour on a malformed safetensors file is undefined: the reference "
-              "implementation rejects it, other readers may accept it and read something else.")
+_MALFORMED = (
+    "A loader's behaviour on a malformed safetensors file is undefined: the reference "
+    "implementation rejects it, other readers may accept it and read something else."
+)
 _FIX = "Re-export the tensors with the safetensors library from a trusted source; do not load this file."
 
 HEADER_INVALID = rule(
-    "MLW-ST-001", "Malformed safetensors header", Severity.MEDIUM, cwe=20,
+    "MLW-ST-001",
+    "Malformed safetensors header",
+    Severity.MEDIUM,
+    cwe=20,
     description="The header length, encoding or JSON is invalid (length past the end of the file, not "
-    "UTF-8, not a JSON object, duplicate keys, NaN/Infinity). " + _MALFORMED, remediation=_FIX,
+    "UTF-8, not a JSON object, duplicate keys, NaN/Infinity). " + _MALFORMED,
+    remediation=_FIX,
 )
 TENSOR_INVALID = rule(
-    "MLW-ST-002", "Invalid safetensors tensor entry", Severity.MEDIUM, cwe=20,
+    "MLW-ST-002",
+    "Invalid safetensors tensor entry",
+    Severity.MEDIUM,
+    cwe=20,
     description="A tensor entry has an unknown dtype, a bad shape or data_offsets, missing keys, or a "
-    "byte size that does not match shape x dtype. " + _MALFORMED, remediation=_FIX,
+    "byte size that does not match shape x dtype. " + _MALFORMED,
+    remediation=_FIX,
 )
 LAYOUT_INVALID = rule(
-    "MLW-ST-003", "Invalid safetensors data layout", Severity.MEDIUM, cwe=20,
+    "MLW-ST-003",
+    "Invalid safetensors data layout",
+    Severity.MEDIUM,
+    cwe=20,
     description="Tensors overlap, leave gaps, run past the end of the file, or the file has bytes after "
     "the last tensor. The reference loader requires the tensors to cover the data section exactly; unread "
-    "bytes are a place to hide a payload for another tool. " + _MALFORMED, remediation=_FIX,
+    "bytes are a place to hide a payload for another tool. " + _MALFORMED,
+    remediation=_FIX,
 )
 METADATA_INVALID = rule(
-    "MLW-ST-004", "Invalid safetensors __metadata__", Severity.MEDIUM, cwe=20,
-    description="__metadata__ must map strings to strings. " + _MALFORMED, remediation=_FIX,
+    "MLW-ST-004",
+    "Invalid safetensors __metadata__",
+    Severity.MEDIUM,
+    cwe=20,
+    description="__metadata__ must map strings to strings. " + _MALFORMED,
+    remediation=_FIX,
 )
 EXTRA_FIELDS = rule(
-    "MLW-ST-005", "Unexpected fields in a safetensors tensor entry", Severity.LOW, cwe=None,
+    "MLW-ST-005",
+    "Unexpected fields in a safetensors tensor entry",
+    Severity.LOW,
+    cwe=None,
     description="A tensor entry has keys besides dtype, shape and data_offsets. The reference loader "
     "ignores them (so they cannot change what is loaded), but no writer produces them.",
     remediation="Check which tool wrote the file.",
 )
 SUMMARY = rule(
-    "MLW-ST-006", "safetensors header", Severity.INFO, cwe=None,
-    description="The header is valid: tensor count, dtypes and metadata keys.", remediation="None needed.",
+    "MLW-ST-006",
+    "safetensors header",
+    Severity.INFO,
+    cwe=None,
+    description="The header is valid: tensor count, dtypes and metadata keys.",
+    remediation="None needed.",
 )
 
 #: dtype -> size in bits (safetensors/src/tensor.rs ``Dtype::bitsize``, incl. the MX and FNUZ types).
 DTYPE_BITS: dict[str, int] = {
-    "BOOL": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8,
-    "F8_E8M0": 8, "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8, "I16": 16, "U16": 16, "F16": 16, "BF16": 16,
-    "I32": 32, "U32": 32, "F32": 32, "C64": 64, "F64": 64, "I64": 64, "U64": 64,
+    "BOOL": 8,
+    "F4": 4,
+    "F6_E2M3": 6,
+    "F6_E3M2": 6,
+    "U8": 8,
+    "I8": 8,
+    "F8_E5M2": 8,
+    "F8_E4M3": 8,
+    "F8_E8M0": 8,
+    "F8_E4M3FNUZ": 8,
+    "F8_E5M2FNUZ": 8,
+    "I16": 16,
+    "U16": 16,
+    "F16": 16,
+    "BF16": 16,
+    "I32": 32,
+    "U32": 32,
+    "F32": 32,
+    "C64": 64,
+    "F64": 64,
+    "I64": 64,
+    "U64": 64,
 }
 REFERENCE_MAX_HEADER = 100_000_000  # MAX_HEADER_SIZE of the reference implementation
 _U64 = 2**64
@@ -88,8 +132,14 @@ class _Problems:
     def report(self, artifact: Artifact, ctx: ScanContext) -> None:
         for r, reasons, offset in self.items.values():
             more = f" (+{len(reasons) - _MAX_REASONS} more)" if len(reasons) > _MAX_REASONS else ""
-            ctx.report(r.finding(artifact.location(offset), "; ".join(reasons[:_MAX_REASONS]) + more,
-                                 reasons=reasons[:50], count=len(reasons)))
+            ctx.report(
+                r.finding(
+                    artifact.location(offset),
+                    "; ".join(reasons[:_MAX_REASONS]) + more,
+                    reasons=reasons[:50],
+                    count=len(reasons),
+                )
+            )
 
 
 def _pairs_hook(duplicates: list[str]) -> Any:
@@ -97,6 +147,7 @@ def _pairs_hook(duplicates: list[str]) -> Any:
         seen: Counter[str] = Counter(k for k, _ in pairs)
         duplicates.extend(k for k, c in seen.items() if c > 1)
         return dict(pairs)
+
     return hook
 
 
@@ -114,24 +165,33 @@ class SafetensorsHandler(Handler):
         with artifact.open() as fh:
             prefix = fh.read(8)
             if len(prefix) < 8:
-                ctx.report(HEADER_INVALID.finding(artifact.location(0), f"file is {len(prefix)} bytes, "
-                                                  "shorter than the 8-byte header length"))
+                ctx.report(
+                    HEADER_INVALID.finding(
+                        artifact.location(0), f"file is {len(prefix)} bytes, shorter than the 8-byte header length"
+                    )
+                )
                 return
             (n,) = struct.unpack("<Q", prefix)
             if n > ctx.limits.max_header_size:
-                raise LimitExceeded("max_header_size", f"safetensors header of {n} bytes > "
-                                    f"{ctx.limits.max_header_size}")
+                raise LimitExceeded(
+                    "max_header_size", f"safetensors header of {n} bytes > {ctx.limits.max_header_size}"
+                )
             raw = fh.read(n)
             data_len = (artifact.size - 8 - len(raw)) if artifact.size is not None else skip(fh, _U64)
         if len(raw) < n:
-            ctx.report(HEADER_INVALID.finding(
-                artifact.location(0), f"header length {n} runs past the end of the file ({len(raw)} header "
-                "bytes present)", header_length=n))
+            ctx.report(
+                HEADER_INVALID.finding(
+                    artifact.location(0),
+                    f"header length {n} runs past the end of the file ({len(raw)} header bytes present)",
+                    header_length=n,
+                )
+            )
             return
         problems = _Problems()
         if n > REFERENCE_MAX_HEADER:
-            problems.add(HEADER_INVALID, f"header length {n} exceeds the reference loader's limit "
-                         f"{REFERENCE_MAX_HEADER}", 0)
+            problems.add(
+                HEADER_INVALID, f"header length {n} exceeds the reference loader's limit {REFERENCE_MAX_HEADER}", 0
+            )
         header = self._parse(raw, problems)
         if header is not None:
             self._validate(header, n, data_len, problems)
@@ -141,9 +201,14 @@ class SafetensorsHandler(Handler):
             tensors = {k: v for k, v in header.items() if k != "__metadata__"}
             dtypes = sorted(Counter(v["dtype"] for v in tensors.values()).items())
             meta = sorted(header.get("__metadata__") or {})
-            ctx.report(SUMMARY.finding(artifact.location(8), f"{len(tensors)} tensors, dtypes "
-                                       f"{dict(dtypes)}, metadata keys {meta[:20]}", tensors=len(tensors),
-                                       metadata_keys=meta[:50]))
+            ctx.report(
+                SUMMARY.finding(
+                    artifact.location(8),
+                    f"{len(tensors)} tensors, dtypes {dict(dtypes)}, metadata keys {meta[:20]}",
+                    tensors=len(tensors),
+                    metadata_keys=meta[:50],
+                )
+            )
 
     @staticmethod
     def _parse(raw: bytes, problems: _Problems) -> dict[str, Any] | None:
@@ -168,8 +233,11 @@ class SafetensorsHandler(Handler):
             problems.add(HEADER_INVALID, "header JSON is nested too deeply", 8)
             return None
         if duplicates:
-            problems.add(HEADER_INVALID, f"duplicate JSON keys {sorted(set(duplicates))[:10]} (parsers "
-                         "disagree on which value wins)", 8)
+            problems.add(
+                HEADER_INVALID,
+                f"duplicate JSON keys {sorted(set(duplicates))[:10]} (parsers disagree on which value wins)",
+                8,
+            )
         if constants:
             problems.add(HEADER_INVALID, f"non-standard JSON constants {sorted(set(constants))}", 8)
         if not isinstance(header, dict):
@@ -181,8 +249,7 @@ class SafetensorsHandler(Handler):
     def _validate(header: dict[str, Any], n: int, data_len: int, problems: _Problems) -> None:
         data_start = 8 + n
         meta = header.get("__metadata__")
-        if meta is not None and not (isinstance(meta, dict)
-                                     and all(isinstance(v, str) for v in meta.values())):
+        if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
             problems.add(METADATA_INVALID, "__metadata__ is not a mapping of strings to strings", 8)
         spans: list[tuple[int, int, str]] = []
         for name, info in header.items():
@@ -203,17 +270,20 @@ class SafetensorsHandler(Handler):
                 problems.add(TENSOR_INVALID, f"{name!r}: unknown dtype {dtype!r}", 8)
                 dtype = None
             if not isinstance(shape, list) or not all(_is_uint(d) for d in shape):
-                problems.add(TENSOR_INVALID, f"{name!r}: shape {str(shape)[:60]} is not a list of "
-                             "non-negative integers", 8)
+                problems.add(
+                    TENSOR_INVALID, f"{name!r}: shape {str(shape)[:60]} is not a list of non-negative integers", 8
+                )
                 shape = None
             if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_uint(o) for o in offsets)):
-                problems.add(TENSOR_INVALID, f"{name!r}: data_offsets {str(offsets)[:60]} is not "
-                             "[begin, end] of non-negative integers", 8)
+                problems.add(
+                    TENSOR_INVALID,
+                    f"{name!r}: data_offsets {str(offsets)[:60]} is not [begin, end] of non-negative integers",
+                    8,
+                )
                 continue
             begin, end = offsets
             if end < begin:
-                problems.add(TENSOR_INVALID, f"{name!r}: data_offsets end {end} < begin {begin}",
-                             data_start + begin)
+                problems.add(TENSOR_INVALID, f"{name!r}: data_offsets end {end} < begin {begin}", data_start + begin)
                 continue
             spans.append((begin, end, name))
             if dtype is not None and shape is not None:
@@ -221,30 +291,45 @@ class SafetensorsHandler(Handler):
                 if bits >= 8 * _U64:
                     problems.add(TENSOR_INVALID, f"{name!r}: shape {shape} overflows", data_start + begin)
                 elif bits % 8:
-                    problems.add(TENSOR_INVALID, f"{name!r}: {dtype} x {shape} is not a whole number of "
-                                 "bytes", data_start + begin)
+                    problems.add(
+                        TENSOR_INVALID,
+                        f"{name!r}: {dtype} x {shape} is not a whole number of bytes",
+                        data_start + begin,
+                    )
                 elif end - begin != bits // 8:
-                    problems.add(TENSOR_INVALID, f"{name!r}: {end - begin} bytes for {dtype} {shape}, which "
-                                 f"needs {bits // 8}", data_start + begin)
+                    problems.add(
+                        TENSOR_INVALID,
+                        f"{name!r}: {end - begin} bytes for {dtype} {shape}, which needs {bits // 8}",
+                        data_start + begin,
+                    )
         SafetensorsHandler._layout(spans, data_start, data_len, problems)
 
     @staticmethod
-    def _layout(spans: list[tuple[int, int, str]], data_start: int, data_len: int,
-                problems: _Problems) -> None:
+    def _layout(spans: list[tuple[int, int, str]], data_start: int, data_len: int, problems: _Problems) -> None:
         spans.sort()
         cursor, previous = 0, None
         for begin, end, name in spans:
             if begin > cursor:
-                problems.add(LAYOUT_INVALID, f"gap of {begin - cursor} unreferenced bytes before {name!r} "
-                             f"(data bytes {cursor}..{begin})", data_start + cursor)
+                problems.add(
+                    LAYOUT_INVALID,
+                    f"gap of {begin - cursor} unreferenced bytes before {name!r} (data bytes {cursor}..{begin})",
+                    data_start + cursor,
+                )
             elif begin < cursor:
-                problems.add(LAYOUT_INVALID, f"{name!r} [{begin}, {end}) overlaps {previous!r} (ends at "
-                             f"{cursor})", data_start + begin)
+                problems.add(
+                    LAYOUT_INVALID,
+                    f"{name!r} [{begin}, {end}) overlaps {previous!r} (ends at {cursor})",
+                    data_start + begin,
+                )
             if end >= cursor:
                 cursor, previous = end, name
         if cursor > data_len:
-            problems.add(LAYOUT_INVALID, f"tensors need {cursor} data bytes but the file has {data_len} "
-                         "(truncated)", data_start + data_len)
+            problems.add(
+                LAYOUT_INVALID,
+                f"tensors need {cursor} data bytes but the file has {data_len} (truncated)",
+                data_start + data_len,
+            )
         elif cursor < data_len:
-            problems.add(LAYOUT_INVALID, f"{data_len - cursor} trailing bytes after the last tensor",
-                         data_start + cursor)
+            problems.add(
+                LAYOUT_INVALID, f"{data_len - cursor} trailing bytes after the last tensor", data_start + cursor
+            )

@@ -42,43 +42,63 @@ from mlwarden.scan.static.protobuf import LEN, ProtobufError, WireField, WireRea
 _EXAMPLES = 5
 
 PYTHON_OP = rule(
-    "MLW-TF-001", "Graph calls back into Python", Severity.HIGH, cwe=94,
+    "MLW-TF-001",
+    "Graph calls back into Python",
+    Severity.HIGH,
+    cwe=94,
     description="The graph contains PyFunc/EagerPyFunc ops, which run Python functions of the loading "
     "process. The model is not self-contained and its behaviour depends on code outside the file.",
     remediation="Do not serve the model unless you know which Python functions it expects and trust them.",
 )
 FILE_WRITE_OP = rule(
-    "MLW-TF-002", "Graph writes files", Severity.HIGH, cwe=73,
+    "MLW-TF-002",
+    "Graph writes files",
+    Severity.HIGH,
+    cwe=73,
     description="The graph contains ops that write files (WriteFile, dataset or summary writers, debug "
     "dumps, PrintV2 to file://). Running the model can create or overwrite files on the host.",
     remediation="Do not run the model outside a sandbox; ask the publisher why inference writes files.",
 )
 NETWORK_OP = rule(
-    "MLW-TF-003", "Graph opens network connections", Severity.HIGH, cwe=918,
-    description="The graph contains RPC or tf.data service ops, which connect to network addresses when "
-    "run.",
+    "MLW-TF-003",
+    "Graph opens network connections",
+    Severity.HIGH,
+    cwe=918,
+    description="The graph contains RPC or tf.data service ops, which connect to network addresses when run.",
     remediation="Do not run the model with network access; ask the publisher why inference needs it.",
 )
 FILE_READ_OP = rule(
-    "MLW-TF-004", "Graph reads local files", Severity.MEDIUM, cwe=73,
+    "MLW-TF-004",
+    "Graph reads local files",
+    Severity.MEDIUM,
+    cwe=73,
     description="The graph contains ops that read or list local files (ReadFile, MatchingFiles, "
     "ImmutableConst, file readers and datasets). File contents can leak through the model's outputs.",
     remediation="Check which paths the ops read (their inputs); run the model without access to secrets.",
 )
 CHECKPOINT_OP = rule(
-    "MLW-TF-005", "Graph has checkpoint or vocabulary file I/O", Severity.LOW, cwe=None,
+    "MLW-TF-005",
+    "Graph has checkpoint or vocabulary file I/O",
+    Severity.LOW,
+    cwe=None,
     description="Save/Restore and lookup-table initialisers read and write files through paths fed at "
     "load time; every SavedModel has them. Reported so the inventory of file access is complete.",
     remediation="None needed for standard SavedModels.",
 )
 ASSET_TRAVERSAL = rule(
-    "MLW-TF-006", "Asset file name escapes the assets folder", Severity.HIGH, cwe=22,
+    "MLW-TF-006",
+    "Asset file name escapes the assets folder",
+    Severity.HIGH,
+    cwe=22,
     description="An AssetFileDef names a file with an absolute path or '..'; TensorFlow joins it to the "
     "model's assets/ folder, so loading reads a file elsewhere on the host.",
     remediation="Do not load the model; asset file names are plain relative names.",
 )
 MALFORMED = rule(
-    "MLW-TF-007", "Malformed SavedModel", Severity.MEDIUM, cwe=20,
+    "MLW-TF-007",
+    "Malformed SavedModel",
+    Severity.MEDIUM,
+    cwe=20,
     description="saved_model.pb could not be parsed (truncated, corrupt or deliberately malformed), so "
     "its graph was not fully analysed.",
     remediation="Re-export or re-download the model; do not load a model that mlwarden cannot parse.",
@@ -86,29 +106,90 @@ MALFORMED = rule(
 
 _OPS: dict[str, Rule] = {
     **dict.fromkeys(("PyFunc", "PyFuncStateless", "EagerPyFunc"), PYTHON_OP),
-    **dict.fromkeys((
-        "WriteFile", "SaveDataset", "SaveDatasetV2", "DatasetToTFRecord", "ExperimentalDatasetToTFRecord",
-        "CreateSummaryFileWriter", "CreateSummaryDbWriter", "DebugIdentity", "DebugIdentityV2",
-        "DebugIdentityV3", "DebugNanCount", "DebugNumericSummary", "DebugNumericSummaryV2",
-        "SnapshotDataset", "SnapshotDatasetV2",
-    ), FILE_WRITE_OP),
-    **dict.fromkeys((
-        "Rpc", "TryRpc", "RpcClient", "RpcCall", "RpcServer", "RpcServerStart", "RpcServerRegister",
-        "DataServiceDataset", "DataServiceDatasetV2", "DataServiceDatasetV3", "DataServiceDatasetV4",
-        "RegisterDataset", "RegisterDatasetV2",
-    ), NETWORK_OP),
-    **dict.fromkeys((
-        "ReadFile", "MatchingFiles", "MatchingFilesDataset", "ExperimentalMatchingFilesDataset",
-        "ImmutableConst", "WholeFileReader", "WholeFileReaderV2", "TextLineReader", "TextLineReaderV2",
-        "FixedLengthRecordReader", "FixedLengthRecordReaderV2", "TFRecordReader", "TFRecordReaderV2",
-        "LMDBReader", "TextLineDataset", "TFRecordDataset", "TFRecordDatasetV2", "FixedLengthRecordDataset",
-        "FixedLengthRecordDatasetV2", "LMDBDataset", "ExperimentalLMDBDataset", "LoadDataset",
-        "CSVDataset", "CSVDatasetV2", "ExperimentalCSVDataset", "SqlDataset", "ExperimentalSqlDataset",
-    ), FILE_READ_OP),
-    **dict.fromkeys((
-        "Save", "SaveV2", "SaveSlices", "Restore", "RestoreV2", "RestoreSlice", "MergeV2Checkpoints",
-        "InitializeTableFromTextFile", "InitializeTableFromTextFileV2",
-    ), CHECKPOINT_OP),
+    **dict.fromkeys(
+        (
+            "WriteFile",
+            "SaveDataset",
+            "SaveDatasetV2",
+            "DatasetToTFRecord",
+            "ExperimentalDatasetToTFRecord",
+            "CreateSummaryFileWriter",
+            "CreateSummaryDbWriter",
+            "DebugIdentity",
+            "DebugIdentityV2",
+            "DebugIdentityV3",
+            "DebugNanCount",
+            "DebugNumericSummary",
+            "DebugNumericSummaryV2",
+            "SnapshotDataset",
+            "SnapshotDatasetV2",
+        ),
+        FILE_WRITE_OP,
+    ),
+    **dict.fromkeys(
+        (
+            "Rpc",
+            "TryRpc",
+            "RpcClient",
+            "RpcCall",
+            "RpcServer",
+            "RpcServerStart",
+            "RpcServerRegister",
+            "DataServiceDataset",
+            "DataServiceDatasetV2",
+            "DataServiceDatasetV3",
+            "DataServiceDatasetV4",
+            "RegisterDataset",
+            "RegisterDatasetV2",
+        ),
+        NETWORK_OP,
+    ),
+    **dict.fromkeys(
+        (
+            "ReadFile",
+            "MatchingFiles",
+            "MatchingFilesDataset",
+            "ExperimentalMatchingFilesDataset",
+            "ImmutableConst",
+            "WholeFileReader",
+            "WholeFileReaderV2",
+            "TextLineReader",
+            "TextLineReaderV2",
+            "FixedLengthRecordReader",
+            "FixedLengthRecordReaderV2",
+            "TFRecordReader",
+            "TFRecordReaderV2",
+            "LMDBReader",
+            "TextLineDataset",
+            "TFRecordDataset",
+            "TFRecordDatasetV2",
+            "FixedLengthRecordDataset",
+            "FixedLengthRecordDatasetV2",
+            "LMDBDataset",
+            "ExperimentalLMDBDataset",
+            "LoadDataset",
+            "CSVDataset",
+            "CSVDatasetV2",
+            "ExperimentalCSVDataset",
+            "SqlDataset",
+            "ExperimentalSqlDataset",
+        ),
+        FILE_READ_OP,
+    ),
+    **dict.fromkeys(
+        (
+            "Save",
+            "SaveV2",
+            "SaveSlices",
+            "Restore",
+            "RestoreV2",
+            "RestoreSlice",
+            "MergeV2Checkpoints",
+            "InitializeTableFromTextFile",
+            "InitializeTableFromTextFileV2",
+        ),
+        CHECKPOINT_OP,
+    ),
 }
 
 
@@ -210,11 +291,20 @@ class SavedModelHandler(Handler):
         rules = {r.id: r for r in _OPS.values()} | {FILE_WRITE_OP.id: FILE_WRITE_OP}
         for (rule_id, op), nodes in sorted(walker.s.ops.items()):
             names = [f"{n or '<unnamed>'} ({w})" for n, w, _ in nodes[:_EXAMPLES]]
-            ctx.report(rules[rule_id].finding(
-                artifact.location(nodes[0][2]), f"{len(nodes)} {op} op(s): {', '.join(names)}",
-                op=op, count=len(nodes), nodes=names))
+            ctx.report(
+                rules[rule_id].finding(
+                    artifact.location(nodes[0][2]),
+                    f"{len(nodes)} {op} op(s): {', '.join(names)}",
+                    op=op,
+                    count=len(nodes),
+                    nodes=names,
+                )
+            )
         for filename, offset in walker.s.assets:
             problem = relative_path_problem(filename)
             if problem is not None:
-                ctx.report(ASSET_TRAVERSAL.finding(artifact.location(offset),
-                                                   f"asset file {filename!r}: {problem}", filename=filename))
+                ctx.report(
+                    ASSET_TRAVERSAL.finding(
+                        artifact.location(offset), f"asset file {filename!r}: {problem}", filename=filename
+                    )
+                )

@@ -26,14 +26,19 @@ if TYPE_CHECKING:
     from mlwarden.scan.context import ScanContext
 
 EXECUTES = rule(
-    "MLW-SRC-001", "Python source runs commands, dynamic code or network access", Severity.HIGH, cwe=94,
+    "MLW-SRC-001",
+    "Python source runs commands, dynamic code or network access",
+    Severity.HIGH,
+    cwe=94,
     description="The module calls process execution (os.system, subprocess), eval/exec, sockets, HTTP "
     "clients or ctypes. Model code needs none of these; loaded with trust_remote_code it runs with the "
     "user's rights (at import time when the call is at module level).",
     remediation="Read the module before loading the model with trust_remote_code, or load without it.",
 )
 RISKY = rule(
-    "MLW-SRC-002", "Python source deserialises untrusted data or imports dynamically", Severity.MEDIUM,
+    "MLW-SRC-002",
+    "Python source deserialises untrusted data or imports dynamically",
+    Severity.MEDIUM,
     cwe=502,
     description="The module uses pickle/marshal/dill/joblib loading, torch.load without weights_only=True, "
     "dynamic imports, code objects or file deletion — each can be turned into code execution or damage.",
@@ -41,28 +46,61 @@ RISKY = rule(
     confidence=Confidence.MEDIUM,
 )
 UNPARSEABLE = rule(
-    "MLW-SRC-003", "Python source does not parse", Severity.LOW, cwe=None,
+    "MLW-SRC-003",
+    "Python source does not parse",
+    Severity.LOW,
+    cwe=None,
     description="The file is not valid Python 3 for this interpreter, so importing it fails before any of "
     "it runs; it could not be analysed.",
     remediation="Check which Python version the model's code targets.",
 )
 SUMMARY = rule(
-    "MLW-SRC-004", "Python source analysed", Severity.INFO, cwe=None,
-    description="Modules the source imports (for review of custom model code).", remediation="None needed.",
+    "MLW-SRC-004",
+    "Python source analysed",
+    Severity.INFO,
+    cwe=None,
+    description="Modules the source imports (for review of custom model code).",
+    remediation="None needed.",
 )
 
 #: qualified-name prefixes -> rule. A trailing "." means "anything in the module".
 _CALLS: dict[str, Rule] = {
-    "os.system": EXECUTES, "os.popen": EXECUTES, "os.exec": EXECUTES, "os.spawn": EXECUTES,
-    "os.posix_spawn": EXECUTES, "os.fork": EXECUTES, "pty.spawn": EXECUTES, "subprocess.": EXECUTES,
-    "commands.": EXECUTES, "socket.": EXECUTES, "urllib.request.": EXECUTES, "urllib.urlopen": EXECUTES,
-    "http.client.": EXECUTES, "requests.": EXECUTES, "httpx.": EXECUTES, "ctypes.": EXECUTES,
-    "builtins.eval": EXECUTES, "builtins.exec": EXECUTES,
-    "pickle.load": RISKY, "pickle.Unpickler": RISKY, "cPickle.load": RISKY, "_pickle.load": RISKY,
-    "dill.load": RISKY, "cloudpickle.load": RISKY, "marshal.load": RISKY, "joblib.load": RISKY,
-    "shelve.open": RISKY, "torch.load": RISKY, "importlib.import_module": RISKY,
-    "builtins.__import__": RISKY, "builtins.compile": RISKY, "types.CodeType": RISKY,
-    "types.FunctionType": RISKY, "shutil.rmtree": RISKY, "os.remove": RISKY, "os.unlink": RISKY,
+    "os.system": EXECUTES,
+    "os.popen": EXECUTES,
+    "os.exec": EXECUTES,
+    "os.spawn": EXECUTES,
+    "os.posix_spawn": EXECUTES,
+    "os.fork": EXECUTES,
+    "pty.spawn": EXECUTES,
+    "subprocess.": EXECUTES,
+    "commands.": EXECUTES,
+    "socket.": EXECUTES,
+    "urllib.request.": EXECUTES,
+    "urllib.urlopen": EXECUTES,
+    "http.client.": EXECUTES,
+    "requests.": EXECUTES,
+    "httpx.": EXECUTES,
+    "ctypes.": EXECUTES,
+    "builtins.eval": EXECUTES,
+    "builtins.exec": EXECUTES,
+    "pickle.load": RISKY,
+    "pickle.Unpickler": RISKY,
+    "cPickle.load": RISKY,
+    "_pickle.load": RISKY,
+    "dill.load": RISKY,
+    "cloudpickle.load": RISKY,
+    "marshal.load": RISKY,
+    "joblib.load": RISKY,
+    "shelve.open": RISKY,
+    "torch.load": RISKY,
+    "importlib.import_module": RISKY,
+    "builtins.__import__": RISKY,
+    "builtins.compile": RISKY,
+    "types.CodeType": RISKY,
+    "types.FunctionType": RISKY,
+    "shutil.rmtree": RISKY,
+    "os.remove": RISKY,
+    "os.unlink": RISKY,
     "os.rmdir": RISKY,
 }
 _BUILTINS = {"eval", "exec", "compile", "__import__"}
@@ -89,8 +127,10 @@ def _rule_for(name: str, call: ast.Call) -> Rule | None:
     """The rule a call to ``name`` falls under (prefix match: ``os.exec`` covers ``os.execvp``)."""
     for prefix, r in _CALLS.items():
         if name.startswith(prefix):
-            if prefix == "torch.load" and any(k.arg == "weights_only" and isinstance(k.value, ast.Constant)
-                                              and k.value.value is True for k in call.keywords):
+            if prefix == "torch.load" and any(
+                k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+                for k in call.keywords
+            ):
                 return None
             return r
     return None
@@ -158,9 +198,19 @@ class PythonSourceHandler(Handler):
         for rule_id, hits in visitor.hits.items():
             lines = [text for _, text in hits]
             more = f" (+{len(lines) - 5} more)" if len(lines) > 5 else ""
-            ctx.report(visitor.rules[rule_id].finding(
-                artifact.location(), "; ".join(lines[:5]) + more, calls=lines[:_MAX_LINES],
-                lines=sorted({n for n, _ in hits})[:_MAX_LINES]))
+            ctx.report(
+                visitor.rules[rule_id].finding(
+                    artifact.location(),
+                    "; ".join(lines[:5]) + more,
+                    calls=lines[:_MAX_LINES],
+                    lines=sorted({n for n, _ in hits})[:_MAX_LINES],
+                )
+            )
         if visitor.imports:
-            ctx.report(SUMMARY.finding(artifact.location(), f"imports {sorted(visitor.imports)[:30]}",
-                                       imports=sorted(visitor.imports)[:100]))
+            ctx.report(
+                SUMMARY.finding(
+                    artifact.location(),
+                    f"imports {sorted(visitor.imports)[:30]}",
+                    imports=sorted(visitor.imports)[:100],
+                )
+            )

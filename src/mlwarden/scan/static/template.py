@@ -37,26 +37,37 @@ if TYPE_CHECKING:
     from mlwarden.artifacts.artifact import Artifact
     from mlwarden.scan.context import ScanContext
 
-_REMEDIATION = ("Do not load this model with a loader that renders its chat template outside a sandbox; "
-                "replace the template with a reviewed one (or render with jinja2.sandbox.ImmutableSandboxed"
-                "Environment) before use.")
+_REMEDIATION = (
+    "Do not load this model with a loader that renders its chat template outside a sandbox; "
+    "replace the template with a reviewed one (or render with jinja2.sandbox.ImmutableSandboxed"
+    "Environment) before use."
+)
 
 SSTI_INTERNALS = rule(
-    "MLW-TPL-001", "Chat template reaches Python internals (template injection)", Severity.CRITICAL, cwe=1336,
+    "MLW-TPL-001",
+    "Chat template reaches Python internals (template injection)",
+    Severity.CRITICAL,
+    cwe=1336,
     description="The template walks dunder or interpreter-internal attributes (__class__, __globals__, "
     "__builtins__, __subclasses__, f_locals...). Rendered by a non-sandboxed Jinja environment this reaches "
     "os/builtins and runs arbitrary code (CVE-2024-34359, CVE-2024-2952). No chat template needs it.",
     remediation=_REMEDIATION,
 )
 SSTI_DANGEROUS = rule(
-    "MLW-TPL-002", "Chat template calls dangerous functions or private attributes", Severity.HIGH, cwe=1336,
+    "MLW-TPL-002",
+    "Chat template calls dangerous functions or private attributes",
+    Severity.HIGH,
+    cwe=1336,
     description="The template calls process, file, network or import functions (popen, system, open, "
     "import_module...), reaches module objects (os, subprocess, sys), private attributes, or uses "
     "str.format fields that traverse attributes. Chat templates only format messages.",
     remediation=_REMEDIATION,
 )
 SSTI_SUSPICIOUS = rule(
-    "MLW-TPL-003", "Chat template uses constructs that cannot be shown safe", Severity.MEDIUM, cwe=1336,
+    "MLW-TPL-003",
+    "Chat template uses constructs that cannot be shown safe",
+    Severity.MEDIUM,
+    cwe=1336,
     description="Attribute names computed at render time, characters built from code points, object "
     "representations turned into strings, dunder fragments, web-framework globals or template "
     "includes: the usual building blocks of obfuscated injection payloads, unknown to benign templates.",
@@ -64,23 +75,34 @@ SSTI_SUSPICIOUS = rule(
     confidence=Confidence.MEDIUM,
 )
 UNUSUAL_CALL = rule(
-    "MLW-TPL-004", "Chat template calls an unusual method", Severity.LOW, cwe=None,
+    "MLW-TPL-004",
+    "Chat template calls an unusual method",
+    Severity.LOW,
+    cwe=None,
     description="A method outside the string/dict/list methods chat templates normally use is called. "
     "Not dangerous by itself; listed so that a reviewer can check it.",
-    remediation="Check what object the method is called on.", confidence=Confidence.LOW,
+    remediation="Check what object the method is called on.",
+    confidence=Confidence.LOW,
 )
 UNPARSEABLE = rule(
-    "MLW-TPL-005", "Chat template does not parse", Severity.LOW, cwe=None,
+    "MLW-TPL-005",
+    "Chat template does not parse",
+    Severity.LOW,
+    cwe=None,
     description="Jinja cannot parse the template, so a loader rendering it fails before running any of "
     "it (nothing executes). A loader with other Jinja extensions might still parse it, so the raw text is "
     "also searched for injection tokens (MLW-TPL-006).",
     remediation="Fix or replace the template; the model's chat formatting is broken as shipped.",
 )
 UNPARSEABLE_TOKENS = rule(
-    "MLW-TPL-006", "Unparseable chat template contains injection tokens", Severity.HIGH, cwe=1336,
+    "MLW-TPL-006",
+    "Unparseable chat template contains injection tokens",
+    Severity.HIGH,
+    cwe=1336,
     description="The template could not be parsed, and its raw text contains dunder names or process/"
     "import functions. A loader with a different Jinja version or extensions may parse and run it.",
-    remediation=_REMEDIATION, confidence=Confidence.MEDIUM,
+    remediation=_REMEDIATION,
+    confidence=Confidence.MEDIUM,
 )
 
 _DUNDER = re.compile(r"^__\w+__$")
@@ -92,44 +114,189 @@ _MAX_FOLD = 10_000  # longest string we constant-fold (guards against '_' * 10**
 _MAX_HITS = 20
 
 #: Attributes that are interpreter internals without dunder spelling.
-_PY_INTERNALS = frozenset({
-    "func_globals", "func_code", "func_closure", "func_defaults", "f_globals", "f_locals", "f_builtins",
-    "f_back", "f_code", "gi_frame", "gi_code", "cr_frame", "cr_code", "ag_frame", "ag_code", "tb_frame",
-    "tb_next", "co_code", "co_consts", "im_func", "im_self", "mro",
-})
+_PY_INTERNALS = frozenset(
+    {
+        "func_globals",
+        "func_code",
+        "func_closure",
+        "func_defaults",
+        "f_globals",
+        "f_locals",
+        "f_builtins",
+        "f_back",
+        "f_code",
+        "gi_frame",
+        "gi_code",
+        "cr_frame",
+        "cr_code",
+        "ag_frame",
+        "ag_code",
+        "tb_frame",
+        "tb_next",
+        "co_code",
+        "co_consts",
+        "im_func",
+        "im_self",
+        "mro",
+    }
+)
 #: Attribute / key names that are module objects an injection wants to reach.
-_MODULES = frozenset({"os", "subprocess", "sys", "builtins", "importlib", "posix", "nt", "pty", "socket",
-                      "shutil", "ctypes", "pickle", "marshal", "environ", "modules"})
+_MODULES = frozenset(
+    {
+        "os",
+        "subprocess",
+        "sys",
+        "builtins",
+        "importlib",
+        "posix",
+        "nt",
+        "pty",
+        "socket",
+        "shutil",
+        "ctypes",
+        "pickle",
+        "marshal",
+        "environ",
+        "modules",
+    }
+)
 #: Method or function names whose call means process, file, network or import access.
-_DANGEROUS_CALLS = frozenset({
-    "popen", "system", "spawnv", "spawnl", "spawnlp", "spawnvp", "execv", "execl", "execvp", "execlp",
-    "fork", "kill", "import_module", "eval", "exec", "compile", "getattr", "setattr", "delattr", "open",
-    "check_output", "check_call", "Popen", "run", "call", "getoutput", "getstatusoutput", "load", "loads",
-    "remove", "unlink", "rmdir", "rmtree", "urlopen", "urlretrieve", "connect", "create_connection",
-    "getenv", "putenv", "load_module", "exec_module", "globals", "locals", "vars", "breakpoint", "input",
-    "read", "write", "mkdir", "makedirs", "chmod", "listdir", "walk",
-})
+_DANGEROUS_CALLS = frozenset(
+    {
+        "popen",
+        "system",
+        "spawnv",
+        "spawnl",
+        "spawnlp",
+        "spawnvp",
+        "execv",
+        "execl",
+        "execvp",
+        "execlp",
+        "fork",
+        "kill",
+        "import_module",
+        "eval",
+        "exec",
+        "compile",
+        "getattr",
+        "setattr",
+        "delattr",
+        "open",
+        "check_output",
+        "check_call",
+        "Popen",
+        "run",
+        "call",
+        "getoutput",
+        "getstatusoutput",
+        "load",
+        "loads",
+        "remove",
+        "unlink",
+        "rmdir",
+        "rmtree",
+        "urlopen",
+        "urlretrieve",
+        "connect",
+        "create_connection",
+        "getenv",
+        "putenv",
+        "load_module",
+        "exec_module",
+        "globals",
+        "locals",
+        "vars",
+        "breakpoint",
+        "input",
+        "read",
+        "write",
+        "mkdir",
+        "makedirs",
+        "chmod",
+        "listdir",
+        "walk",
+    }
+)
 #: Free names that are Python builtins/modules; Jinja does not define them, a hostile loader might.
-_DANGEROUS_NAMES = frozenset({"os", "subprocess", "sys", "eval", "exec", "open", "getattr", "globals",
-                              "builtins", "importlib", "compile"})
+_DANGEROUS_NAMES = frozenset(
+    {"os", "subprocess", "sys", "eval", "exec", "open", "getattr", "globals", "builtins", "importlib", "compile"}
+)
 #: Jinja/Flask globals that expose Python objects (their attributes lead to __globals__).
 _GADGETS = frozenset({"cycler", "joiner", "namespace", "lipsum", "range", "dict", "self"})
 _WEB_GLOBALS = frozenset({"request", "config", "url_for", "get_flashed_messages"})
 #: Methods benign chat templates call (on strings, dicts, lists, loop, datetime).
-_BENIGN_METHODS = frozenset({
-    "strip", "lstrip", "rstrip", "split", "rsplit", "splitlines", "startswith", "endswith", "lower",
-    "upper", "title", "capitalize", "casefold", "replace", "items", "keys", "values", "get", "append",
-    "extend", "insert", "pop", "join", "count", "index", "find", "rfind", "isdigit", "isalpha", "isalnum",
-    "isspace", "isupper", "islower", "isnumeric", "cycle", "changed", "next", "reset", "update", "strftime",
-    "isoformat", "zfill", "center", "ljust", "rjust", "partition", "rpartition", "copy", "setdefault",
-    "removeprefix", "removesuffix", "swapcase", "format",
-})
+_BENIGN_METHODS = frozenset(
+    {
+        "strip",
+        "lstrip",
+        "rstrip",
+        "split",
+        "rsplit",
+        "splitlines",
+        "startswith",
+        "endswith",
+        "lower",
+        "upper",
+        "title",
+        "capitalize",
+        "casefold",
+        "replace",
+        "items",
+        "keys",
+        "values",
+        "get",
+        "append",
+        "extend",
+        "insert",
+        "pop",
+        "join",
+        "count",
+        "index",
+        "find",
+        "rfind",
+        "isdigit",
+        "isalpha",
+        "isalnum",
+        "isspace",
+        "isupper",
+        "islower",
+        "isnumeric",
+        "cycle",
+        "changed",
+        "next",
+        "reset",
+        "update",
+        "strftime",
+        "isoformat",
+        "zfill",
+        "center",
+        "ljust",
+        "rjust",
+        "partition",
+        "rpartition",
+        "copy",
+        "setdefault",
+        "removeprefix",
+        "removesuffix",
+        "swapcase",
+        "format",
+    }
+)
 #: Filters returning generators, whose ``|string`` is an object repr (``()|select|string``: "<generator...").
-_GENERATOR_FILTERS = frozenset({"select", "reject", "map", "selectattr", "rejectattr", "batch", "slice",
-                                "attr"})
+_GENERATOR_FILTERS = frozenset({"select", "reject", "map", "selectattr", "rejectattr", "batch", "slice", "attr"})
 #: Filters that take an attribute path (``attribute=`` keyword, or first positional for some).
-_ATTRIBUTE_FILTERS = {"map": None, "selectattr": 0, "rejectattr": 0, "groupby": 0, "sort": None,
-                      "sum": None, "unique": None, "min": None, "max": None}
+_ATTRIBUTE_FILTERS = {
+    "map": None,
+    "selectattr": 0,
+    "rejectattr": 0,
+    "groupby": 0,
+    "sort": None,
+    "sum": None,
+    "unique": None,
+    "min": None,
+    "max": None,
+}
 
 
 class _GenerationExtension(Extension):
@@ -234,8 +401,13 @@ class _Analyser:
                 return None
             return sep.join(str(i) for i in items)
         simple: dict[str, Callable[[str], str]] = {
-            "lower": str.lower, "upper": str.upper, "title": str.title, "capitalize": str.capitalize,
-            "trim": str.strip, "string": str}
+            "lower": str.lower,
+            "upper": str.upper,
+            "title": str.title,
+            "capitalize": str.capitalize,
+            "trim": str.strip,
+            "string": str,
+        }
         if name in simple and isinstance(value, str):
             return simple[name](value)
         if name == "reverse" and isinstance(value, str | list):
@@ -342,12 +514,10 @@ class _Analyser:
             if position is not None and len(node.args) > position:
                 self.judge_computed(node, node.args[position], f"{name}() attribute path")
         inner = getattr(node, "node", None)
-        gadget = (isinstance(inner, nodes.Name) and inner.name in _GADGETS
-                  and inner.name not in self.local_names)
+        gadget = isinstance(inner, nodes.Name) and inner.name in _GADGETS and inner.name not in self.local_names
         generator = isinstance(inner, nodes.Filter) and inner.name in _GENERATOR_FILTERS
         if name == "string" and (generator or gadget):
-            self.hit(SSTI_SUSPICIOUS, node, "turns an object's representation into a string (character "
-                     "harvesting)")
+            self.hit(SSTI_SUSPICIOUS, node, "turns an object's representation into a string (character harvesting)")
 
     def visit_Call(self, node: nodes.Call) -> None:  # noqa: N802
         func = node.node
@@ -361,8 +531,11 @@ class _Analyser:
                 self.hit(SSTI_DANGEROUS, node, f"calls '{method}()'")
             elif method not in _BENIGN_METHODS and not method.startswith("_") and method not in _PY_INTERNALS:
                 self.hit(UNUSUAL_CALL, node, f"calls method '{method}()'")
-        elif isinstance(func, nodes.Name) and func.name in _DANGEROUS_CALLS | _DANGEROUS_NAMES \
-                and func.name not in self.local_names:
+        elif (
+            isinstance(func, nodes.Name)
+            and func.name in _DANGEROUS_CALLS | _DANGEROUS_NAMES
+            and func.name not in self.local_names
+        ):
             self.hit(SSTI_DANGEROUS, node, f"calls the global '{func.name}()'")
         for kw in node.kwargs:
             if _FRAGMENT.search(kw.key):
@@ -407,12 +580,18 @@ def _report(hits: list[_Hit], artifact: Artifact, ctx: ScanContext, origin: str,
         reasons = [f"line {h.line}: {h.reason}" for h in group[:_MAX_HITS]]
         more = f" (+{len(group) - 5} more)" if len(group) > 5 else ""
         evidence = f"{origin}: " + "; ".join(reasons[:5]) + more
-        ctx.report(r.finding(artifact.location(offset), evidence, template=origin, reasons=reasons,
-                             lines=sorted({h.line for h in group})))
+        ctx.report(
+            r.finding(
+                artifact.location(offset),
+                evidence,
+                template=origin,
+                reasons=reasons,
+                lines=sorted({h.line for h in group}),
+            )
+        )
 
 
-def analyse_template(source: str, artifact: Artifact, ctx: ScanContext, origin: str,
-                     offset: int | None) -> None:
+def analyse_template(source: str, artifact: Artifact, ctx: ScanContext, origin: str, offset: int | None) -> None:
     """Parse ``source`` as a Jinja template (never render it) and report injection findings.
 
     Args:
@@ -423,31 +602,49 @@ def analyse_template(source: str, artifact: Artifact, ctx: ScanContext, origin: 
         offset: byte offset of the template in the artifact, when known.
     """
     if len(source) > ctx.limits.max_text_size:
-        ctx.report(INCOMPLETE.finding(artifact.location(offset), f"{origin}: template of {len(source)} "
-                                      f"characters exceeds max_text_size {ctx.limits.max_text_size}",
-                                      limit="max_text_size"))
+        ctx.report(
+            INCOMPLETE.finding(
+                artifact.location(offset),
+                f"{origin}: template of {len(source)} characters exceeds max_text_size {ctx.limits.max_text_size}",
+                limit="max_text_size",
+            )
+        )
         return
     try:
         tree = _environment().parse(source)
     except TemplateSyntaxError as exc:
-        ctx.report(UNPARSEABLE.finding(artifact.location(offset), f"{origin}: line {exc.lineno}: "
-                                       f"{exc.message}", template=origin))
+        ctx.report(
+            UNPARSEABLE.finding(
+                artifact.location(offset), f"{origin}: line {exc.lineno}: {exc.message}", template=origin
+            )
+        )
         tokens = sorted(set(_TEXT_TOKENS.findall(source)))
         if tokens:
-            ctx.report(UNPARSEABLE_TOKENS.finding(
-                artifact.location(offset), f"{origin}: raw text contains " + ", ".join(tokens[:10]),
-                template=origin, tokens=tokens[:20]))
+            ctx.report(
+                UNPARSEABLE_TOKENS.finding(
+                    artifact.location(offset),
+                    f"{origin}: raw text contains " + ", ".join(tokens[:10]),
+                    template=origin,
+                    tokens=tokens[:20],
+                )
+            )
         return
     except RecursionError:
-        ctx.report(INCOMPLETE.finding(artifact.location(offset), f"{origin}: template nested too deeply "
-                                      "to parse", limit="recursion"))
+        ctx.report(
+            INCOMPLETE.finding(
+                artifact.location(offset), f"{origin}: template nested too deeply to parse", limit="recursion"
+            )
+        )
         return
     analyser = _Analyser(ctx)
     try:
         analyser.walk(tree)
     except RecursionError:
-        ctx.report(INCOMPLETE.finding(artifact.location(offset), f"{origin}: template nested too deeply "
-                                      "to analyse", limit="recursion"))
+        ctx.report(
+            INCOMPLETE.finding(
+                artifact.location(offset), f"{origin}: template nested too deeply to analyse", limit="recursion"
+            )
+        )
     _report(analyser.hits, artifact, ctx, origin, offset)
 
 

@@ -18,19 +18,41 @@ if TYPE_CHECKING:
     from mlwarden.scan.context import ScanContext
 
 CUSTOM_OP = rule(
-    "MLW-TS-001", "TorchScript calls a custom operator", Severity.MEDIUM, cwe=829,
+    "MLW-TS-001",
+    "TorchScript calls a custom operator",
+    Severity.MEDIUM,
+    cwe=829,
     description="The scripted code calls an operator outside PyTorch's built-in namespaces; it runs native code "
     "from a library the loading process must have loaded.",
     remediation="Check which library provides the operator and whether you trust it.",
 )
 FILE_OP = rule(
-    "MLW-TS-002", "TorchScript reads or writes files", Severity.HIGH, cwe=73,
+    "MLW-TS-002",
+    "TorchScript reads or writes files",
+    Severity.HIGH,
+    cwe=73,
     description="The scripted code calls a built-in operator that reads or writes files when the model runs.",
     remediation="Model code should not touch the file system; inspect the archive's code/ folder.",
 )
 
-_BUILTIN_NAMESPACES = frozenset({"aten", "prim", "quantized", "_quantized", "quantized_decomposed", "prepacked",
-                                 "_caffe2", "profiler", "cuda", "mkldnn", "mkl", "onednn", "sparse", "_nested"})
+_BUILTIN_NAMESPACES = frozenset(
+    {
+        "aten",
+        "prim",
+        "quantized",
+        "_quantized",
+        "quantized_decomposed",
+        "prepacked",
+        "_caffe2",
+        "profiler",
+        "cuda",
+        "mkldnn",
+        "mkl",
+        "onednn",
+        "sparse",
+        "_nested",
+    }
+)
 _OPS = re.compile(r"\bops\.([A-Za-z_]\w*)\.([A-Za-z_]\w*)")
 _FILE_OPS = re.compile(r"\b(?:torch\.|ops\.aten\.)(from_file|save|load)\b")
 _CODE_MEMBER = re.compile(r"(^|/)code/.+\.py$")

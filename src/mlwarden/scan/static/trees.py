@@ -23,13 +23,19 @@ if TYPE_CHECKING:
     from mlwarden.scan.context import ScanContext
 
 MALFORMED = rule(
-    "MLW-TREE-001", "Malformed tree-model file", Severity.LOW, cwe=20,
+    "MLW-TREE-001",
+    "Malformed tree-model file",
+    Severity.LOW,
+    cwe=20,
     description="The file does not have the structure of the tree-model format it was identified as. "
     "The loader fails on it (the format is data only, so nothing runs), but it was not what it claims.",
     remediation="Re-export the model from its source.",
 )
 SUMMARY = rule(
-    "MLW-TREE-002", "Tree model (data-only format)", Severity.INFO, cwe=None,
+    "MLW-TREE-002",
+    "Tree model (data-only format)",
+    Severity.INFO,
+    cwe=None,
     description="A native XGBoost or LightGBM model file: numbers and strings only, no code is loaded.",
     remediation="None needed.",
 )
@@ -174,16 +180,19 @@ class TreeModelHandler(Handler):
     @staticmethod
     def _json(artifact: Artifact, ctx: ScanContext) -> str:
         if artifact.size is not None and artifact.size > ctx.limits.max_text_size:
-            return (f"XGBoost JSON model of {artifact.size} bytes (larger than max_text_size: structure "
-                    "not validated; the format is data only)")
+            return (
+                f"XGBoost JSON model of {artifact.size} bytes (larger than max_text_size: structure "
+                "not validated; the format is data only)"
+            )
         with artifact.open() as fh:
             raw = fh.read(ctx.limits.max_text_size + 1)
         try:
             obj = json.loads(raw)
         except (ValueError, RecursionError) as exc:
             raise _Bad(0, f"not valid JSON: {str(exc)[:200]}") from None
-        if not (isinstance(obj, dict) and isinstance(obj.get("learner"), dict)
-                and isinstance(obj.get("version"), list)):
+        if not (
+            isinstance(obj, dict) and isinstance(obj.get("learner"), dict) and isinstance(obj.get("version"), list)
+        ):
             raise _Bad(0, "not an XGBoost model (no 'learner' object / 'version' list)")
         version = ".".join(str(v) for v in obj["version"][:3])
         return f"XGBoost JSON model (written by XGBoost {version})"

@@ -41,107 +41,209 @@ _TORCH_STORAGES = (
 EXACT: frozenset[str] = frozenset(
     [
         # Python containers and value types (constructing them runs no user code).
-        *(f"builtins.{n}" for n in (
-            "set frozenset dict list tuple bytearray bytes complex int float str bool slice range object "
-            "Ellipsis NotImplemented").split()),
-        "collections.OrderedDict", "collections.defaultdict", "collections.deque", "collections.Counter",
-        "copyreg._reconstructor", "copyreg.__newobj__", "copyreg.__newobj_ex__",
+        *(
+            f"builtins.{n}"
+            for n in (
+                "set frozenset dict list tuple bytearray bytes complex int float str bool slice range object "
+                "Ellipsis NotImplemented"
+            ).split()
+        ),
+        "collections.OrderedDict",
+        "collections.defaultdict",
+        "collections.deque",
+        "collections.Counter",
+        "copyreg._reconstructor",
+        "copyreg.__newobj__",
+        "copyreg.__newobj_ex__",
         "_codecs.encode",  # protocol 2 encodes bytes as _codecs.encode(str, "latin1")
-        "datetime.datetime", "datetime.date", "datetime.time", "datetime.timedelta", "datetime.timezone",
-        "decimal.Decimal", "fractions.Fraction", "uuid.UUID", "re._compile", "argparse.Namespace",
-        "types.SimpleNamespace", "random.Random", "enum.Enum", "ipaddress.IPv4Address", "zoneinfo.ZoneInfo",
-        "pathlib.Path", "pathlib.PosixPath", "pathlib.WindowsPath", "pathlib.PurePath", "pathlib.PurePosixPath",
-        "pathlib.PureWindowsPath", "pathlib._local.PosixPath", "pathlib._local.Path", "pathlib._local.WindowsPath",
+        "datetime.datetime",
+        "datetime.date",
+        "datetime.time",
+        "datetime.timedelta",
+        "datetime.timezone",
+        "decimal.Decimal",
+        "fractions.Fraction",
+        "uuid.UUID",
+        "re._compile",
+        "argparse.Namespace",
+        "types.SimpleNamespace",
+        "random.Random",
+        "enum.Enum",
+        "ipaddress.IPv4Address",
+        "zoneinfo.ZoneInfo",
+        "pathlib.Path",
+        "pathlib.PosixPath",
+        "pathlib.WindowsPath",
+        "pathlib.PurePath",
+        "pathlib.PurePosixPath",
+        "pathlib.PureWindowsPath",
+        "pathlib._local.PosixPath",
+        "pathlib._local.Path",
+        "pathlib._local.WindowsPath",
         # numpy arrays, dtypes, scalars and random states.
-        "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct",
-        "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar", "numpy.ndarray", "numpy.dtype",
-        "numpy.core.numeric._frombuffer", "numpy._core.numeric._frombuffer", "numpy.ma.core._mareconstruct",
-        "numpy.ma.core.MaskedArray", "numpy.matrix", "numpy.matrixlib.defmatrix.matrix",
-        "numpy.random._pickle.__randomstate_ctor", "numpy.random._pickle.__bit_generator_ctor",
-        "numpy.random._pickle.__generator_ctor", "numpy.random.mtrand.RandomState",
-        "numpy.random._generator.Generator", "numpy.random._mt19937.MT19937", "numpy.random._pcg64.PCG64",
-        "numpy.random._pcg64.PCG64DXSM", "numpy.random._philox.Philox", "numpy.random._sfc64.SFC64",
+        "numpy.core.multiarray._reconstruct",
+        "numpy._core.multiarray._reconstruct",
+        "numpy.core.multiarray.scalar",
+        "numpy._core.multiarray.scalar",
+        "numpy.ndarray",
+        "numpy.dtype",
+        "numpy.core.numeric._frombuffer",
+        "numpy._core.numeric._frombuffer",
+        "numpy.ma.core._mareconstruct",
+        "numpy.ma.core.MaskedArray",
+        "numpy.matrix",
+        "numpy.matrixlib.defmatrix.matrix",
+        "numpy.random._pickle.__randomstate_ctor",
+        "numpy.random._pickle.__bit_generator_ctor",
+        "numpy.random._pickle.__generator_ctor",
+        "numpy.random.mtrand.RandomState",
+        "numpy.random._generator.Generator",
+        "numpy.random._mt19937.MT19937",
+        "numpy.random._pcg64.PCG64",
+        "numpy.random._pcg64.PCG64DXSM",
+        "numpy.random._philox.Philox",
+        "numpy.random._sfc64.SFC64",
         "numpy.random.bit_generator.SeedSequence",
         *(f"numpy.{n}" for n in _NUMPY_SCALARS),
         *(f"numpy.core.numerictypes.{n}" for n in _NUMPY_SCALARS),
         *(f"numpy._core.numerictypes.{n}" for n in _NUMPY_SCALARS),
         # PyTorch tensors, storages, parameters and the helpers torch.save uses to rebuild them.
-        *(f"torch._utils.{n}" for n in (
-            "_rebuild_tensor _rebuild_tensor_v2 _rebuild_tensor_v3 _rebuild_parameter "
-            "_rebuild_parameter_with_state _rebuild_sparse_tensor _rebuild_sparse_csr_tensor _rebuild_nested_tensor "
-            "_rebuild_qtensor _rebuild_device_tensor_from_numpy _rebuild_device_tensor_from_cpu_tensor "
-            "_rebuild_meta_tensor_no_storage _rebuild_wrapper_subclass _rebuild_from_type_v2 _rebuild_xla_tensor "
-            "_rebuild_mlc_tensor").split()),
-        "torch._tensor._rebuild_from_type_v2", "torch._tensor._rebuild_from_type",
-        *(f"torch.{n}" for n in _TORCH_STORAGES), *(f"torch.storage.{n}" for n in _TORCH_STORAGES),
+        *(
+            f"torch._utils.{n}"
+            for n in (
+                "_rebuild_tensor _rebuild_tensor_v2 _rebuild_tensor_v3 _rebuild_parameter "
+                "_rebuild_parameter_with_state _rebuild_sparse_tensor _rebuild_sparse_csr_tensor "
+                "_rebuild_nested_tensor "
+                "_rebuild_qtensor _rebuild_device_tensor_from_numpy _rebuild_device_tensor_from_cpu_tensor "
+                "_rebuild_meta_tensor_no_storage _rebuild_wrapper_subclass _rebuild_from_type_v2 _rebuild_xla_tensor "
+                "_rebuild_mlc_tensor"
+            ).split()
+        ),
+        "torch._tensor._rebuild_from_type_v2",
+        "torch._tensor._rebuild_from_type",
+        *(f"torch.{n}" for n in _TORCH_STORAGES),
+        *(f"torch.storage.{n}" for n in _TORCH_STORAGES),
         *(f"torch.{n}" for n in _TORCH_DTYPES),
-        "torch.Tensor", "torch.Size", "torch.device", "torch.dtype", "torch.layout", "torch.strided",
-        "torch.sparse_coo", "torch.sparse_csr", "torch.memory_format", "torch.contiguous_format",
-        "torch.channels_last", "torch.channels_last_3d", "torch.preserve_format", "torch.per_tensor_affine",
-        "torch.per_channel_affine", "torch.per_tensor_symmetric", "torch.per_channel_symmetric",
-        "torch.serialization._get_layout", "torch.nn.parameter.Parameter", "torch.nn.parameter.Buffer",
-        "torch.nn.parameter.UninitializedParameter", "torch.nn.parameter.UninitializedBuffer",
-        "torch.torch_version.TorchVersion", "torch.autograd.grad_mode.no_grad", "torch.utils.hooks.RemovableHandle",
+        "torch.Tensor",
+        "torch.Size",
+        "torch.device",
+        "torch.dtype",
+        "torch.layout",
+        "torch.strided",
+        "torch.sparse_coo",
+        "torch.sparse_csr",
+        "torch.memory_format",
+        "torch.contiguous_format",
+        "torch.channels_last",
+        "torch.channels_last_3d",
+        "torch.preserve_format",
+        "torch.per_tensor_affine",
+        "torch.per_channel_affine",
+        "torch.per_tensor_symmetric",
+        "torch.per_channel_symmetric",
+        "torch.serialization._get_layout",
+        "torch.nn.parameter.Parameter",
+        "torch.nn.parameter.Buffer",
+        "torch.nn.parameter.UninitializedParameter",
+        "torch.nn.parameter.UninitializedBuffer",
+        "torch.torch_version.TorchVersion",
+        "torch.autograd.grad_mode.no_grad",
+        "torch.utils.hooks.RemovableHandle",
         # TorchScript constants.pkl helpers (they build lists and tensors from ids).
-        *(f"torch.jit._pickle.{n}" for n in (
-            "build_intlist build_tensorlist build_doublelist build_boollist build_tensor_from_id "
-            "restore_type_tag build_complexlist").split()),
+        *(
+            f"torch.jit._pickle.{n}"
+            for n in (
+                "build_intlist build_tensorlist build_doublelist build_boollist build_tensor_from_id "
+                "restore_type_tag build_complexlist"
+            ).split()
+        ),
         # joblib's array wrappers (the array bytes are analysed separately by the emulator).
-        "joblib.numpy_pickle.NumpyArrayWrapper", "joblib.numpy_pickle_compat.NDArrayWrapper",
-        "joblib.numpy_pickle_compat.ZNDArrayWrapper", "sklearn.externals.joblib.numpy_pickle.NumpyArrayWrapper",
+        "joblib.numpy_pickle.NumpyArrayWrapper",
+        "joblib.numpy_pickle_compat.NDArrayWrapper",
+        "joblib.numpy_pickle_compat.ZNDArrayWrapper",
+        "sklearn.externals.joblib.numpy_pickle.NumpyArrayWrapper",
         # pandas containers re-exported at top level (not HDFStore/ExcelFile etc., which open files or URLs).
-        *(f"pandas.{n}" for n in (
-            "DataFrame Series Index RangeIndex MultiIndex CategoricalIndex DatetimeIndex TimedeltaIndex PeriodIndex "
-            "IntervalIndex Categorical CategoricalDtype Timestamp Timedelta Period Interval DatetimeTZDtype "
-            "IntervalDtype PeriodDtype SparseDtype StringDtype BooleanDtype Int8Dtype Int16Dtype Int32Dtype "
-            "Int64Dtype UInt8Dtype UInt16Dtype UInt32Dtype UInt64Dtype Float32Dtype Float64Dtype ArrowDtype "
-            "DateOffset Flags").split()),
+        *(
+            f"pandas.{n}"
+            for n in (
+                "DataFrame Series Index RangeIndex MultiIndex CategoricalIndex DatetimeIndex TimedeltaIndex "
+                "PeriodIndex "
+                "IntervalIndex Categorical CategoricalDtype Timestamp Timedelta Period Interval DatetimeTZDtype "
+                "IntervalDtype PeriodDtype SparseDtype StringDtype BooleanDtype Int8Dtype Int16Dtype Int32Dtype "
+                "Int64Dtype UInt8Dtype UInt16Dtype UInt32Dtype UInt64Dtype Float32Dtype Float64Dtype ArrowDtype "
+                "DateOffset Flags"
+            ).split()
+        ),
         # scipy sparse matrices inside estimators.
-        "scipy.sparse._csr.csr_matrix", "scipy.sparse._csc.csc_matrix", "scipy.sparse._coo.coo_matrix",
-        "scipy.sparse.csr.csr_matrix", "scipy.sparse.csc.csc_matrix",
+        "scipy.sparse._csr.csr_matrix",
+        "scipy.sparse._csc.csc_matrix",
+        "scipy.sparse._coo.coo_matrix",
+        "scipy.sparse.csr.csr_matrix",
+        "scipy.sparse.csc.csc_matrix",
     ]
 )
 
 CLASS_PREFIXES: tuple[str, ...] = (
-    "scipy.interpolate", "scipy.spatial", "scipy.stats", "scipy.optimize._optimize",
+    "scipy.interpolate",
+    "scipy.spatial",
+    "scipy.stats",
+    "scipy.optimize._optimize",
     # TorchScript archives: `__torch__.*` names are classes compiled from the archive's own code/ folder by
     # torch.jit.load (never Python imports); that code is analysed as source separately.
     "__torch__",
     "pandas.arrays",
-    "sklearn", "torch.nn.modules", "torch.optim", "pandas.core", "pandas._libs", "scipy.sparse", "xgboost",
-    "lightgbm", "catboost", "numpy.dtypes", "torch.distributions", "torch.nn.utils.parametrizations",
+    "sklearn",
+    "torch.nn.modules",
+    "torch.optim",
+    "pandas.core",
+    "pandas._libs",
+    "scipy.sparse",
+    "xgboost",
+    "lightgbm",
+    "catboost",
+    "numpy.dtypes",
+    "torch.distributions",
+    "torch.nn.utils.parametrizations",
 )
 
 # Pure tensor math: every function in these modules is allowed (activation functions stored on modules).
-FUNCTION_MODULES: frozenset[str] = frozenset({"torch.nn.functional", "torch.nn.init", "math",
-                                              "scipy._lib.array_api_compat.numpy._aliases"})
+FUNCTION_MODULES: frozenset[str] = frozenset(
+    {"torch.nn.functional", "torch.nn.init", "math", "scipy._lib.array_api_compat.numpy._aliases"}
+)
 
 # scikit-learn packages whose module-level functions are pure computations that estimators keep as
 # parameters (score functions, metrics, kernels, solvers). Not sklearn.datasets (downloads, reads files),
 # not sklearn.utils (testing helpers, joblib re-exports) and not sklearn.externals.
-SKLEARN_FUNCTION_PACKAGES: tuple[str, ...] = tuple(f"sklearn.{p}" for p in (
-    "metrics feature_selection cluster preprocessing neighbors linear_model ensemble svm tree _loss "
-    "decomposition manifold kernel_approximation calibration gaussian_process covariance cross_decomposition "
-    "discriminant_analysis isotonic kernel_ridge mixture naive_bayes neural_network random_projection "
-    "semi_supervised impute compose pipeline feature_extraction multiclass multioutput dummy"
-).split())
+SKLEARN_FUNCTION_PACKAGES: tuple[str, ...] = tuple(
+    f"sklearn.{p}"
+    for p in (
+        "metrics feature_selection cluster preprocessing neighbors linear_model ensemble svm tree _loss "
+        "decomposition manifold kernel_approximation calibration gaussian_process covariance cross_decomposition "
+        "discriminant_analysis isotonic kernel_ridge mixture naive_bayes neural_network random_projection "
+        "semi_supervised impute compose pipeline feature_extraction multiclass multioutput dummy"
+    ).split()
+)
 
 HELPER_PREFIXES: tuple[str, ...] = ("pandas.core", "pandas._libs", "sklearn", "numpy", "scipy.sparse")
 _HELPER_NAME = re.compile(
-    r"^(__pyx_unpickle_\w+|_?_?(reconstruct|unpickle|new_|rebuild|restore)\w*|new_block\w*|newObj)$")
+    r"^(__pyx_unpickle_\w+|_?_?(reconstruct|unpickle|new_|rebuild|restore)\w*|new_block\w*|newObj)$"
+)
 
 # numpy ufuncs and reductions (FunctionTransformer(func=np.log1p), aggregation callbacks): pure math on arrays.
-NUMPY_MATH: frozenset[str] = frozenset((
-    "abs absolute acos acosh add arccos arccosh arcsin arcsinh arctan arctan2 arctanh asin asinh atan atan2 atanh "
-    "bitwise_and bitwise_count bitwise_invert bitwise_left_shift bitwise_not bitwise_or bitwise_right_shift "
-    "bitwise_xor cbrt ceil conj conjugate copysign cos cosh deg2rad degrees divide divmod equal exp exp2 expm1 fabs "
-    "float_power floor floor_divide fmax fmin fmod frexp gcd greater greater_equal heaviside hypot invert isfinite "
-    "isinf isnan isnat lcm ldexp left_shift less less_equal log log10 log1p log2 logaddexp logaddexp2 logical_and "
-    "logical_not logical_or logical_xor matmul maximum minimum mod modf multiply negative nextafter not_equal "
-    "positive pow power rad2deg radians reciprocal remainder right_shift rint sign signbit sin sinh spacing sqrt "
-    "square subtract tan tanh true_divide trunc mean median sum prod std var min max amin amax nanmean nanmedian "
-    "nansum nanstd nanvar argmax argmin clip round cumsum cumprod"
-).split())
+NUMPY_MATH: frozenset[str] = frozenset(
+    (
+        "abs absolute acos acosh add arccos arccosh arcsin arcsinh arctan arctan2 arctanh asin asinh atan atan2 atanh "
+        "bitwise_and bitwise_count bitwise_invert bitwise_left_shift bitwise_not bitwise_or bitwise_right_shift "
+        "bitwise_xor cbrt ceil conj conjugate copysign cos cosh deg2rad degrees divide divmod equal exp exp2 expm1 "
+        "fabs "
+        "float_power floor floor_divide fmax fmin fmod frexp gcd greater greater_equal heaviside hypot invert isfinite "
+        "isinf isnan isnat lcm ldexp left_shift less less_equal log log10 log1p log2 logaddexp logaddexp2 logical_and "
+        "logical_not logical_or logical_xor matmul maximum minimum mod modf multiply negative nextafter not_equal "
+        "positive pow power rad2deg radians reciprocal remainder right_shift rint sign signbit sin sinh spacing sqrt "
+        "square subtract tan tanh true_divide trunc mean median sum prod std var min max amin amax nanmean nanmedian "
+        "nansum nanstd nanvar argmax argmin clip round cumsum cumprod"
+    ).split()
+)
 NUMPY_UFUNC_MODULES = frozenset({"numpy", "numpy.core.umath", "numpy._core.umath"})
 
 

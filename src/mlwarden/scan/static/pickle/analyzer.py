@@ -95,9 +95,13 @@ class PickleAnalyzer(Hooks):
     def on_build(self, target: Any, state: Any, pos: int, stream: BinaryIO) -> None:
         """BUILD on an imported object is an attack; on a joblib wrapper it means raw array bytes follow."""
         if isinstance(target, Global):
-            self.extra.append(rules.MUTATES_GLOBAL.finding(
-                self.artifact.location(pos), f"BUILD on {target.full} with state {render(state, self.preview)}",
-                details={"global": target.full}))
+            self.extra.append(
+                rules.MUTATES_GLOBAL.finding(
+                    self.artifact.location(pos),
+                    f"BUILD on {target.full} with state {render(state, self.preview)}",
+                    details={"global": target.full},
+                )
+            )
         elif isinstance(target, Call) and isinstance(target.func, Global) and target.func.full in _JOBLIB_WRAPPERS:
             self._joblib_array(state, pos, stream)
 
@@ -141,8 +145,9 @@ class PickleAnalyzer(Hooks):
         # embedded payloads of conditional helpers are followed by _embedded()
 
     def _opaque(self, call: Call, why: str) -> None:
-        self.extra.append(rules.OPAQUE_CALL.finding(self.artifact.location(call.pos),
-                                                    f"{why}: {render(call, self.preview)}"))
+        self.extra.append(
+            rules.OPAQUE_CALL.finding(self.artifact.location(call.pos), f"{why}: {render(call, self.preview)}")
+        )
 
     def _embedded(self, call: Call) -> None:
         """Follow bytes arguments that are themselves pickles or archives (pickle.loads(b'...') and kin)."""
@@ -151,8 +156,9 @@ class PickleAnalyzer(Hooks):
             if isinstance(arg, bytes | bytearray) and len(arg) >= 2:
                 data = bytes(arg)
                 if data[:1] == b"\x80" or data[:2] == b"PK" or looks_like_pickle(data[:HEAD_SIZE]):
-                    child = self.artifact.child(f"<embedded @ byte {call.pos}>", len(data),
-                                                partial(_bytes_io, data), data[:HEAD_SIZE])
+                    child = self.artifact.child(
+                        f"<embedded @ byte {call.pos}>", len(data), partial(_bytes_io, data), data[:HEAD_SIZE]
+                    )
                     self.ctx.descend(child)
             elif isinstance(arg, Blob) and not arg.is_text:
                 start, length = arg.offset, arg.length
@@ -204,12 +210,16 @@ class PickleAnalyzer(Hooks):
                 raise LimitExceeded("max_pickles_per_stream", f"more than {limit} pickles in one stream")
             if result.error is not None:
                 if result.opcodes <= 1 and index > 1 and not legacy_torch:
-                    self.extra.append(rules.TRAILING.finding(self.artifact.location(start),
-                                                             f"{self._size_from(start)} bytes after the last STOP"))
+                    self.extra.append(
+                        rules.TRAILING.finding(
+                            self.artifact.location(start), f"{self._size_from(start)} bytes after the last STOP"
+                        )
+                    )
                     self._hidden_pickles(stream, start)
                 else:
-                    self.extra.append(rules.MALFORMED.finding(self.artifact.location(result.error.offset),
-                                                              result.error.message))
+                    self.extra.append(
+                        rules.MALFORMED.finding(self.artifact.location(result.error.offset), result.error.message)
+                    )
                 return
             if nested:
                 return
@@ -250,9 +260,14 @@ class PickleAnalyzer(Hooks):
             if hit.count > 1:
                 evidence += f" (referenced {hit.count} times)"
             confidence = Confidence.HIGH if not hit.calls[0].startswith("imports ") else hit.rule.confidence
-            out.append(hit.rule.finding(self.artifact.location(hit.first_pos), evidence, confidence=confidence,
-                                        details={"global": hit.name, "matched": hit.matched,
-                                                 "occurrences": hit.count}))
+            out.append(
+                hit.rule.finding(
+                    self.artifact.location(hit.first_pos),
+                    evidence,
+                    confidence=confidence,
+                    details={"global": hit.name, "matched": hit.matched, "occurrences": hit.count},
+                )
+            )
         return out + self.extra
 
 

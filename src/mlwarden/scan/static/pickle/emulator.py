@@ -231,9 +231,27 @@ class Emulator:
     def _step(self, op: Op) -> None:  # noqa: C901 - one branch per opcode family reads best here
         name, arg, pos = op.name, op.arg, op.pos
         push = self.stack.append
-        if name in ("INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "FLOAT", "BINFLOAT",
-                    "STRING", "BINSTRING", "SHORT_BINSTRING", "BINBYTES", "SHORT_BINBYTES", "BINBYTES8",
-                    "UNICODE", "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8"):
+        if name in (
+            "INT",
+            "BININT",
+            "BININT1",
+            "BININT2",
+            "LONG",
+            "LONG1",
+            "LONG4",
+            "FLOAT",
+            "BINFLOAT",
+            "STRING",
+            "BINSTRING",
+            "SHORT_BINSTRING",
+            "BINBYTES",
+            "SHORT_BINBYTES",
+            "BINBYTES8",
+            "UNICODE",
+            "SHORT_BINUNICODE",
+            "BINUNICODE",
+            "BINUNICODE8",
+        ):
             push(arg)
         elif name == "BYTEARRAY8":
             push(arg if isinstance(arg, Blob) else bytearray(arg))

@@ -10,89 +10,154 @@ from mlwarden.core.findings import Confidence, Rule, Severity, rule
 from mlwarden.scan.static.pickle import allowlist, denylist
 from mlwarden.scan.static.pickle.denylist import Category
 
-_FIX = "Do not load this file. If it is your own model, re-save it as safetensors (weights only) or load it " \
-       "with torch.load(weights_only=True); otherwise obtain it from a trusted source."
+_FIX = (
+    "Do not load this file. If it is your own model, re-save it as safetensors (weights only) or load it "
+    "with torch.load(weights_only=True); otherwise obtain it from a trusted source."
+)
 
 CATEGORY_RULES: dict[Category, Rule] = {
     Category.COMMAND: rule(
-        "MLW-PKL-100", "Pickle calls a command-execution function", Severity.CRITICAL, cwe=78,
+        "MLW-PKL-100",
+        "Pickle calls a command-execution function",
+        Severity.CRITICAL,
+        cwe=78,
         description="Unpickling imports a function that runs shell commands or external programs.",
-        remediation=_FIX),
+        remediation=_FIX,
+    ),
     Category.CODE: rule(
-        "MLW-PKL-101", "Pickle evaluates code", Severity.CRITICAL, cwe=94,
+        "MLW-PKL-101",
+        "Pickle evaluates code",
+        Severity.CRITICAL,
+        cwe=94,
         description="Unpickling imports a function that evaluates Python source or byte code.",
-        remediation=_FIX),
+        remediation=_FIX,
+    ),
     Category.INDIRECTION: rule(
-        "MLW-PKL-102", "Pickle performs a dynamic lookup", Severity.HIGH, cwe=470,
+        "MLW-PKL-102",
+        "Pickle performs a dynamic lookup",
+        Severity.HIGH,
+        cwe=470,
         description="Unpickling imports a function that turns strings into callables (getattr, __import__, "
         "importlib, attrgetter ...), which reaches any function while naming none.",
-        remediation=_FIX),
+        remediation=_FIX,
+    ),
     Category.FILESYSTEM: rule(
-        "MLW-PKL-103", "Pickle accesses the file system", Severity.HIGH, cwe=73,
-        description="Unpickling imports a function that opens, writes or deletes files.", remediation=_FIX),
+        "MLW-PKL-103",
+        "Pickle accesses the file system",
+        Severity.HIGH,
+        cwe=73,
+        description="Unpickling imports a function that opens, writes or deletes files.",
+        remediation=_FIX,
+    ),
     Category.NETWORK: rule(
-        "MLW-PKL-104", "Pickle accesses the network", Severity.HIGH, cwe=918,
-        description="Unpickling imports a function that opens network connections or URLs.", remediation=_FIX),
+        "MLW-PKL-104",
+        "Pickle accesses the network",
+        Severity.HIGH,
+        cwe=918,
+        description="Unpickling imports a function that opens network connections or URLs.",
+        remediation=_FIX,
+    ),
     Category.DESERIALIZE: rule(
-        "MLW-PKL-105", "Pickle deserialises embedded data", Severity.HIGH, cwe=502,
+        "MLW-PKL-105",
+        "Pickle deserialises embedded data",
+        Severity.HIGH,
+        cwe=502,
         description="Unpickling calls another deserialiser (pickle.loads, torch.load ...), hiding a second "
         "payload from scanners that read only the outer stream. Embedded bytes are analysed too.",
-        remediation=_FIX),
+        remediation=_FIX,
+    ),
     Category.NATIVE: rule(
-        "MLW-PKL-106", "Pickle loads native code", Severity.CRITICAL, cwe=829,
+        "MLW-PKL-106",
+        "Pickle loads native code",
+        Severity.CRITICAL,
+        cwe=829,
         description="Unpickling imports ctypes/cffi or similar, which call arbitrary native functions.",
-        remediation=_FIX),
+        remediation=_FIX,
+    ),
     Category.PROCESS: rule(
-        "MLW-PKL-107", "Pickle controls processes or threads", Severity.HIGH, cwe=94,
-        description="Unpickling imports process/thread/signal control functions.", remediation=_FIX),
+        "MLW-PKL-107",
+        "Pickle controls processes or threads",
+        Severity.HIGH,
+        cwe=94,
+        description="Unpickling imports process/thread/signal control functions.",
+        remediation=_FIX,
+    ),
 }
 
 UNKNOWN_GLOBAL = rule(
-    "MLW-PKL-110", "Pickle imports a global that is not on the allowlist", Severity.MEDIUM, cwe=502,
+    "MLW-PKL-110",
+    "Pickle imports a global that is not on the allowlist",
+    Severity.MEDIUM,
+    cwe=502,
     description="The global is neither known safe nor known dangerous. Unpickling imports it and may call it; "
     "mlwarden cannot show that is harmless. Custom classes of your own code appear here too.",
     remediation="Check the named global. If it is your own trusted code, add it to [pickle].allow in the policy.",
     confidence=Confidence.MEDIUM,
 )
 UNRESOLVED = rule(
-    "MLW-PKL-111", "Pickle calls a callable that cannot be resolved statically", Severity.HIGH, cwe=502,
+    "MLW-PKL-111",
+    "Pickle calls a callable that cannot be resolved statically",
+    Severity.HIGH,
+    cwe=502,
     description="The callable comes from the copyreg extension registry (EXT1/2/4) or from a STACK_GLOBAL whose "
     "module/name are computed at load time, so no static list can judge it.",
     remediation=_FIX,
 )
 TRAVERSAL = rule(
-    "MLW-PKL-112", "Pickle global reaches other objects through attribute traversal", Severity.CRITICAL, cwe=470,
+    "MLW-PKL-112",
+    "Pickle global reaches other objects through attribute traversal",
+    Severity.CRITICAL,
+    cwe=470,
     description="The global's name walks attributes (dotted or dunder names such as numpy.__builtins__ or "
     "pathlib.os.system), reaching objects other than the named one.",
     remediation=_FIX,
 )
 MUTATES_GLOBAL = rule(
-    "MLW-PKL-113", "Pickle BUILD modifies an imported object", Severity.HIGH, cwe=915,
+    "MLW-PKL-113",
+    "Pickle BUILD modifies an imported object",
+    Severity.HIGH,
+    cwe=915,
     description="A BUILD opcode sets attributes on an imported module-level object (not an instance the "
     "pickle created), which can redirect later lookups to dangerous callables.",
     remediation=_FIX,
 )
 POLICY_DENIED = rule(
-    "MLW-PKL-114", "Pickle imports a global denied by policy", Severity.HIGH, cwe=502,
-    description="The policy's [pickle].deny list names this global.", remediation=_FIX,
+    "MLW-PKL-114",
+    "Pickle imports a global denied by policy",
+    Severity.HIGH,
+    cwe=502,
+    description="The policy's [pickle].deny list names this global.",
+    remediation=_FIX,
 )
 MALFORMED = rule(
-    "MLW-PKL-120", "Pickle stream is malformed", Severity.LOW, cwe=20,
+    "MLW-PKL-120",
+    "Pickle stream is malformed",
+    Severity.LOW,
+    cwe=20,
     description="The stream stops being a valid pickle at the given offset. The unpickler would stop at the same "
     "opcode, so everything before it (which was analysed) is what loading executes; nothing after it runs.",
-    remediation="The file is corrupt or truncated; obtain an intact copy.", confidence=Confidence.HIGH,
+    remediation="The file is corrupt or truncated; obtain an intact copy.",
+    confidence=Confidence.HIGH,
 )
 TRAILING = rule(
-    "MLW-PKL-121", "Data after the last pickle", Severity.LOW, cwe=20,
+    "MLW-PKL-121",
+    "Data after the last pickle",
+    Severity.LOW,
+    cwe=20,
     description="Bytes follow the final STOP opcode and do not form another pickle. Loaders ignore them, but "
     "they may hide a second payload for a custom loader.",
-    remediation="Check why the file carries trailing data.", confidence=Confidence.MEDIUM,
+    remediation="Check why the file carries trailing data.",
+    confidence=Confidence.MEDIUM,
 )
 OPAQUE_CALL = rule(
-    "MLW-PKL-115", "Allowed helper called with arguments the scanner cannot verify", Severity.MEDIUM, cwe=502,
+    "MLW-PKL-115",
+    "Allowed helper called with arguments the scanner cannot verify",
+    Severity.MEDIUM,
+    cwe=502,
     description="A helper that is only safe with particular arguments (functools.partial, numpy ufunc "
     "reconstruction, nested loaders) was called with arguments that are not literal.",
-    remediation="Inspect the file by hand before loading it.", confidence=Confidence.MEDIUM,
+    remediation="Inspect the file by hand before loading it.",
+    confidence=Confidence.MEDIUM,
 )
 
 
@@ -114,14 +179,25 @@ class Judgement:
     matched: str
 
 
-CONDITIONAL: frozenset[str] = frozenset({
-    "functools.partial", "_functools.partial",
-    "numpy.core._ufunc_reconstruct", "numpy._core._ufunc_reconstruct", "numpy.core.umath._ufunc_reconstruct",
-    "torch.storage._load_from_bytes",
-})
+CONDITIONAL: frozenset[str] = frozenset(
+    {
+        "functools.partial",
+        "_functools.partial",
+        "numpy.core._ufunc_reconstruct",
+        "numpy._core._ufunc_reconstruct",
+        "numpy.core.umath._ufunc_reconstruct",
+        "torch.storage._load_from_bytes",
+    }
+)
 
-_ALIASES = {"__builtin__": "builtins", "exceptions": "builtins", "copy_reg": "copyreg", "cPickle": "pickle",
-            "UserDict": "collections", "__main__.__builtins__": "builtins"}
+_ALIASES = {
+    "__builtin__": "builtins",
+    "exceptions": "builtins",
+    "copy_reg": "copyreg",
+    "cPickle": "pickle",
+    "UserDict": "collections",
+    "__main__.__builtins__": "builtins",
+}
 
 
 def normalise(module: str, name: str) -> tuple[str, str]:
@@ -139,8 +215,11 @@ def judge(module: str, name: str, allow: frozenset[str], deny: frozenset[str]) -
     if full in deny or any(full.startswith(d[:-1]) for d in deny if d.endswith(".*")):
         return Judgement(Verdict.DANGEROUS, POLICY_DENIED, full)
     parts = [*module.split("."), *name.split(".")]
-    if any(p.startswith("__") and p.endswith("__") and p not in ("__main__",) for p in name.split(".")) and \
-            full not in allowlist.EXACT and full not in allow:
+    if (
+        any(p.startswith("__") and p.endswith("__") and p not in ("__main__",) for p in name.split("."))
+        and full not in allowlist.EXACT
+        and full not in allow
+    ):
         return Judgement(Verdict.DANGEROUS, TRAVERSAL, full)
     if full in allowlist.EXACT or full in allow:
         return Judgement(Verdict.ALLOWED, None, full)
