@@ -5,9 +5,17 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 DEMO   ?= demo-out
 
-.PHONY: setup demo test lint typecheck unit bench clean
+.PHONY: setup system-deps demo test lint typecheck unit bench clean
 
-setup: $(STAMP)
+setup: system-deps $(STAMP)
+
+# Debian packages the sandbox needs (bubblewrap namespaces, strace). Installed when missing and we are root;
+# otherwise the command to run is printed and dynamic analysis reports the sandbox as unavailable.
+system-deps:
+	@if command -v bwrap >/dev/null && command -v strace >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap strace >/dev/null; \
+	else echo "install the Debian packages bubblewrap and strace (sudo apt-get install bubblewrap strace)"; fi
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -23,13 +23,18 @@ def scan(
     policy: Policy | str | os.PathLike[str] | None = None,
     *,
     jobs: int | None = 1,
+    dynamic: bool = False,
 ) -> ScanReport:
-    """Scan a file or directory (or several) without executing anything in them.
+    """Scan a file or directory (or several).
+
+    Static analysis never executes anything. With ``dynamic=True`` each model is also loaded phase by phase in
+    the sandbox (bubblewrap) and what it did to the host is compared with its framework's profile.
 
     Args:
         path: a file, a directory (scanned recursively), or an iterable of those.
         policy: a :class:`Policy`, a path to a TOML policy file, or ``None`` for the safe default.
         jobs: worker processes; ``None`` uses every core.
+        dynamic: also run the sandboxed dynamic analysis (``SandboxUnavailable`` if the sandbox cannot run).
 
     Returns:
         The :class:`ScanReport`; ``report.exit_code()`` gives the CLI's 0/1/2 verdict.
@@ -43,7 +48,8 @@ def scan(
     if not isinstance(policy, Policy):
         policy = load_policy(None if policy is None else Path(policy))
     paths = [path] if isinstance(path, str | os.PathLike | Path) else list(path)
-    return scan_paths(paths, policy, jobs=jobs)
+    modes = ("static", "dynamic") if dynamic else ("static",)
+    return scan_paths(paths, policy, jobs=jobs, modes=modes)
 
 
 __all__ = [

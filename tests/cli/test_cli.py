@@ -37,17 +37,17 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
 
 
 def test_exit_codes_follow_the_failing_severity(models: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["scan", "--no-progress", str(models / "good.pkl")]) == 0
-    assert main(["scan", "--no-progress", str(models)]) == 1  # unknown global is medium
-    assert main(["scan", "--no-progress", "--fail-on", "high", str(models)]) == 0
+    assert main(["scan", "--static-only", "--no-progress", str(models / "good.pkl")]) == 0
+    assert main(["scan", "--static-only", "--no-progress", str(models)]) == 1  # unknown global is medium
+    assert main(["scan", "--static-only", "--no-progress", "--fail-on", "high", str(models)]) == 0
     (models / "evil.bin").write_bytes(EVIL)
-    assert main(["scan", "--no-progress", "--fail-on", "critical", str(models)]) == 1
+    assert main(["scan", "--static-only", "--no-progress", "--fail-on", "critical", str(models)]) == 1
     capsys.readouterr()
 
 
 def test_json_report_to_file(models: Path, tmp_path: Path) -> None:
     out = tmp_path / "report.json"
-    assert main(["scan", "-f", "json", "-o", str(out), "--jobs", "2", str(models)]) == 1
+    assert main(["scan", "--static-only", "-f", "json", "-o", str(out), "--jobs", "2", str(models)]) == 1
     report = json.loads(out.read_text())
     assert report["summary"]["files"] == 2
     rules = [f["rule_id"] for file in report["files"] for f in file["findings"]]
@@ -56,10 +56,10 @@ def test_json_report_to_file(models: Path, tmp_path: Path) -> None:
 
 def test_sarif_and_html_formats(models: Path, tmp_path: Path) -> None:
     sarif = tmp_path / "r.sarif"
-    main(["scan", "-f", "sarif", "-o", str(sarif), str(models)])
+    main(["scan", "--static-only", "-f", "sarif", "-o", str(sarif), str(models)])
     assert json.loads(sarif.read_text())["runs"][0]["results"][0]["ruleId"] == "MLW-PKL-110"
     html = tmp_path / "r.html"
-    main(["scan", "-f", "html", "-o", str(html), str(models)])
+    main(["scan", "--static-only", "-f", "html", "-o", str(html), str(models)])
     assert "MLW-PKL-110" in html.read_text()
 
 
@@ -74,7 +74,7 @@ def test_sarif_and_html_formats(models: Path, tmp_path: Path) -> None:
         (["scan", "-o", "/no/such/dir/r.json", "."], "does not exist"),
         (["scan"], "required"),
         (["frobnicate"], "invalid choice"),
-        (["scan", "--dynamic", "."], "not available"),
+        (["scan", "--dynamic", "--static-only", "."], "not allowed with"),
     ],
 )
 def test_usage_errors_are_one_line_and_exit_2(args: list[str], message: str, tmp_path: Path) -> None:
@@ -88,7 +88,7 @@ def test_usage_errors_are_one_line_and_exit_2(args: list[str], message: str, tmp
 def test_invalid_policy_names_the_key(tmp_path: Path) -> None:
     policy = tmp_path / "p.toml"
     policy.write_text('fail_on = "medium"\n[limits]\nmax_depht = 3\n')
-    proc = run("scan", "--policy", str(policy), str(tmp_path))
+    proc = run("scan", "--static-only", "--policy", str(policy), str(tmp_path))
     assert proc.returncode == 2
     assert "limits.max_depht" in proc.stderr
 
@@ -96,7 +96,7 @@ def test_invalid_policy_names_the_key(tmp_path: Path) -> None:
 def test_unscannable_file_exits_2_but_others_are_scanned(models: Path) -> None:
     (models / "dangling").symlink_to(models / "missing-target")
     (models / "evil.bin").write_bytes(EVIL)
-    proc = run("scan", "-f", "json", "--no-progress", str(models))
+    proc = run("scan", "--static-only", "-f", "json", "--no-progress", str(models))
     assert proc.returncode == 2
     report = json.loads(proc.stdout)
     assert any(f["error"] for f in report["files"])
@@ -108,12 +108,12 @@ def test_unscannable_file_exits_2_but_others_are_scanned(models: Path) -> None:
 def test_policy_file_extends_allowlist(models: Path, tmp_path: Path) -> None:
     policy = tmp_path / "p.toml"
     policy.write_text('[pickle]\nallow = ["mypkg.Net"]\n')
-    assert main(["scan", "--policy", str(policy), str(models)]) == 0
+    assert main(["scan", "--static-only", "--policy", str(policy), str(models)]) == 0
 
 
 def test_text_report_names_the_evidence(tmp_path: Path) -> None:
     (tmp_path / "evil.bin").write_bytes(EVIL)
-    proc = run("scan", str(tmp_path / "evil.bin"))
+    proc = run("scan", "--static-only", str(tmp_path / "evil.bin"))
     assert proc.returncode == 1
     assert "MLW-PKL-100" in proc.stdout
     assert "os.system('id')" in proc.stdout

@@ -68,8 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the policy's, medium unless changed)",
     )
     mode = scan.add_mutually_exclusive_group()
-    mode.add_argument("--static-only", action="store_true", help="static analysis only (no model code runs)")
-    mode.add_argument("--dynamic", action="store_true", help="dynamic analysis only (sandboxed; not yet available)")
+    mode.add_argument(
+        "--static-only", action="store_true", help="static analysis only: nothing runs (default: static + dynamic)"
+    )
+    mode.add_argument("--dynamic", action="store_true", help="dynamic analysis only (sandboxed phases, no static scan)")
     scan.add_argument("--jobs", "-j", type=_positive, metavar="N", help="parallel worker processes (default: cores)")
     scan.add_argument("--policy", metavar="FILE", help="TOML policy file (see docs/policy.md)")
     scan.add_argument("--verbose", "-v", action="store_true", help="list clean files and remediation text")
@@ -85,10 +87,12 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     from mlwarden.report import render
     from mlwarden.scan.engine import expand, scan_paths
 
-    if args.dynamic:
-        raise UsageError(
-            "--dynamic: the dynamic (sandboxed) engine is not available in this version; use --static-only"
-        )
+    if args.static_only:
+        modes: tuple[str, ...] = ("static",)
+    elif args.dynamic:
+        modes = ("dynamic",)
+    else:
+        modes = ("static", "dynamic")
     if args.output:
         parent = Path(args.output).resolve().parent
         if not parent.is_dir():
@@ -105,9 +109,9 @@ def _cmd_scan(args: argparse.Namespace) -> int:
             TextColumn("scanning"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
         ) as bar:
             task = bar.add_task("scan", total=len(files))
-            report = scan_paths(files, policy, jobs=args.jobs, progress=lambda _r: bar.advance(task))
+            report = scan_paths(files, policy, jobs=args.jobs, progress=lambda _r: bar.advance(task), modes=modes)
     else:
-        report = scan_paths(files, policy, jobs=args.jobs)
+        report = scan_paths(files, policy, jobs=args.jobs, modes=modes)
     to_terminal = not args.output and sys.stdout.isatty()
     text = render(report, args.format, color=to_terminal and args.format == "text", verbose=args.verbose)
     if args.output:

@@ -110,6 +110,26 @@ class RuleOverride:
 
 
 @dataclass(frozen=True, slots=True)
+class SandboxSettings:
+    """Limits of one sandboxed dynamic-analysis run, and where framework profiles come from."""
+
+    __pydantic_config__ = _STRICT
+
+    wall_seconds: float = 120.0
+    cpu_seconds: int = 120
+    memory_bytes: int = 8 * GiB
+    file_size_bytes: int = 256 * MiB
+    tmpfs_bytes: int = 512 * MiB
+    profile_dir: str | None = None  # a folder of <framework>.toml profiles replacing the shipped ones
+
+    def __post_init__(self) -> None:
+        for name in ("wall_seconds", "cpu_seconds", "memory_bytes", "file_size_bytes", "tmpfs_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise ValueError(f"sandbox.{name}: {value!r} must be a positive number")
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     """The whole policy. ``Policy()`` is the safe default."""
 
@@ -119,6 +139,7 @@ class Policy:
     fail_on: Severity = Severity.MEDIUM
     limits: Limits = field(default_factory=Limits)
     pickle: PickleRules = field(default_factory=PickleRules)
+    sandbox: SandboxSettings = field(default_factory=SandboxSettings)
     rules: dict[str, RuleOverride] = field(default_factory=dict)
 
     def with_fail_on(self, severity: Severity) -> Policy:

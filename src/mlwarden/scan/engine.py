@@ -59,8 +59,13 @@ def _apply_policy(findings: list[Finding], policy: Policy) -> tuple[Finding, ...
     return tuple(out)
 
 
-def scan_file(path: Path, policy: Policy) -> FileResult:
-    """Statically analyse one file on disk. Never raises for bad content; see :class:`FileResult`."""
+def scan_file(path: Path, policy: Policy, modes: tuple[str, ...] = ("static",)) -> FileResult:
+    """Analyse one file on disk (static, and dynamic when asked). Never raises for bad content.
+
+    Raises:
+        SandboxUnavailable: dynamic analysis was asked for and the sandbox cannot be created (it never falls
+            back to running the model unsandboxed).
+    """
     started = time.monotonic()
     display = str(path)
     try:
@@ -71,7 +76,8 @@ def scan_file(path: Path, policy: Policy) -> FileResult:
     except OSError as exc:
         return FileResult(display, None, (), (), time.monotonic() - started, error=f"{display}: {exc.strerror or exc}")
     ctx = ScanContext(policy)
-    if st.st_size > policy.limits.max_file_size:
+    too_big = st.st_size > policy.limits.max_file_size
+    if too_big:
         ctx.report(
             INCOMPLETE.finding(
                 artifact.location(),
@@ -79,22 +85,61 @@ def scan_file(path: Path, policy: Policy) -> FileResult:
                 limit="max_file_size",
             )
         )
-    else:
+    elif "static" in modes:
         ctx.descend(artifact)
+    else:  # dynamic only: identify the format (to pick the loader) without analysing it
+        from mlwarden.artifacts.sniff import sniff
+        from mlwarden.scan.static.archives import member_names
+
+        ctx.formats.extend([((display,), sniff(artifact)), *member_names(artifact)])
+    framework: str | None = None
+    timeline: tuple[tuple[str, str, float, int], ...] = ()
+    if "dynamic" in modes and not too_big:
+        framework, timeline = _dynamic(path, display, ctx, policy)
     formats = tuple((" ▸ ".join(chain), fmt.value) for chain, fmt in ctx.formats)
-    return FileResult(display, st.st_size, formats, _apply_policy(ctx.findings, policy), time.monotonic() - started)
+    return FileResult(
+        display,
+        st.st_size,
+        formats,
+        _apply_policy(ctx.findings, policy),
+        time.monotonic() - started,
+        framework=framework,
+        timeline=timeline,
+    )
 
 
-def _scan_many(files: list[Path], policy: Policy, jobs: int) -> Iterator[FileResult]:
+def _dynamic(
+    path: Path, display: str, ctx: ScanContext, policy: Policy
+) -> tuple[str | None, tuple[tuple[str, str, float, int], ...]]:
+    """Run the sandboxed phases for ``path`` and add their findings to ``ctx``; returns the framework and timeline."""
+    from mlwarden.scan.dynamic import engine as dyn
+    from mlwarden.scan.dynamic.sandbox import check_available_cached
+
+    framework = dyn.choose_framework(path, ctx.formats)
+    if framework is None:
+        return None, ()
+    check_available_cached()
+    profile_dir = Path(policy.sandbox.profile_dir) if policy.sandbox.profile_dir else None
+    result = dyn.analyse(path, framework, (display,), policy.sandbox, profile_dir)
+    for finding in result.findings:
+        ctx.report(finding)
+    counts: dict[str, int] = {}
+    for event in result.events:
+        counts[event.phase] = counts.get(event.phase, 0) + 1
+    timeline = tuple((p.name, p.status, p.seconds, counts.get(p.name, 0)) for p in result.phases)
+    return framework, timeline
+
+
+def _scan_many(files: list[Path], policy: Policy, jobs: int, modes: tuple[str, ...]) -> Iterator[FileResult]:
     if jobs <= 1 or len(files) < 4:
         for f in files:
-            yield scan_file(f, policy)
+            yield scan_file(f, policy, modes)
         return
     from concurrent.futures import ProcessPoolExecutor
 
     chunk = max(1, min(64, len(files) // (jobs * 8)))
     with ProcessPoolExecutor(max_workers=jobs) as pool:
-        yield from pool.map(scan_file, files, [policy] * len(files), chunksize=chunk)
+        yield from pool.map(scan_file, files, [policy] * len(files), [modes] * len(files), chunksize=chunk)
 
 
 def scan_paths(
@@ -103,16 +148,25 @@ def scan_paths(
     *,
     jobs: int | None = None,
     progress: Progress | None = None,
+    modes: tuple[str, ...] = ("static",),
 ) -> ScanReport:
-    """Statically scan files and directories and return the report (see :func:`mlwarden.scan`)."""
+    """Scan files and directories and return the report (see :func:`mlwarden.scan`).
+
+    ``modes`` holds ``"static"`` and/or ``"dynamic"``. With ``"dynamic"`` the sandbox is probed once up front:
+    :class:`~mlwarden.scan.dynamic.sandbox.SandboxUnavailable` is raised before any file is touched.
+    """
+    if "dynamic" in modes:
+        from mlwarden.scan.dynamic.sandbox import check_available_cached
+
+        check_available_cached()
     policy = policy or Policy()
     started_at = datetime.now(UTC)
     t0 = time.monotonic()
     files = expand(paths)
     jobs = jobs if jobs and jobs > 0 else (os.cpu_count() or 1)
     results: list[FileResult] = []
-    for result in _scan_many(files, policy, jobs):
+    for result in _scan_many(files, policy, jobs, modes):
         results.append(result)
         if progress is not None:
             progress(result)
-    return ScanReport(tuple(results), policy.fail_on, started_at, time.monotonic() - t0, __version__)
+    return ScanReport(tuple(results), policy.fail_on, started_at, time.monotonic() - t0, __version__, modes)

@@ -22,6 +22,8 @@ class FileResult:
     findings: tuple[Finding, ...]
     duration: float
     error: str | None = None
+    framework: str | None = None  # the framework the dynamic engine loaded it with (None: not run)
+    timeline: tuple[tuple[str, str, float, int], ...] = ()  # (phase, status, seconds, events) per phase
 
     @property
     def max_severity(self) -> Severity | None:

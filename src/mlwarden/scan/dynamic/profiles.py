@@ -1,0 +1,197 @@
+"""Framework profiles: what each phase of loading a benign model normally does to the host.
+
+A profile is a readable TOML file (``profiles/<framework>.toml``, shipped, reviewed and versioned; users can
+learn their own with ``mlwarden profile learn``). For every phase it lists allowed event keys
+``kind:target`` as shell-style patterns over *normalised* targets: ``{python}`` stands for the interpreter's
+installation and package directories, ``{model}`` for the model's folder, ``{tmp}`` for the sandbox's private
+tmpfs. An event no pattern allows is a deviation.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import sys
+import sysconfig
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlwarden.core.errors import UsageError
+from mlwarden.scan.dynamic.events import PHASES, Event
+from mlwarden.scan.dynamic.sandbox import SANDBOX_DIR, SANDBOX_TMP
+
+PROFILE_DIR = Path(__file__).with_name("profiles")
+_TOML_KEY = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+# Allowed in every framework's every phase: the interpreter reading itself and the machine's basics.
+BASELINE: tuple[str, ...] = (
+    "file.read:{python}",
+    "file.read:{python}/*",
+    "file.read:/usr/*",
+    "file.list:{python}",
+    "file.read:/proc/*",
+    "file.read:/sys/*",
+    "file.read:/dev/*",
+    "file.read:/etc/ld.so.cache",
+    "file.read:/etc/localtime",
+    "file.read:/etc/nsswitch.conf",
+    "file.read:/etc/passwd",
+    "file.read:/etc/group",
+    "file.read:/etc/host.conf",
+    "file.read:/etc/gai.conf",
+    "file.read:/lib*",
+    "file.read:{tmp}*",
+    "file.read:{model}",
+    "file.read:{model}/*",
+    "file.read:/tmp",
+    "file.list:{python}/*",
+    "file.list:/usr/*",
+    "file.list:/proc/*",
+    "file.list:/sys/*",
+    "file.list:{model}*",
+    "file.list:{tmp}*",
+    "file.list:/tmp",
+    "file.list:.",
+    "file.list:/dev*",
+    "file.list:/",
+    "native.load:{python}/*",
+    "native.load:/usr/*",
+    "native.load:lib*",
+    "native.load:None",
+    "native.symbol:*",
+    "native.mmap:*",
+    "process.env:*",
+    "file.write:/dev/null",
+    "file.write:/dev/shm/*",
+)
+
+
+def _roots() -> list[str]:
+    roots = {
+        sys.prefix,
+        sys.base_prefix,
+        sys.exec_prefix,
+        sysconfig.get_paths()["stdlib"],
+        sysconfig.get_paths()["purelib"],
+        sysconfig.get_paths()["platlib"],
+    }
+    import mlwarden
+
+    roots.add(str(Path(mlwarden.__file__).resolve().parents[1]))
+    roots |= {p for p in sys.path if p and os.path.isdir(p)}
+    return sorted({os.path.realpath(r) for r in roots} | roots, key=len, reverse=True)
+
+
+_ROOTS = _roots()
+
+
+def normalise(target: str) -> str:
+    """Replace installation-specific prefixes with placeholders so profiles travel between machines."""
+    if target.startswith(SANDBOX_DIR):
+        return "{model}" + target[len(SANDBOX_DIR) :]
+    for root in _ROOTS:
+        if target == root or target.startswith(root.rstrip("/") + "/"):
+            return "{python}" + target[len(root.rstrip("/")) :]
+    if target == SANDBOX_TMP or target.startswith(SANDBOX_TMP + "/"):
+        return "{tmp}" + target[len(SANDBOX_TMP) :]
+    return target
+
+
+def key(event: Event) -> str:
+    """The profile key of an event."""
+    return f"{event.kind}:{normalise(event.target)}"
+
+
+@dataclass
+class Profile:
+    """Allowed event patterns per phase for one framework."""
+
+    framework: str
+    phases: dict[str, list[str]] = field(default_factory=dict)
+    description: str = ""
+    version: int = 1
+
+    def allows(self, event: Event) -> bool:
+        """Whether ``event`` matches the baseline or the profile's patterns for its phase."""
+        k = key(event)
+        patterns = (*BASELINE, *self.phases.get(event.phase, ()))
+        if event.phase == "setup":
+            return True  # the runner itself starting up, before the framework is touched
+        return any(k == p or fnmatch.fnmatchcase(k, p) for p in patterns)
+
+    def to_toml(self) -> str:
+        """Serialise (stable order, one pattern per line, so reviews read as diffs)."""
+        lines = [
+            f"# mlwarden dynamic-analysis profile for {self.framework}",
+            f'framework = "{self.framework}"',
+            f"version = {self.version}",
+            f"description = {_q(self.description)}",
+            "",
+        ]
+        for phase in PHASES:
+            lines.append(f"[phases.{phase}]")
+            lines.append("allow = [")
+            lines += [f"    {_q(p)}," for p in sorted(set(self.phases.get(phase, ())))]
+            lines += ["]", ""]
+        return "\n".join(lines)
+
+
+def _q(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def load_profile(framework: str, directory: Path | None = None) -> Profile:
+    """Load ``<framework>.toml`` from ``directory`` (default: the shipped profiles)."""
+    import tomllib
+
+    if not _TOML_KEY.match(framework):
+        raise UsageError(f"invalid framework name {framework!r}")
+    path = (directory or PROFILE_DIR) / f"{framework}.toml"
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"no profile for framework {framework!r} (looked for {path})") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"profile {path} is unreadable: {exc}") from None
+    phases = data.get("phases", {})
+    if not isinstance(phases, dict) or any(p not in PHASES for p in phases):
+        raise UsageError(f"profile {path}: [phases] may only contain {', '.join(PHASES)}")
+    out: dict[str, list[str]] = {}
+    for phase, body in phases.items():
+        allow = body.get("allow", []) if isinstance(body, dict) else None
+        if not isinstance(allow, list) or not all(isinstance(a, str) and ":" in a for a in allow):
+            raise UsageError(f"profile {path}: phases.{phase}.allow must be a list of 'kind:pattern' strings")
+        out[phase] = allow
+    return Profile(
+        str(data.get("framework", framework)), out, str(data.get("description", "")), int(data.get("version", 1))
+    )
+
+
+def generalise(keys: Iterable[str]) -> list[str]:
+    """Patterns from observed keys: package file reads collapse to a directory glob, the rest stay exact."""
+    out: set[str] = set()
+    for k in keys:
+        kind, _, target = k.partition(":")
+        if kind in ("file.read", "file.list", "native.load") and target.startswith("{python}/"):
+            continue  # covered by the baseline
+        if kind == "code.exec" and target.startswith("{python}/"):
+            out.add("code.exec:{python}/*")
+            continue
+        if kind in ("file.write", "file.modify", "file.read") and target.startswith("{tmp}/"):
+            out.add(f"{kind}:{{tmp}}/*")
+            continue
+        out.add(k)
+    return sorted(out)
+
+
+def learn(framework: str, events_per_model: Iterable[Iterable[Event]], base: Profile | None = None) -> Profile:
+    """A profile allowing everything the given benign runs did (extending ``base`` if given)."""
+    phases: dict[str, set[str]] = {p: set(base.phases.get(p, []) if base else []) for p in PHASES}
+    for events in events_per_model:
+        for event in events:
+            if event.phase in phases:
+                phases[event.phase].add(key(event))
+    description = base.description if base else f"learned from benign {framework} models"
+    return Profile(framework, {p: generalise(v) for p, v in phases.items()}, description)
