@@ -12,7 +12,13 @@ from pathlib import Path
 
 __version__ = "0.1.0"
 
-from mlwarden.core.errors import LimitExceeded, MlwardenError, PolicyError, UsageError  # noqa: E402
+from mlwarden.core.errors import (  # noqa: E402
+    LimitExceeded,
+    MlwardenError,
+    PolicyError,
+    UnsafeModelError,
+    UsageError,
+)
 from mlwarden.core.findings import Confidence, Finding, Location, Rule, Severity  # noqa: E402
 from mlwarden.core.policy import Limits, Policy, load_policy  # noqa: E402
 from mlwarden.scan.result import FileResult, ScanReport  # noqa: E402
@@ -52,6 +58,29 @@ def scan(
     return scan_paths(paths, policy, jobs=jobs, modes=modes)
 
 
+def load(
+    path: str | os.PathLike[str],
+    framework: str | None = None,
+    policy: Policy | str | os.PathLike[str] | None = None,
+    *,
+    dynamic: bool = True,
+    restricted: bool | None = None,
+) -> object:
+    """Load a model only if the analysis of exactly the bytes being loaded passes (see :mod:`mlwarden.loader`).
+
+    The model is copied into a private directory first; the copy is scanned (statically and, with ``dynamic``,
+    in the sandbox) and loaded only if no finding reaches ``policy.fail_on``; pickle-family formats are
+    loaded with a restricted unpickler that admits only allowlisted globals.
+
+    Raises:
+        UnsafeModelError: the model failed the analysis or the restricted unpickler; ``.findings`` say why.
+        SandboxUnavailable: ``dynamic`` and the sandbox cannot be created.
+    """
+    from mlwarden.loader import load as _load
+
+    return _load(path, framework, policy, dynamic=dynamic, restricted=restricted)
+
+
 __all__ = [
     "Confidence",
     "FileResult",
@@ -65,8 +94,10 @@ __all__ = [
     "Rule",
     "ScanReport",
     "Severity",
+    "UnsafeModelError",
     "UsageError",
     "__version__",
+    "load",
     "load_policy",
     "scan",
 ]

@@ -80,3 +80,4 @@ def test_documented_example_policy_is_valid(tmp_path: Path) -> None:
     assert p.pickle.allow == ("mycorp.models.TinyNet", "mycorp.layers.*")
     assert p.rules["MLW-PKL-110"].severity is Severity.HIGH
     assert p.limits == Policy().limits  # the documented values are the defaults
+    assert p.sandbox == Policy().sandbox

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import re
 from dataclasses import replace
+from html import unescape
 from html.parser import HTMLParser
 
 import pytest
@@ -16,9 +17,11 @@ from mlwarden.scan.result import FileResult
 from tests.report.test_render import (
     GLOBAL_RULE,
     ODD_RULE,
+    STACK,
     SUSPECT_RULE,
     XSS,
     clean_file,
+    dynamic_report,
     make_report,
     sample_report,
     single,
@@ -175,4 +178,50 @@ def test_empty_report() -> None:
     html = render(make_report(()), "html")
     assert "No findings to show." in html
     assert "<tr><th>Files scanned</th><td>0</td></tr>" in html
+    assert not parse(html).problems
+
+
+def test_timeline_table_in_the_file_section() -> None:
+    html = render(dynamic_report(), "html")
+    assert not parse(html).problems
+    section = re.search(r'<details class="file"[^>]*>.*?</details>', html, re.DOTALL)
+    assert section
+    assert "Dynamic analysis (pickle)" in section.group()
+    table = re.search(r'<table class="timeline">.*?</table>', section.group())
+    assert table
+    rows = re.findall(
+        r"<tr><td>(.*?)</td><td class=\"(st-\w+)\">(.*?)</td><td>(.*?)</td><td>(\d+)</td></tr>", table.group()
+    )
+    assert rows == [
+        ("import", "st-ok", "ok", "0.004 s", "6"),
+        ("deserialize", "st-bad", "error", "0.020 s", "3"),
+        ("instantiate", "st-bad", "not-finished", "0.000 s", "0"),
+    ]
+    assert html.index('<table class="timeline">') < html.index("<th>Evidence</th>")
+
+
+def test_stack_of_dynamic_findings_and_clean_timelines() -> None:
+    html = render(dynamic_report(), "html", verbose=True)
+    stack = re.search(r'<pre class="evidence stack muted">(.*?)</pre>', html, re.DOTALL)
+    assert stack
+    assert "&lt;module&gt;" in stack.group(1)  # escaped
+    assert unescape(stack.group(1)) == "stack:\n" + "\n".join(STACK)
+    assert "[deserialize]" in html
+    assert '<li>good.pt<br><span class="muted">dynamic (torch): import ok 1.52s' in html
+    assert "dynamic (onnx): not run" in html
+    assert "static, dynamic" in html
+
+
+def test_hostile_timeline_text_is_escaped() -> None:
+    forged = FileResult(
+        "x.pkl",
+        1,
+        (),
+        (ODD_RULE.finding(Location(("x.pkl",), 0), evidence="e"),),
+        0.0,
+        framework=XSS,
+        timeline=((XSS, XSS, 0.0, 0),),
+    )
+    html = render(make_report((forged,)), "html")
+    assert XSS not in html
     assert not parse(html).problems

@@ -23,8 +23,11 @@ from tests.report.test_render import (
     INFO_RULE,
     ODD_RULE,
     ROOT,
+    STACK,
+    TORCH_TIMELINE,
     XSS,
     clean_file,
+    dynamic_report,
     make_report,
     sample_report,
     single,
@@ -56,6 +59,7 @@ def _reports() -> dict[str, Any]:
         "clean": make_report((clean_file(), clean_file("b.safetensors"))),
         "failing": single(crit),
         "only-error": make_report((FileResult("x", None, (), (), 0.0, error="x: gone"),)),
+        "dynamic": dynamic_report(),
     }
 
 
@@ -77,15 +81,18 @@ def test_schema_rejects_what_it_should(validator: jsonschema.protocols.Validator
 
 def test_schema_version_is_documented_and_matches_the_schema() -> None:
     schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
-    assert schema["properties"]["schema_version"]["const"] == SCHEMA_VERSION == "1.0"
+    assert schema["properties"]["schema_version"]["const"] == SCHEMA_VERSION == "1.1"
+    assert schema["$id"].endswith(":" + SCHEMA_VERSION)
     doc = (ROOT / "docs" / "reports.md").read_text(encoding="utf-8")
     assert f'"schema_version": "{SCHEMA_VERSION}"' in doc
+    assert "| 1.1 |" in doc  # the change log names the added field
+    assert "`files[].dynamic`" in doc
     assert "report-schema.json" in doc
 
 
 def test_header_and_summary() -> None:
     data = parsed(sample_report())
-    assert data["schema_version"] == "1.0"
+    assert data["schema_version"] == "1.1"
     assert data["tool"] == {"name": "mlwarden", "version": "0.1.0"}
     assert data["started_at"] == "2025-01-02T03:04:05Z"
     assert data["duration"] == 12.5
@@ -142,6 +149,7 @@ def test_error_file() -> None:
         "error": "secret/unreadable.bin: Permission denied",
         "max_severity": None,
         "findings": [],
+        "dynamic": None,
     }
 
 
@@ -165,6 +173,53 @@ def test_unusual_detail_values_become_json() -> None:
     )
     details = parsed(single(finding))["files"][0]["findings"][0]["details"]
     assert details == {"nested": [["k", [1, 2]]], "ratio": "inf", "raw": "\x00ÿ", "sev": "high"}
+
+
+def test_dynamic_timeline_per_file() -> None:
+    data = parsed(dynamic_report())
+    assert data["modes"] == ["static", "dynamic"]
+    evil, good, onnx = data["files"]
+    assert evil["dynamic"] == {
+        "framework": "pickle",
+        "phases": [
+            {"name": "import", "status": "ok", "seconds": 0.004, "events": 6},
+            {"name": "deserialize", "status": "error", "seconds": 0.02, "events": 3},
+            {"name": "instantiate", "status": "not-finished", "seconds": 0.0, "events": 0},
+        ],
+    }
+    assert [p["name"] for p in good["dynamic"]["phases"]] == [p[0] for p in TORCH_TIMELINE]
+    assert good["dynamic"]["phases"][0]["seconds"] == 1.523
+    assert onnx["dynamic"] == {"framework": "onnx", "phases": []}  # chosen, but its loader is not installed
+    assert parsed(sample_report())["files"][1]["dynamic"] is None  # static only
+
+
+def test_dynamic_finding_carries_phase_events_and_stack() -> None:
+    f = parsed(dynamic_report())["files"][0]["findings"][0]
+    assert f["location"]["phase"] == "deserialize"
+    assert f["details"]["phase"] == "deserialize"
+    assert f["details"]["events"] == ["process.exec:/bin/sh -c touch /tmp/canary", "file.write:/tmp/canary"]
+    assert f["details"]["stack"] == list(STACK)
+
+
+def test_forged_phase_times_stay_valid_json(validator: jsonschema.protocols.Validator) -> None:
+    # Phase records come from inside the sandbox: a hostile model could send NaN or negative times.
+    forged = FileResult(
+        "x.pkl", 1, (), (), 0.1, framework="pickle", timeline=(("import", "ok", float("nan"), 1), ("x", "?", -5.0, 0))
+    )
+    out = render(make_report((forged,)), "json")
+    data = json.loads(out)
+    assert [p["seconds"] for p in data["files"][0]["dynamic"]["phases"]] == [0.0, 0.0]
+    assert "NaN" not in out
+    assert validator.is_valid(data)
+
+
+def test_schema_rejects_a_malformed_timeline(validator: jsonschema.protocols.Validator) -> None:
+    data = parsed(dynamic_report())
+    del data["files"][1]["dynamic"]
+    assert not validator.is_valid(data)  # required since 1.1 (null when not run)
+    data = parsed(dynamic_report())
+    data["files"][1]["dynamic"]["phases"][0]["seconds"] = "fast"
+    assert not validator.is_valid(data)
 
 
 def test_golden_file() -> None:

@@ -15,7 +15,18 @@ from pathlib import Path
 import pytest
 
 from mlwarden.core.findings import Confidence, Finding, Location, Rule, Severity
-from mlwarden.report import FORMATS, clean, format_duration, render, truncate, verdict, where
+from mlwarden.report import (
+    FORMATS,
+    clean,
+    format_duration,
+    phase_summary,
+    render,
+    stack_of,
+    timeline_line,
+    truncate,
+    verdict,
+    where,
+)
 from mlwarden.scan.result import FileResult, ScanReport
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +60,26 @@ SUSPECT_RULE = Rule(
     "Remove it.",
     Confidence.LOW,
 )
+DYN_RULE = Rule(
+    "MLW-TST-005",
+    "Model started a process while loading",
+    Severity.CRITICAL,
+    78,
+    "A phase of loading the model executed a program.",
+    "Do not load this model outside a sandbox.",
+)
 XSS = "<script>alert(1)</script>"
+TORCH_TIMELINE = (
+    ("import", "ok", 1.523, 41),
+    ("deserialize", "ok", 0.012, 7),
+    ("instantiate", "ok", 0.0004, 0),
+    ("infer", "ok", 0.003, 2),
+)
+STACK = (
+    "/sandbox/model/evil.py:3 <module>",
+    "/usr/lib/python3.11/pickle.py:1213 load_reduce",
+    "/usr/lib/python3.11/os.py:42 system",
+)
 
 
 def make_report(files: tuple[FileResult, ...], fail_on: Severity = Severity.MEDIUM) -> ScanReport:
@@ -66,14 +96,22 @@ def sample_report() -> ScanReport:
     member = GLOBAL_RULE.finding(
         Location((pt, "archive/data.pkl"), 123),
         evidence="os.system('echo pwned > /tmp/canary')",
-        **{"global": "os.system", "args": ["echo pwned"]},
+        details={"global": "os.system", "args": ["echo pwned"]},
     )
     info = INFO_RULE.finding(Location((pt,)), evidence="")
     odd = ODD_RULE.finding(Location(("données/modèle ✓.pkl",), None, phase="disassembly"), evidence="opcode PERSID «x»")
     xss = SUSPECT_RULE.finding(Location(("tokenizer_config.json", "chat_template"), 7), evidence=XSS)
     return make_report(
         (
-            FileResult(pt, 4096, ((pt, "zip"), (f"{pt} ▸ archive/data.pkl", "pickle")), (member, info), 0.031),
+            FileResult(
+                pt,
+                4096,
+                ((pt, "zip"), (f"{pt} ▸ archive/data.pkl", "pickle")),
+                (member, info),
+                0.031,
+                framework="torch",
+                timeline=TORCH_TIMELINE,
+            ),
             FileResult("données/modèle ✓.pkl", 77, (("données/modèle ✓.pkl", "pickle"),), (odd,), 0.001),
             FileResult(
                 "tokenizer_config.json", 300, (("tokenizer_config.json", "hf-tokenizer-config"),), (xss,), 0.004
@@ -82,6 +120,29 @@ def sample_report() -> ScanReport:
             FileResult("secret/unreadable.bin", None, (), (), 0.0, error="secret/unreadable.bin: Permission denied"),
         )
     )
+
+
+def dynamic_report() -> ScanReport:
+    """A static+dynamic scan: a dynamic finding with phase, events and stack; a phase that failed; a clean
+    file with a full timeline; a file whose framework is not installed (no phases)."""
+    evil = DYN_RULE.finding(
+        Location(("evil.pkl",), None, "deserialize"),
+        evidence="process.exec /bin/sh -c <touch /tmp/canary>",
+        phase="deserialize",
+        events=["process.exec:/bin/sh -c touch /tmp/canary", "file.write:/tmp/canary"],
+        stack=list(STACK),
+    )
+    evil_timeline = (
+        ("import", "ok", 0.004, 6),
+        ("deserialize", "error", 0.02, 3),
+        ("instantiate", "not-finished", 0.0, 0),
+    )
+    files = (
+        FileResult("evil.pkl", 60, (("evil.pkl", "pickle"),), (evil,), 0.4, framework="pickle", timeline=evil_timeline),
+        FileResult("good.pt", 900, (("good.pt", "zip"),), (), 2.1, framework="torch", timeline=TORCH_TIMELINE),
+        FileResult("model.onnx", 300, (("model.onnx", "onnx"),), (), 0.01, framework="onnx"),
+    )
+    return ScanReport(files, Severity.MEDIUM, STARTED, 3.0, "0.1.0", modes=("static", "dynamic"))
 
 
 def single(finding: Finding, path: str | None = None) -> ScanReport:
@@ -99,7 +160,7 @@ def test_formats_are_the_four_documented_ones() -> None:
 def test_render_dispatches_to_each_format() -> None:
     report = sample_report()
     assert "Dangerous global imported" in render(report, "text")
-    assert json.loads(render(report, "json"))["schema_version"] == "1.0"
+    assert json.loads(render(report, "json"))["schema_version"] == "1.1"
     assert json.loads(render(report, "sarif"))["version"] == "2.1.0"
     assert render(report, "html").startswith("<!DOCTYPE html>")
 
@@ -164,6 +225,24 @@ def test_where_describes_member_offset_and_phase() -> None:
     assert where(Location(("m.pkl",), 0)) == "byte 0"
     assert where(Location(("m.pkl",), None, "load")) == "[load]"
     assert where(Location(("m.pkl",))) == "(whole file)"
+
+
+def test_timeline_line_and_phase_summary() -> None:
+    files = dynamic_report().files
+    assert timeline_line(sample_report().files[1]) is None  # static only
+    assert timeline_line(files[1]) == (
+        "dynamic (torch): import ok 1.52s · deserialize ok 0.01s · instantiate ok · infer ok"
+    )
+    assert timeline_line(files[0], with_events=True) == (
+        "dynamic (pickle): import ok 6 events · deserialize error 0.02s 3 events · instantiate not-finished 0 events"
+    )
+    assert timeline_line(files[2]) == "dynamic (onnx): not run"
+    assert phase_summary("infer", "ok", 0.5, 1, with_events=True) == "infer ok 0.50s 1 event"
+
+
+def test_stack_of_dynamic_findings() -> None:
+    assert stack_of(dynamic_report().files[0].findings[0]) == list(STACK)
+    assert stack_of(sample_report().files[0].findings[0]) == []
 
 
 def test_format_duration() -> None:

@@ -18,8 +18,10 @@ from tests.report.test_render import (
     GLOBAL_RULE,
     ODD_RULE,
     ROOT,
+    STACK,
     SUSPECT_RULE,
     clean_file,
+    dynamic_report,
     make_report,
     sample_report,
     single,
@@ -46,13 +48,14 @@ def results(report: Any) -> list[dict[str, Any]]:
     return out
 
 
-@pytest.mark.parametrize("name", ["sample", "empty", "clean", "error-only"])
+@pytest.mark.parametrize("name", ["sample", "empty", "clean", "error-only", "dynamic"])
 def test_output_validates_against_official_schema(name: str, validator: jsonschema.protocols.Validator) -> None:
     report = {
         "sample": sample_report(),
         "empty": make_report(()),
         "clean": make_report((clean_file(),)),
         "error-only": make_report((FileResult("x.bin", None, (), (), 0.0, error="x.bin: gone"),)),
+        "dynamic": dynamic_report(),
     }[name]
     data = sarif(report)
     errors = sorted(validator.iter_errors(data), key=str)
@@ -221,3 +224,33 @@ def test_rules_only_for_reported_findings() -> None:
     assert data["runs"][0]["tool"]["driver"]["rules"] == []
     assert data["runs"][0]["results"] == []
     assert ODD_RULE.id not in json.dumps(data)
+
+
+def test_dynamic_finding_has_phase_events_and_a_sarif_stack() -> None:
+    result = results(dynamic_report())[0]
+    assert result["ruleId"] == "MLW-TST-005"
+    assert result["properties"]["phase"] == "deserialize"
+    assert result["properties"]["events"][0] == "process.exec:/bin/sh -c touch /tmp/canary"
+    assert "during deserialize" in result["message"]["text"]
+    (stack,) = result["stacks"]
+    frames = [f["location"]["message"]["text"] for f in stack["frames"]]
+    assert frames == list(reversed(STACK))  # SARIF lists the innermost frame first
+    assert "phase deserialize" in stack["message"]["text"]
+    assert "stacks" not in results(sample_report())[0]
+
+
+def test_timeline_in_the_run_property_bag() -> None:
+    run = sarif(dynamic_report())["runs"][0]
+    assert run["properties"]["modes"] == ["static", "dynamic"]
+    timelines = {t["path"]: t for t in run["properties"]["dynamic"]}
+    assert set(timelines) == {"evil.pkl", "good.pt", "model.onnx"}
+    assert timelines["evil.pkl"]["framework"] == "pickle"
+    assert timelines["evil.pkl"]["phases"][1] == {
+        "name": "deserialize",
+        "status": "error",
+        "seconds": 0.02,
+        "events": 3,
+    }
+    assert timelines["model.onnx"]["phases"] == []
+    assert [t["path"] for t in sarif(sample_report())["runs"][0]["properties"]["dynamic"]] == ["models/model.pt"]
+    assert "dynamic" not in sarif(make_report((clean_file(),)))["runs"][0]["properties"]

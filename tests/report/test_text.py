@@ -12,8 +12,10 @@ from mlwarden.scan.result import FileResult
 from tests.report.test_render import (
     GLOBAL_RULE,
     ODD_RULE,
+    STACK,
     XSS,
     clean_file,
+    dynamic_report,
     make_report,
     sample_report,
     single,
@@ -143,3 +145,48 @@ def test_thousands_of_files_stay_short_and_fast() -> None:
     assert len(out.splitlines()) < 30
     assert "5000 file(s) without findings above info not listed" in out
     assert summary_value(out, "Files scanned") == "5001"
+
+
+def test_timeline_line_under_the_file_header() -> None:
+    out = render(sample_report(), "text")
+    lines = out.splitlines()
+    header = next(i for i, ln in enumerate(lines) if ln.startswith("models/model.pt  zip, pickle"))
+    assert lines[header + 1] == "dynamic (torch): import ok 1.52s · deserialize ok 0.01s · instantiate ok · infer ok"
+    assert out.count("dynamic (") == 1  # static-only files get no line
+
+
+def test_dynamic_finding_shows_phase_and_failed_phase() -> None:
+    out = render(dynamic_report(), "text")
+    assert "dynamic (pickle): import ok · deserialize error 0.02s · instantiate not-finished" in out
+    assert re.search(r"^CRITICAL MLW-TST-005 Model started a process while loading$", out, re.MULTILINE)
+    assert re.search(r"^\s+at\s+\[deserialize\]$", out, re.MULTILINE)
+    assert summary_value(out, "Analyses") == "static, dynamic"
+    assert "os.py:42 system" not in out  # the stack is verbose-only
+    assert "good.pt" not in out  # clean files are still only counted
+
+
+def test_verbose_shows_stack_events_and_clean_timelines() -> None:
+    out = render_text(dynamic_report(), verbose=True, width=200)
+    assert "dynamic (pickle): import ok 6 events · deserialize error 0.02s 3 events" in out
+    stack_at = out.index("stack")
+    assert [out.index(frame) for frame in STACK] == sorted(out.index(frame) for frame in STACK)
+    assert out.index(STACK[0]) > stack_at
+    assert re.search(
+        r"^  good\.pt  zip  2\.100 s\n    dynamic \(torch\): import ok 1\.52s 41 events", out, re.MULTILINE
+    )
+    assert "    dynamic (onnx): not run" in out
+
+
+def test_hostile_phase_status_is_neutralised() -> None:
+    forged = FileResult(
+        "x.pkl",
+        1,
+        (),
+        (ODD_RULE.finding(Location(("x.pkl",), 0), evidence="e"),),
+        0.0,
+        framework="pickle",
+        timeline=(("import", "ok\x1b[2J[red]x[/red]", 0.0, 0),),
+    )
+    out = render(make_report((forged,)), "text", color=True)
+    assert "\x1b[2J" not in out
+    assert "ok\\x1b[2J[red]x[/red]" in ANSI.sub("", out)

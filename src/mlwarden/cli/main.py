@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     rules = sub.add_parser("rules", help="list every rule with its ID, severity and CWE")
     rules.add_argument("--format", "-f", choices=("text", "json"), default="text")
+    from mlwarden.cli import profile_cmd
+
+    profile_cmd.add_parser(sub)
     return parser
 
 
@@ -169,6 +172,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_scan(args)
         if args.command == "rules":
             return _cmd_rules(args)
+        if args.command == "profile":
+            from mlwarden.cli import profile_cmd
+
+            return profile_cmd.run(args)
         parser.print_help(sys.stderr)
         return EXIT_ERROR
     except MlwardenError as exc:

@@ -16,8 +16,8 @@ import re
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from mlwarden.core.findings import Location
-    from mlwarden.scan.result import ScanReport
+    from mlwarden.core.findings import Finding, Location
+    from mlwarden.scan.result import FileResult, ScanReport
 
 FORMATS = ("text", "json", "sarif", "html")
 
@@ -107,4 +107,45 @@ def format_duration(seconds: float) -> str:
     return f"{minutes} min {secs:02d} s"
 
 
-__all__ = ["FORMATS", "clean", "format_duration", "render", "truncate", "verdict", "where"]
+def phase_summary(name: str, status: str, seconds: float, events: int, *, with_events: bool = False) -> str:
+    """One phase of a dynamic timeline: ``import ok 1.52s`` (times under 10 ms are left out as noise)."""
+    text = f"{name} {status}"
+    if seconds >= 0.01:
+        text += f" {seconds:.2f}s"
+    if with_events:
+        text += f" {events} event{'s' if events != 1 else ''}"
+    return text
+
+
+def timeline_line(result: FileResult, *, with_events: bool = False) -> str | None:
+    """``dynamic (torch): import ok 1.52s · deserialize ok 0.01s · …``, or ``None`` when nothing ran.
+
+    A file whose framework was chosen but that has no phases (its loader is not installed) reads
+    ``dynamic (onnx): not run``; the finding saying why is listed with the others.
+    """
+    if result.framework is None and not result.timeline:
+        return None
+    head = f"dynamic ({result.framework or 'unknown'}): "
+    if not result.timeline:
+        return head + "not run"
+    return head + " · ".join(phase_summary(*p, with_events=with_events) for p in result.timeline)
+
+
+def stack_of(finding: Finding) -> list[str]:
+    """The Python stack a dynamic finding captured (innermost frame last), or an empty list."""
+    stack = finding.detail("stack")
+    return [str(frame) for frame in stack] if isinstance(stack, tuple | list) else []
+
+
+__all__ = [
+    "FORMATS",
+    "clean",
+    "format_duration",
+    "phase_summary",
+    "render",
+    "stack_of",
+    "timeline_line",
+    "truncate",
+    "verdict",
+    "where",
+]

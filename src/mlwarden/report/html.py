@@ -14,7 +14,7 @@ import hashlib
 from html import escape
 
 from mlwarden.core.findings import Finding, Severity
-from mlwarden.report import clean, format_duration, truncate, verdict, where
+from mlwarden.report import clean, format_duration, stack_of, timeline_line, truncate, verdict, where
 from mlwarden.report.jsonfmt import timestamp
 from mlwarden.scan.result import FileResult, ScanReport
 
@@ -43,6 +43,7 @@ details.file>summary{cursor:pointer;font-weight:600;word-break:break-all}
 .hide-critical tr.sev-critical,.hide-high tr.sev-high,.hide-medium tr.sev-medium,
 .hide-low tr.sev-low,.hide-info tr.sev-info{display:none}
 ul.clean{columns:2;font-family:ui-monospace,monospace;font-size:.85rem}
+table.timeline{width:auto;font-size:.85rem}.st-ok{color:#1a7f37}.st-bad{color:#cf222e;font-weight:600}
 """.strip()
 
 _JS = """
@@ -86,15 +87,35 @@ def _summary(report: ScanReport) -> str:
     return f'<table class="summary">{body}</table>'
 
 
+def _timeline(result: FileResult) -> str:
+    """A small table of the dynamic run's phases (status, time, events), or nothing when none ran."""
+    if result.framework is None and not result.timeline:
+        return ""
+    caption = f'<p class="muted">Dynamic analysis ({_e(result.framework or "unknown")})'
+    if not result.timeline:
+        return caption + ": not run.</p>"
+    rows = "".join(
+        f'<tr><td>{_e(name)}</td><td class="{"st-ok" if status == "ok" else "st-bad"}">{_e(status)}</td>'
+        f"<td>{_e(format_duration(max(seconds, 0.0)))}</td><td>{events}</td></tr>"
+        for name, status, seconds, events in result.timeline
+    )
+    return (
+        f'{caption}</p><table class="timeline"><thead><tr><th>Phase</th><th>Status</th><th>Time</th>'
+        f"<th>Events</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
+
+
 def _finding_row(f: Finding) -> str:
     cwe = f"CWE-{f.cwe}" if f.cwe is not None else ""
     evidence = _e(truncate(f.evidence, EVIDENCE_LIMIT), newlines=True) if f.evidence else ""
+    stack = "\n".join(stack_of(f))
+    stack_block = f'<pre class="evidence stack muted">stack:\n{_e(stack, newlines=True)}</pre>' if stack else ""
     return (
         f'<tr class="sev-{f.severity}"><td><span class="sev">{f.severity.name}</span></td>'
         f'<td><code>{_e(f.rule_id)}</code><br><span class="muted">{_e(cwe)}</span></td>'
         f'<td>{_e(f.title)}<br><span class="muted">confidence {_e(f.confidence)}</span></td>'
         f"<td><code>{_e(where(f.location))}</code></td>"
-        f'<td><pre class="evidence">{evidence}</pre></td>'
+        f'<td><pre class="evidence">{evidence}</pre>{stack_block}</td>'
         f"<td>{_e(f.remediation, newlines=True)}</td></tr>"
     )
 
@@ -109,7 +130,7 @@ def _file_section(index: int, result: FileResult, findings: list[Finding]) -> st
         f'<details class="file" id="file-{index}" open><summary><span class="sev-{worst}">'
         f'<span class="sev">{worst.name}</span></span> {_e(result.path)} '
         f'<span class="muted">— {_e(formats)} — {len(findings)} finding(s)</span></summary>'
-        "<table><thead><tr><th>Severity</th><th>Rule</th><th>Title</th><th>Location</th>"
+        f"{_timeline(result)}<table><thead><tr><th>Severity</th><th>Rule</th><th>Title</th><th>Location</th>"
         f"<th>Evidence</th><th>Remediation</th></tr></thead><tbody>{rows}</tbody></table>{note}</details>"
     )
 
@@ -163,7 +184,12 @@ def render(report: ScanReport, *, color: bool = False, verbose: bool = False) ->
     if clean_files:
         parts.append("<h2>Files without findings above info</h2>")
         if verbose:
-            items = "".join(f"<li>{_e(r.path)}</li>" for r in clean_files)
+            items = "".join(
+                f"<li>{_e(r.path)}"
+                + (f'<br><span class="muted">{_e(line)}</span>' if (line := timeline_line(r)) else "")
+                + "</li>"
+                for r in clean_files
+            )
             parts.append(f'<ul class="clean">{items}</ul>')
         else:
             parts.append(f'<p class="muted">{len(clean_files)} file(s); listed in verbose mode.</p>')

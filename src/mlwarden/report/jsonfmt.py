@@ -19,7 +19,7 @@ from mlwarden.scan.result import FileResult, ScanReport
 
 #: Version of the JSON layout, not of the tool. Bump the minor number when fields are added, the major
 #: number when a field is removed, renamed or changes meaning (see docs/reports.md).
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 TOOL_NAME = "mlwarden"
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -71,6 +71,27 @@ def finding_dict(finding: Finding) -> dict[str, Any]:
     }
 
 
+def dynamic_dict(result: FileResult) -> dict[str, Any] | None:
+    """The dynamic run of one file (the ``dynamic`` definition of the schema), or ``None`` when none ran.
+
+    ``phases`` is empty when a framework was chosen but its loader is not installed here.
+    """
+    if result.framework is None and not result.timeline:
+        return None
+    return {
+        "framework": result.framework,
+        "phases": [
+            {"name": name, "status": status, "seconds": _seconds(seconds), "events": events}
+            for name, status, seconds, events in result.timeline
+        ],
+    }
+
+
+def _seconds(value: float) -> float:
+    """Phase times come from inside the sandbox (a hostile model can forge them): finite and >= 0 only."""
+    return round(value, 6) if isinstance(value, int | float) and 0 <= value < float("inf") else 0.0
+
+
 def file_dict(result: FileResult) -> dict[str, Any]:
     """One scanned file as JSON data (the ``file`` definition of the schema)."""
     worst = result.max_severity
@@ -82,6 +103,7 @@ def file_dict(result: FileResult) -> dict[str, Any]:
         "error": result.error,
         "max_severity": None if worst is None else str(worst),
         "findings": [finding_dict(f) for f in result.findings],
+        "dynamic": dynamic_dict(result),
     }
 
 

@@ -27,8 +27,8 @@ from typing import Any
 from urllib.parse import quote
 
 from mlwarden.core.findings import Confidence, Finding, Rule, Severity, catalogue
-from mlwarden.report import clean, truncate
-from mlwarden.report.jsonfmt import TOOL_NAME, dumps, timestamp
+from mlwarden.report import clean, stack_of, truncate
+from mlwarden.report.jsonfmt import TOOL_NAME, dumps, dynamic_dict, timestamp
 from mlwarden.scan.result import ScanReport
 
 SARIF_SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
@@ -199,7 +199,10 @@ def _result(finding: Finding, rule_index: int, occurrence: int, root: Path | Non
         properties["offset"] = loc.offset
     if loc.phase:
         properties["phase"] = loc.phase
-    return {
+    events = finding.detail("events")
+    if isinstance(events, tuple | list):
+        properties["events"] = [str(e) for e in events]
+    result: dict[str, Any] = {
         "ruleId": finding.rule_id,
         "ruleIndex": rule_index,
         "level": LEVEL[finding.severity],
@@ -207,6 +210,23 @@ def _result(finding: Finding, rule_index: int, occurrence: int, root: Path | Non
         "locations": [location],
         "partialFingerprints": {"mlwardenFinding/v1": _fingerprint(finding, occurrence)},
         "properties": properties,
+    }
+    stack = stack_of(finding)
+    if stack:
+        result["stacks"] = [_stack(stack, loc.phase)]
+    return result
+
+
+def _stack(frames: list[str], phase: str | None) -> dict[str, Any]:
+    """A SARIF ``stack`` (3.44) from the Python frames a dynamic finding captured, innermost first.
+
+    The frames are ``file:line function`` inside the sandbox, not repository files, so they are given as
+    messages rather than physical locations (a viewer must not try to open them).
+    """
+    text = "Python stack when the event happened" + (f" (phase {phase})" if phase else "")
+    return {
+        "message": {"text": _plain_message(text)},
+        "frames": [{"location": {"message": {"text": _plain_message(frame)}}} for frame in reversed(frames)],
     }
 
 
@@ -245,6 +265,10 @@ def to_dict(report: ScanReport, *, root: Path | None = None) -> dict[str, Any]:
     if notifications:
         invocation["toolExecutionNotifications"] = notifications
 
+    run_properties: dict[str, Any] = {"fail_on": str(report.fail_on), "modes": list(report.modes)}
+    timelines = [{"path": r.path, **d} for r in report.files if (d := dynamic_dict(r)) is not None]
+    if timelines:  # the per-phase timeline of every dynamically analysed file, as in the JSON report
+        run_properties["dynamic"] = timelines
     return {
         "$schema": SARIF_SCHEMA,
         "version": "2.1.0",
@@ -261,7 +285,7 @@ def to_dict(report: ScanReport, *, root: Path | None = None) -> dict[str, Any]:
                 "invocations": [invocation],
                 "results": results,
                 "columnKind": "unicodeCodePoints",
-                "properties": {"fail_on": str(report.fail_on), "modes": list(report.modes)},
+                "properties": run_properties,
             }
         ],
     }

@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from mlwarden.core.findings import Finding, Severity
-from mlwarden.report import clean, format_duration, truncate, verdict, where
+from mlwarden.report import clean, format_duration, stack_of, timeline_line, truncate, verdict, where
 from mlwarden.scan.result import FileResult, ScanReport
 
 DEFAULT_WIDTH = 100
@@ -62,12 +62,27 @@ def _finding(finding: Finding, verbose: bool) -> Table:
         grid.add_row("", Text("about", style="dim"), Text(extra))
         if finding.remediation:
             grid.add_row("", Text("fix", style="dim"), Text(clean(finding.remediation, newlines=True)))
+        stack = stack_of(finding)
+        if stack:  # dynamic findings: where in Python the event happened, innermost frame last
+            grid.add_row("", Text("stack", style="dim"), Text("\n".join(clean(frame) for frame in stack)))
     return grid
+
+
+def _timeline(result: FileResult, verbose: bool, indent: str = "") -> Text | None:
+    """The compact per-phase line of a dynamically analysed file, phases that did not finish highlighted."""
+    line = timeline_line(result, with_events=verbose)
+    if line is None:
+        return None
+    style = "dim" if all(status == "ok" for _, status, _, _ in result.timeline) else "yellow"
+    return Text(indent + clean(line), style=style)
 
 
 def _file_section(console: Console, result: FileResult, findings: list[Finding], verbose: bool) -> None:
     header = Text.assemble((clean(result.path), "bold underline"), ("  " + _formats(result), "dim"))
     console.print(header)
+    timeline = _timeline(result, verbose)
+    if timeline is not None:
+        console.print(timeline, soft_wrap=True)  # one line per file, however long: grep-able in CI logs
     for f in findings:
         console.print(_finding(f, verbose))
     hidden = len(result.findings) - len(findings)
@@ -95,6 +110,7 @@ def _summary(report: ScanReport) -> Table:
         "Errors",
         Text(f"{errors} file(s) could not be scanned" if errors else "0", style="bold magenta" if errors else ""),
     )
+    table.add_row("Analyses", ", ".join(report.modes))
     table.add_row("Fail on", f"{report.fail_on.name.lower()} and above ({len(report.failing)} finding(s))")
     word = verdict(report)
     table.add_row("Verdict", Text(word, style=VERDICT_STYLE[word]))
@@ -142,6 +158,9 @@ def render(report: ScanReport, *, color: bool = False, verbose: bool = False, wi
                         "  ", clean(r.path), ("  " + _formats(r), "dim"), ("  " + format_duration(r.duration), "dim")
                     )
                 )
+                timeline = _timeline(r, verbose, indent="    ")
+                if timeline is not None:
+                    console.print(timeline, soft_wrap=True)
         else:
             console.print(
                 Text(f"{len(clean_files)} file(s) without findings above info not listed (use --verbose)", style="dim")

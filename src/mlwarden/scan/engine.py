@@ -87,11 +87,10 @@ def scan_file(path: Path, policy: Policy, modes: tuple[str, ...] = ("static",)) 
         )
     elif "static" in modes:
         ctx.descend(artifact)
-    else:  # dynamic only: identify the format (to pick the loader) without analysing it
-        from mlwarden.artifacts.sniff import sniff
-        from mlwarden.scan.static.archives import member_names
-
-        ctx.formats.extend([((display,), sniff(artifact)), *member_names(artifact)])
+    else:  # dynamic only: walk the layers (to pick the loader, e.g. inside a gzip) but report nothing static
+        scratch = ScanContext(policy)
+        scratch.descend(artifact)
+        ctx.formats.extend(scratch.formats)
     framework: str | None = None
     timeline: tuple[tuple[str, str, float, int], ...] = ()
     if "dynamic" in modes and not too_big:
@@ -142,6 +141,43 @@ def _scan_many(files: list[Path], policy: Policy, jobs: int, modes: tuple[str, .
         yield from pool.map(scan_file, files, [policy] * len(files), [modes] * len(files), chunksize=chunk)
 
 
+#: from this many files on, dynamic analysis runs in warm pools (one framework import per pool, a fork per file)
+POOL_MIN_FILES = 3
+
+
+def _scan_pooled(files: list[Path], policy: Policy, jobs: int, modes: tuple[str, ...]) -> list[FileResult]:
+    """Static pass for every file (in parallel), then the dynamic pass per framework in one warm pool each."""
+    from dataclasses import replace
+
+    from mlwarden.artifacts.sniff import Format
+    from mlwarden.scan.dynamic import engine as dyn
+    from mlwarden.scan.dynamic.pool import analyse_many
+
+    first = ("static",) if "static" in modes else ("formats",)
+    results = list(_scan_many(files, policy, jobs, first))
+    groups: dict[str, list[int]] = {}
+    for i, (path, result) in enumerate(zip(files, results, strict=True)):
+        if result.error is not None or result.size is None or result.size > policy.limits.max_file_size:
+            continue
+        formats = [(tuple(chain.split(" ▸ ")), Format(fmt)) for chain, fmt in result.formats]
+        framework = dyn.choose_framework(path, formats)
+        if framework is not None:
+            groups.setdefault(framework, []).append(i)
+    profile_dir = Path(policy.sandbox.profile_dir) if policy.sandbox.profile_dir else None
+    for framework, indexes in groups.items():
+        chains: dict[Path, tuple[str, ...]] = {files[i]: (results[i].path,) for i in indexes}
+        found = analyse_many([files[i] for i in indexes], framework, policy.sandbox, profile_dir, chains)
+        for i in indexes:
+            dyn_result = found[files[i]]
+            counts: dict[str, int] = {}
+            for event in dyn_result.events:
+                counts[event.phase] = counts.get(event.phase, 0) + 1
+            timeline = tuple((p.name, p.status, p.seconds, counts.get(p.name, 0)) for p in dyn_result.phases)
+            findings = results[i].findings + _apply_policy(dyn_result.findings, policy)
+            results[i] = replace(results[i], findings=findings, framework=framework, timeline=timeline)
+    return results
+
+
 def scan_paths(
     paths: Iterable[str | os.PathLike[str]],
     policy: Policy | None = None,
@@ -165,8 +201,14 @@ def scan_paths(
     files = expand(paths)
     jobs = jobs if jobs and jobs > 0 else (os.cpu_count() or 1)
     results: list[FileResult] = []
-    for result in _scan_many(files, policy, jobs, modes):
-        results.append(result)
-        if progress is not None:
-            progress(result)
+    if "dynamic" in modes and len(files) >= POOL_MIN_FILES:
+        results = _scan_pooled(files, policy, jobs, modes)
+        for result in results:
+            if progress is not None:
+                progress(result)
+    else:
+        for result in _scan_many(files, policy, jobs, modes):
+            results.append(result)
+            if progress is not None:
+                progress(result)
     return ScanReport(tuple(results), policy.fail_on, started_at, time.monotonic() - t0, __version__, modes)

@@ -39,6 +39,11 @@ class Adapter:
 def _zeros_for_features(model: Any) -> Any:
     import numpy as np
 
+    names = getattr(model, "feature_names_in_", None)
+    if names is not None:  # column transformers select by name: give them a frame
+        import pandas as pd
+
+        return pd.DataFrame([[0] * len(names)], columns=list(names))
     n = getattr(model, "n_features_in_", None)
     if n is None:
         return None
@@ -113,7 +118,15 @@ class TorchAdapter(Adapter):
         if x is None:
             return None
         with torch.no_grad():
-            return model(x)
+            if x.dim() != 4:
+                return model(x)
+            error: Exception | None = None
+            for side in (32, 16, 28, 64, 224, 8):  # image models fix their input size in their first Linear
+                try:
+                    return model(torch.zeros(1, x.shape[1], side, side))
+                except RuntimeError as exc:
+                    error = exc
+            raise error  # type: ignore[misc]
 
 
 def _torch_input(model: Any) -> Any:

@@ -186,14 +186,11 @@ def choose_framework(path: Path, formats: list[tuple[tuple[str, ...], Format]]) 
         if head.startswith(b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"):
             return "torch"
         return "joblib" if b"joblib" in head else "pickle"
+    compressed = {Format.GZIP, Format.BZIP2, Format.XZ, Format.LZMA, Format.ZLIB, Format.JOBLIB_ZF, Format.LZ4}
+    if top in compressed:  # joblib decompresses, then unpickles; a compressed tar or zip is not a model
+        inner = formats[1][1] if len(formats) > 1 else None
+        return "joblib" if inner is Format.PICKLE else None
     table = {
-        Format.GZIP: "joblib",
-        Format.BZIP2: "joblib",
-        Format.XZ: "joblib",
-        Format.LZMA: "joblib",
-        Format.ZLIB: "joblib",
-        Format.JOBLIB_ZF: "joblib",
-        Format.LZ4: "joblib",
         Format.NUMPY: "numpy",
         Format.HDF5: "keras",
         Format.ONNX: "onnx",
@@ -282,6 +279,13 @@ def analyse(
         result.findings.append(
             INCOMPLETE.finding(
                 Location(chain), f"wall-clock limit of {limits.wall_seconds}s reached", limit="wall_seconds"
+            )
+        )
+    elif errors and errors[0].error.startswith("MemoryError"):
+        p = errors[0]
+        result.findings.append(
+            INCOMPLETE.finding(
+                Location(chain, None, p.name), f"memory limit reached: {p.error[:300]}", limit="memory_bytes"
             )
         )
     elif errors:

@@ -29,6 +29,11 @@ _TOML_KEY = re.compile(r"^[A-Za-z0-9_.-]+$")
 BASELINE: tuple[str, ...] = (
     "file.read:{python}",
     "file.read:{python}/*",
+    "file.modify:/dev/shm/*",
+    "file.write:{tmp}/*",  # the sandbox's private tmpfs (caches, temp files); it vanishes with the run
+    "file.modify:{tmp}/*",
+    "file.read:{mlwarden}/*",  # tracebacks of the runner read its own source
+    "pickle.global:*",  # judged by the pickle allow/deny lists, not by profiles
     "file.read:/usr/*",
     "file.list:{python}",
     "file.read:/proc/*",
@@ -80,15 +85,22 @@ def _roots() -> list[str]:
     import mlwarden
 
     roots.add(str(Path(mlwarden.__file__).resolve().parents[1]))
-    roots |= {p for p in sys.path if p and os.path.isdir(p)}
     return sorted({os.path.realpath(r) for r in roots} | roots, key=len, reverse=True)
 
 
 _ROOTS = _roots()
+# mlwarden's own code (the runner, the adapters) gets its own placeholder: an exec() called from the loader
+# adapter is the model's doing, while one called from inside a framework package is the framework's.
+_MLWARDEN = str(Path(__file__).resolve().parents[2])
 
 
 def normalise(target: str) -> str:
     """Replace installation-specific prefixes with placeholders so profiles travel between machines."""
+    if " by " in target:  # code events name their calling file: normalise both halves
+        what, _, caller = target.rpartition(" by ")
+        return f"{normalise(what)} by {normalise(caller)}"
+    if target == _MLWARDEN or target.startswith(_MLWARDEN + "/"):
+        return "{mlwarden}" + target[len(_MLWARDEN) :]
     if target.startswith(SANDBOX_DIR):
         return "{model}" + target[len(SANDBOX_DIR) :]
     for root in _ROOTS:
@@ -101,7 +113,10 @@ def normalise(target: str) -> str:
 
 def key(event: Event) -> str:
     """The profile key of an event."""
-    return f"{event.kind}:{normalise(event.target)}"
+    target = normalise(event.target)
+    if event.kind.startswith("file.") and target and not target.startswith(("/", "<", "{")):
+        target = "{tmp}/" + target  # a relative path: the sandbox's working directory is its tmpfs
+    return f"{event.kind}:{target}"
 
 
 @dataclass
@@ -169,15 +184,43 @@ def load_profile(framework: str, directory: Path | None = None) -> Profile:
     )
 
 
+#: imports of a package collapse to ``import:<package>*`` once this many of its modules were seen
+COLLAPSE_IMPORTS = 4
+
+
 def generalise(keys: Iterable[str]) -> list[str]:
-    """Patterns from observed keys: package file reads collapse to a directory glob, the rest stay exact."""
+    """Patterns from observed keys, so a profile stays readable and is not tied to one model.
+
+    Package-internal file reads are covered by the baseline; executing installed modules collapses to one glob;
+    tmpfs activity collapses to ``{tmp}/*``; imports of a package collapse to ``import:<package>*`` once several of
+    its modules were seen (a lazily imported framework); everything else stays exact.
+    """
+    keys = list(keys)
+    packages: dict[str, int] = {}
+    for k in keys:
+        if k.startswith("import:"):
+            top = k[len("import:") :].split(".")[0]
+            packages[top] = packages.get(top, 0) + 1
     out: set[str] = set()
     for k in keys:
+        if any(k == p or fnmatch.fnmatchcase(k, p) for p in BASELINE):
+            continue
+        if k.startswith("import:"):
+            top = k[len("import:") :].split(".")[0]
+            if packages[top] >= COLLAPSE_IMPORTS:
+                out.add(f"import:{top}*")
+                continue
         kind, _, target = k.partition(":")
         if kind in ("file.read", "file.list", "native.load") and target.startswith("{python}/"):
             continue  # covered by the baseline
-        if kind == "code.exec" and target.startswith("{python}/"):
-            out.add("code.exec:{python}/*")
+        if kind in ("code.exec", "code.compile") and target.startswith("{python}/"):
+            out.add(f"{kind}:{{python}}/*")
+            continue
+        if kind == "code.construct":
+            out.add("code.construct:*")  # code objects built by libraries while unpickling (their effects are judged)
+            continue
+        if kind in ("code.exec", "code.compile") and " by {python}/" in target:
+            out.add(f"{kind}:* by {{python}}/*")  # code a framework library generates (namedtuple, dataclasses)
             continue
         if kind in ("file.write", "file.modify", "file.read") and target.startswith("{tmp}/"):
             out.add(f"{kind}:{{tmp}}/*")

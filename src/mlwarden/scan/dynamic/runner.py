@@ -144,6 +144,14 @@ def _short(value: Any) -> str:
     return text if len(text) <= _MAX_ARG else text[: _MAX_ARG - 1] + "…"
 
 
+def _caller() -> str:
+    """File of the innermost Python frame outside this module (who asked for the exec/compile)."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename == __file__:
+        frame = frame.f_back  # type: ignore[assignment]
+    return frame.f_code.co_filename if frame is not None else "?"
+
+
 def _describe(event: str, args: tuple[Any, ...]) -> tuple[str, str] | None:
     """Key and shortened arguments for an interesting event, or None to drop it."""
     if event == "open":
@@ -157,10 +165,10 @@ def _describe(event: str, args: tuple[Any, ...]) -> tuple[str, str] | None:
         return _short(args[0]), ""
     if event == "exec":
         code = args[0]
-        return f"{getattr(code, 'co_filename', '?')}:{getattr(code, 'co_name', '?')}", ""
+        return f"{getattr(code, 'co_filename', '?')}:{getattr(code, 'co_name', '?')} by {_caller()}", ""
     if event == "compile":
         source, filename = (args + (None, None))[:2]
-        return _short(filename), _short(source)[:120]
+        return f"{_short(filename)} by {_caller()}", _short(source)[:120]
     if event == "pickle.find_class":
         return f"{args[0]}:{args[1]}", ""
     return _short(args[0]) if args else "", " ".join(_short(a) for a in args[1:4])
@@ -224,7 +232,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--framework", required=True)
     parser.add_argument("--model", required=True)
     parser.add_argument("--events-fd", type=int, required=True)
+    parser.add_argument("--trace-fd", type=int, default=None)
     args = parser.parse_args(argv)
+    if args.trace_fd is not None:  # the tracer's pipe: nothing in here may write fake trace lines into it
+        try:
+            os.close(args.trace_fd)
+        except OSError:
+            pass
     quiet = tuple(
         sorted(
             {p for p in (sys.prefix, sys.base_prefix, sys.exec_prefix) if p}
@@ -236,20 +250,26 @@ def main(argv: list[str] | None = None) -> int:
     from mlwarden.scan.dynamic.adapters import ADAPTERS
 
     adapter = ADAPTERS[args.framework]
+    code = _run_phases(reporter, adapter, args.model)
+    reporter.send({"type": "done", "status": "ok" if code == 0 else "error"})
+    return code
+
+
+def _run_phases(reporter: Reporter, adapter: Any, model_path: str) -> int:
+    """The four phases; the exit code says which one failed (0: all ran)."""
     # The framework's own import is watched by the syscall tracer only: the model's bytes have not been read
     # yet, so nothing in it can run, and a Python-level hook would make importing torch several times slower.
     ok, _ = _phase(reporter, "import", adapter.import_framework)
     if not ok:
         return 3
     install_hook(reporter)
-    ok, obj = _phase(reporter, "deserialize", lambda: adapter.deserialize(args.model))
+    ok, obj = _phase(reporter, "deserialize", lambda: adapter.deserialize(model_path))
     if not ok:
         return 4
     ok, model = _phase(reporter, "instantiate", lambda: adapter.instantiate(obj))
     if not ok:
         return 5
     ok, _ = _phase(reporter, "infer", lambda: adapter.infer(model))
-    reporter.send({"type": "done", "status": "ok" if ok else "error"})
     return 0 if ok else 6
 
 

@@ -95,9 +95,7 @@ def _python_roots() -> list[str]:
         sysconfig.get_paths()["purelib"],
         sysconfig.get_paths()["platlib"],
     }
-    for entry in sys.path:
-        if entry and os.path.isdir(entry):
-            roots.add(entry)
+    # Not every sys.path entry: the current directory or PYTHONPATH may be the user's home (~/.ssh ...).
     import mlwarden
 
     roots.add(str(Path(mlwarden.__file__).resolve().parents[1]))  # editable installs live outside prefix
@@ -237,7 +235,7 @@ def run_python(model_dir: Path, module_args: list[str], limits: SandboxLimits) -
     """Run ``python -I -m <module_args>`` in the sandbox with ``--events-fd`` appended; collect everything."""
     events_r, events_w = os.pipe()
     trace_r, trace_w = os.pipe()
-    argv = [sys.executable, "-I", "-m", *module_args, "--events-fd", str(events_w)]
+    argv = [sys.executable, "-I", "-m", *module_args, "--events-fd", str(events_w), "--trace-fd", str(trace_w)]
     cmd = build_command(model_dir, argv, events_w, trace_w, limits)
     run = SandboxRun()
     started = time.monotonic()
@@ -262,22 +260,31 @@ def run_python(model_dir: Path, module_args: list[str], limits: SandboxLimits) -
     open_fds = [events_r, trace_r, stderr.fileno()]
     err = bytearray()
     deadline = started + limits.wall_seconds
+    grace = False
     try:
         while open_fds:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                run.timed_out = True
+                run.timed_out = not grace
                 break
             ready, _, _ = select.select(open_fds, [], [], min(remaining, 1.0))
             for fd in ready:
                 chunk = os.read(fd, 1 << 16)
                 if not chunk:
                     open_fds.remove(fd)
+                    if fd == events_r:  # the runner is gone: whatever it left behind gets a short grace
+                        deadline = min(deadline, time.monotonic() + 0.5)
+                        grace = True
                 elif fd == stderr.fileno():
                     if len(err) < 64_000:
                         err += chunk
                 else:
+                    start = max(0, len(buffers[fd]) - 32)
                     buffers[fd] += chunk
+                    if fd == events_r and not grace and b'"type": "done"' in buffers[fd][start:]:
+                        # the runner finished; what it left behind (a detached child) gets a short grace
+                        deadline = min(deadline, time.monotonic() + 0.5)
+                        grace = True
                     if len(buffers[fd]) > 64 << 20:  # a model flooding the channel: stop listening
                         open_fds.remove(fd)
     finally:

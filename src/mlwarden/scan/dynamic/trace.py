@@ -132,7 +132,10 @@ def syscall_events(lines: Iterable[str]) -> list[Event]:
         call, args, ret = m.group("call"), m.group("args"), m.group("ret")
         mark = _PHASE_MARK.search(args) if call in ("mkdir", "mkdirat") else None
         if mark is not None:
-            phase = mark.group(1)
+            # Phases only move forward: a payload cannot mkdir() its way back into "setup" to hide later calls.
+            wanted = mark.group(1)
+            if wanted in PHASES and (phase not in PHASES or PHASES.index(wanted) > PHASES.index(phase)):
+                phase = wanted
             continue
         strings = _STR.findall(args)
         target = strings[0] if strings else ""

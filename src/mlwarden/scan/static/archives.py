@@ -285,18 +285,6 @@ def _local_headers(artifact: Artifact, ctx: ScanContext) -> list[zipfile.ZipInfo
     return infos
 
 
-def member_names(artifact: Artifact) -> list[tuple[tuple[str, ...], Format]]:
-    """Top-level zip member names (format unknown), to choose a loader without a static scan."""
-    if not artifact.head.startswith(b"PK"):
-        return []
-    try:
-        with artifact.open() as fh:
-            names = zipfile.ZipFile(fh).namelist()
-    except (zipfile.BadZipFile, OSError, ValueError):
-        return []
-    return [((*artifact.chain, n), Format.UNKNOWN) for n in names[:10_000]]
-
-
 class TarHandler(Handler):
     """Tar archives (compressed layers are removed by the compressed handler first)."""
 

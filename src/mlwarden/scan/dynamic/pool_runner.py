@@ -1,0 +1,347 @@
+"""Runs inside the sandbox: a fork server that imports a framework once and loads many models, one child each.
+
+Started by :class:`mlwarden.scan.dynamic.pool.WarmPool` as ``python -I -m mlwarden.scan.dynamic.pool_runner
+--framework F --events-fd N --control-fd M`` under the same bubblewrap + strace command as a cold run. The
+server reports the framework's import phase once (exactly as :mod:`~mlwarden.scan.dynamic.runner` does), then
+reads one JSON request per line from the control descriptor. For each it forks a child that starts from the
+pristine post-import state, so nothing one model did in Python can be seen by the next:
+
+* the child gets a new session (its own process group), a private working/``TMPDIR``/``HOME`` folder under
+  the sandbox's tmpfs, fresh rlimits (CPU time counts from zero after ``fork``), no access to the control
+  descriptor, and the audit hook (installed in the child only: a hook can never be removed);
+* its records go straight to the events descriptor, tagged with the request id, so a payload that kills the
+  server cannot swallow what it already did;
+* the server waits with the per-request wall clock, SIGKILLs the child's process group, then sweeps the pid
+  namespace for anything else (a payload's daemon that called ``setsid``) until only the server and its
+  ancestors are left, restores the tmpfs to its post-import content, reports ``pool.done`` and touches the
+  marker ``/.mlwarden-pool/<id>/end`` that tells the host every syscall of that request has been traced.
+
+Modules the server imports for its own bookkeeping after the import phase are dropped from ``sys.modules`` in
+the child, so a model importing them is seen exactly as in a cold run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from mlwarden.scan.dynamic.runner import Reporter, _phase, install_hook
+
+SANDBOX_TMP = "/sandbox/tmp"  # same as sandbox.SANDBOX_TMP; not imported so the server stays small
+POOL_MARK = "/.mlwarden-pool"
+_SNAPSHOT_CAP = 32 << 20  # bytes of post-import tmpfs content kept for restoring it after each request
+_EXIT = {"deserialize": 4, "instantiate": 5, "infer": 6}
+
+
+class TaggedReporter(Reporter):
+    """A :class:`Reporter` whose records carry the request id they belong to."""
+
+    def __init__(self, fd: int, prefixes: tuple[str, ...], request: int) -> None:
+        super().__init__(fd, prefixes)
+        self.request = request
+
+    def send(self, record: dict[str, Any]) -> None:
+        """Write one JSON line tagged with the request id."""
+        record["req"] = self.request
+        super().send(record)
+
+
+def _mark(name: str) -> None:
+    """A marker for the syscall tracer (mkdir is traced and fails on the read-only root)."""
+    try:
+        os.mkdir(f"{POOL_MARK}/{name}")
+    except OSError:
+        pass
+
+
+def _ancestors() -> set[int]:
+    """Pids of the server and every ancestor inside the pid namespace (the tracer and bwrap's init)."""
+    keep = {os.getpid(), 1}
+    pid = os.getpid()
+    while pid > 1:
+        try:
+            with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as fh:
+                ppid = next(int(line.split()[1]) for line in fh if line.startswith("PPid:"))
+        except (OSError, StopIteration, ValueError):
+            break
+        keep.add(ppid)
+        pid = ppid
+    return keep
+
+
+def _others(keep: set[int]) -> list[int]:
+    """Live (non-zombie) processes in the sandbox that are not the server or its ancestors."""
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) in keep:
+            continue
+        try:
+            with open(f"/proc/{name}/stat", encoding="ascii", errors="replace") as fh:
+                state = fh.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in ("Z", "X"):
+            out.append(int(name))
+    return out
+
+
+def sweep(keep: set[int], signal_kill: int, rounds: int = 400) -> int:
+    """SIGKILL everything but ``keep`` until nothing else lives; returns how many survived (0 normally)."""
+    for _ in range(rounds):
+        left = _others(keep)
+        if not left:
+            return 0
+        for pid in left:
+            try:
+                os.kill(pid, signal_kill)
+            except OSError:
+                pass
+        time.sleep(0.002)
+    return len(_others(keep))
+
+
+def snapshot(root: str) -> dict[str, bytes | None]:
+    """Relative path -> content (None for folders) of the tmpfs after the import phase."""
+    out: dict[str, bytes | None] = {}
+    total = 0
+    for dirpath, dirs, files in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        for d in dirs:
+            out[os.path.normpath(os.path.join(rel, d))] = None
+        for f in files:
+            path = os.path.join(dirpath, f)
+            try:
+                if os.path.islink(path) or total > _SNAPSHOT_CAP:
+                    continue
+                with open(path, "rb") as fh:
+                    data = fh.read(_SNAPSHOT_CAP)
+            except OSError:
+                continue
+            total += len(data)
+            out[os.path.normpath(os.path.join(rel, f))] = data
+    return out
+
+
+def _remove(path: str) -> None:
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            os.chmod(path, 0o700)
+            for entry in os.listdir(path):
+                _remove(os.path.join(path, entry))
+            os.rmdir(path)
+        else:
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+def restore(root: str, snap: dict[str, bytes | None]) -> None:
+    """Bring the tmpfs back to ``snap``: remove what a request added, rewrite what it changed."""
+    for dirpath, dirs, files in os.walk(root, topdown=True):
+        rel = os.path.relpath(dirpath, root)
+        for name in list(dirs) + files:
+            relname = os.path.normpath(os.path.join(rel, name))
+            path = os.path.join(dirpath, name)
+            if relname not in snap or (snap[relname] is None) != (os.path.isdir(path) and not os.path.islink(path)):
+                _remove(path)
+                if name in dirs:
+                    dirs.remove(name)
+    for relname, data in snap.items():
+        path = os.path.join(root, relname)
+        try:
+            if data is None:
+                os.makedirs(path, exist_ok=True)
+                continue
+            with open(path, "rb") as fh:
+                same = fh.read(len(data) + 1) == data
+        except OSError:
+            same = False
+        if not same and data is not None:
+            try:
+                with open(path, "wb") as fh:
+                    fh.write(data)
+            except OSError:
+                pass
+
+
+class Server:
+    """The fork server's state: the adapter, the descriptors and what a child must start from."""
+
+    def __init__(self, framework: str, events_fd: int, control_fd: int, quiet: tuple[str, ...]) -> None:
+        from mlwarden.scan.dynamic.adapters import ADAPTERS
+
+        self.adapter = ADAPTERS[framework]
+        self.events_fd = events_fd
+        self.control_fd = control_fd
+        self.quiet = quiet
+        self.baseline: set[str] = set()
+        self.snap: dict[str, bytes | None] = {}
+        self.keep: set[int] = set()
+        self.limits: tuple[int, int, int] = (0, 0, 0)  # CPU seconds, address space, file size of each child
+
+    def child(self, req: int, model: str, private: str, err_w: int) -> None:
+        """The forked child: isolate, hook, run the three model phases; never returns."""
+        code = 70
+        try:
+            import resource  # imported by the server after the import phase; dropped from sys.modules below
+
+            os.setsid()
+            os.close(self.control_fd)
+            os.dup2(err_w, 2)
+            os.close(err_w)
+            os.chdir(private)
+            os.environ.update(HOME=private, TMPDIR=private)
+            tempfile = sys.modules.get("tempfile")
+            if tempfile is not None:
+                tempfile.tempdir = private  # type: ignore[attr-defined]
+            cpu, mem, fsize = self.limits
+            resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
+            resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+            for name in set(sys.modules) - self.baseline:
+                del sys.modules[name]  # the server's own imports: a model importing them must be seen
+            reporter = TaggedReporter(self.events_fd, self.quiet, req)
+            reporter.send({"type": "pool.child", "pid": os.getpid()})
+            install_hook(reporter)
+            adapter = self.adapter
+            code = _EXIT["deserialize"]
+            ok, obj = _phase(reporter, "deserialize", lambda: adapter.deserialize(model))
+            if ok:
+                code = _EXIT["instantiate"]
+                ok, obj = _phase(reporter, "instantiate", lambda: adapter.instantiate(obj))
+            if ok:
+                code = _EXIT["infer"]
+                ok, _ = _phase(reporter, "infer", lambda: adapter.infer(obj))
+                reporter.send({"type": "done", "status": "ok" if ok else "error"})
+                code = 0 if ok else code
+        except BaseException:  # noqa: BLE001 - anything escaping must still end in os._exit below
+            pass
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except BaseException:  # noqa: BLE001, S110 - a closed stream must not keep the child alive
+                    pass
+            os._exit(code)
+
+    def serve(self, request: dict[str, Any]) -> None:
+        """Run one request in a forked child and report how it ended."""
+        import select
+        import signal
+
+        req, model = int(request["req"]), str(request["model"])
+        wall = float(request["wall"])
+        self.limits = (int(request["cpu"]), int(request["memory"]), int(request["fsize"]))
+        _mark(f"{req}/start")
+        private = f"{SANDBOX_TMP}/mlwarden-request-{req}"
+        os.mkdir(private, 0o700)
+        err_r, err_w = os.pipe()
+        started = time.monotonic()
+        pid = os.fork()
+        if pid == 0:
+            os.close(err_r)
+            self.child(req, model, private, err_w)
+        os.close(err_w)
+        pidfd = os.pidfd_open(pid)
+        err = bytearray()
+        watch = [pidfd, err_r]
+        timed_out = False
+        deadline = started + wall
+        while pidfd in watch:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                timed_out = True
+                break
+            ready, _, _ = select.select(watch, [], [], remaining)
+            if err_r in ready:
+                chunk = os.read(err_r, 1 << 16)
+                if chunk:
+                    err = (err + chunk)[-8000:]
+                else:
+                    watch.remove(err_r)
+            if pidfd in ready:
+                watch.remove(pidfd)
+        for target in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+            try:
+                target()
+            except OSError:
+                pass
+        _, status = os.waitpid(pid, 0)
+        os.close(pidfd)
+        survivors = sweep(self.keep, signal.SIGKILL)
+        os.set_blocking(err_r, False)
+        try:
+            while chunk := os.read(err_r, 1 << 16):
+                err = (err + chunk)[-8000:]
+        except OSError:
+            pass
+        os.close(err_r)
+        restore(SANDBOX_TMP, self.snap)
+        returncode = os.waitstatus_to_exitcode(status)
+        record = {
+            "type": "pool.done",
+            "req": req,
+            "returncode": returncode,
+            "timed_out": timed_out,
+            "seconds": time.monotonic() - started,
+            "stderr": err.decode(errors="replace")[-4000:],
+            "survivors": survivors,
+        }
+        os.write(self.events_fd, (json.dumps(record) + "\n").encode())
+        _mark(f"{req}/end")
+        if survivors:
+            raise SystemExit(9)  # something outlived its request: this pool can no longer be trusted
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point inside the sandbox."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--framework", required=True)
+    parser.add_argument("--events-fd", type=int, required=True)
+    parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("--trace-fd", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.trace_fd is not None:
+        try:  # strace writes through its own descriptor; without this a model could forge trace lines
+            os.close(args.trace_fd)
+        except OSError:
+            pass
+    quiet = tuple(
+        sorted(
+            {p for p in (sys.prefix, sys.base_prefix, sys.exec_prefix) if p}
+            | {p for p in sys.path if p and os.path.isdir(p)}
+        )
+    )
+    reporter = Reporter(args.events_fd, quiet)
+    reporter.send({"type": "pool.hello", "pid": os.getpid()})
+    server = Server(args.framework, args.events_fd, args.control_fd, quiet)
+    ok, _ = _phase(reporter, "import", server.adapter.import_framework)
+    _mark("ready")  # the host's trace prefix (interpreter start-up and import phase) ends here
+    server.baseline = set(sys.modules)
+    import resource  # noqa: F401 - imported now so every child forks with the same modules
+    import select  # noqa: F401
+    import signal  # noqa: F401
+
+    server.keep = _ancestors()
+    server.snap = snapshot(SANDBOX_TMP)
+    reporter.send({"type": "pool.ready", "ok": ok})
+    if not ok:
+        return 3
+    pending = b""
+    while True:
+        chunk = os.read(args.control_fd, 1 << 16)
+        if not chunk:
+            return 0  # the host closed the control pipe: shut down
+        pending += chunk
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            server.serve(json.loads(line))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
