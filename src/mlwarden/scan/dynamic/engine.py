@@ -253,25 +253,28 @@ def judge(events: list[Event], profile: Profile, chain: tuple[str, ...]) -> list
     return findings
 
 
-def analyse(
-    path: Path, framework: str, chain: tuple[str, ...], limits: sb.SandboxLimits, profile_dir: Path | None = None
-) -> DynamicResult:
-    """Run ``path`` through ``framework``'s phases in the sandbox and judge what happened."""
-    result = DynamicResult(framework)
-    if not framework_installed(framework):
-        result.findings.append(
-            UNAVAILABLE.finding(Location(chain), f"{REQUIRES[framework]} is not installed", framework=framework)
-        )
-        return result
-    profile = load_profile(framework, profile_dir)
+def run_sandboxed(path: Path, framework: str, limits: sb.SandboxLimits) -> sb.SandboxRun:
+    """One cold sandboxed run of the runner over ``path`` (its folder bound read-only)."""
     resolved = path.resolve()
-    run = sb.run_python(
+    return sb.run_python(
         resolved.parent,
         ["mlwarden.scan.dynamic.runner", "--framework", framework, "--model", f"{sb.SANDBOX_DIR}/{resolved.name}"],
         limits,
     )
+
+
+def events_of(run: sb.SandboxRun) -> tuple[list[Event], list[PhaseRecord]]:
+    """Phase-attributed events (audit hook and syscalls) and phase outcomes of one run."""
     audit, phases = audit_events(run.records)
-    events = audit + syscall_events(run.trace)
+    return audit + syscall_events(run.trace), phases
+
+
+def judge_run(
+    run: sb.SandboxRun, framework: str, chain: tuple[str, ...], limits: sb.SandboxLimits, profile: Profile
+) -> DynamicResult:
+    """Findings of one run (cold or from the warm pool): deviations, limits reached, phases that failed."""
+    result = DynamicResult(framework)
+    events, phases = events_of(run)
     result.events, result.phases, result.seconds = events, phases, run.seconds
     result.findings = judge(events, profile, chain)
     errors = [p for p in phases if p.status == "error"]
@@ -297,3 +300,17 @@ def analyse(
             INCOMPLETE.finding(Location(chain), f"sandboxed run ended early: {tail[0][:300]}", limit="sandbox")
         )
     return result
+
+
+def analyse(
+    path: Path, framework: str, chain: tuple[str, ...], limits: sb.SandboxLimits, profile_dir: Path | None = None
+) -> DynamicResult:
+    """Run ``path`` through ``framework``'s phases in the sandbox and judge what happened."""
+    if not framework_installed(framework):
+        result = DynamicResult(framework)
+        result.findings.append(
+            UNAVAILABLE.finding(Location(chain), f"{REQUIRES[framework]} is not installed", framework=framework)
+        )
+        return result
+    profile = load_profile(framework, profile_dir)
+    return judge_run(run_sandboxed(path, framework, limits), framework, chain, limits, profile)

@@ -7,22 +7,15 @@ from pathlib import Path
 
 from mlwarden.core.policy import SandboxSettings
 from mlwarden.scan.dynamic import sandbox as sb
-from mlwarden.scan.dynamic.engine import choose_framework
+from mlwarden.scan.dynamic.engine import choose_framework, events_of, run_sandboxed
 from mlwarden.scan.dynamic.events import Event
 from mlwarden.scan.dynamic.profiles import Profile, learn
-from mlwarden.scan.dynamic.trace import audit_events, syscall_events
 
 
 def observe(path: Path, framework: str, limits: SandboxSettings) -> tuple[list[Event], bool]:
     """Events of one sandboxed run and whether every phase finished."""
-    resolved = path.resolve()
-    run = sb.run_python(
-        resolved.parent,
-        ["mlwarden.scan.dynamic.runner", "--framework", framework, "--model", f"{sb.SANDBOX_DIR}/{resolved.name}"],
-        limits,
-    )
-    audit, phases = audit_events(run.records)
-    return audit + syscall_events(run.trace), all(p.status == "ok" for p in phases)
+    events, phases = events_of(run_sandboxed(path, framework, limits))
+    return events, all(p.status == "ok" for p in phases)
 
 
 def files_for(framework: str, paths: Iterable[Path]) -> list[Path]:

@@ -40,8 +40,7 @@ from mlwarden.core.findings import Location
 from mlwarden.scan.dynamic import engine as dyn
 from mlwarden.scan.dynamic import sandbox as sb
 from mlwarden.scan.dynamic.adapters import REQUIRES
-from mlwarden.scan.dynamic.profiles import Profile, load_profile
-from mlwarden.scan.dynamic.trace import audit_events, syscall_events
+from mlwarden.scan.dynamic.profiles import load_profile
 
 _PID = re.compile(r"^(\d+)\s")
 _POOL_MARK = re.compile(r'mkdir(?:at)?\((?:AT_FDCWD, )?"/\.mlwarden-pool/(ready|\d+/start|\d+/end)"')
@@ -337,7 +336,7 @@ class WarmPool:
             run.records = list(self._import_records)
             run.trace = list(self._router.prefix)
             run.returncode = 3
-            return _judge(run, self.framework, chain, self.limits, self.profile)
+            return dyn.judge_run(run, self.framework, chain, self.limits, self.profile)
         self._next_id += 1
         req = self._request = _Request(self._next_id, Path(path))
         limits = self.limits
@@ -368,7 +367,7 @@ class WarmPool:
             not finished and time.monotonic() - started >= limits.wall_seconds
         )
         run.stderr = str(done.get("stderr", "")) or self._stderr.decode(errors="replace")[-4000:]
-        result = _judge(run, self.framework, chain, limits, self.profile)
+        result = dyn.judge_run(run, self.framework, chain, limits, self.profile)
         survivors = done.get("survivors")
         if not finished or survivors:
             why = f"{survivors} process(es) outlived the model" if survivors else "the warm pool's sandbox died"
@@ -376,33 +375,6 @@ class WarmPool:
                 result.findings.append(dyn.INCOMPLETE.finding(Location(chain), why, limit="sandbox"))
             self.close()  # never reuse a sandbox whose state is in doubt
         return result
-
-
-def _judge(
-    run: sb.SandboxRun, framework: str, chain: tuple[str, ...], limits: sb.SandboxLimits, profile: Profile
-) -> dyn.DynamicResult:
-    """The tail of :func:`engine.analyse`: events, phases and findings from one run's raw output."""
-    result = dyn.DynamicResult(framework)
-    audit, phases = audit_events(run.records)
-    events = audit + syscall_events(run.trace)
-    result.events, result.phases, result.seconds = events, phases, run.seconds
-    result.findings = dyn.judge(events, profile, chain)
-    errors = [p for p in phases if p.status == "error"]
-    if run.timed_out:
-        result.findings.append(
-            dyn.INCOMPLETE.finding(
-                Location(chain), f"wall-clock limit of {limits.wall_seconds}s reached", limit="wall_seconds"
-            )
-        )
-    elif errors:
-        p = errors[0]
-        result.findings.append(dyn.PHASE_ERROR.finding(Location(chain, None, p.name), p.error[:500], phase=p.name))
-    elif any(p.status != "ok" for p in phases):
-        tail = run.stderr.strip().splitlines()[-1:] or [f"exit status {run.returncode}"]
-        result.findings.append(
-            dyn.INCOMPLETE.finding(Location(chain), f"sandboxed run ended early: {tail[0][:300]}", limit="sandbox")
-        )
-    return result
 
 
 def analyse_many(

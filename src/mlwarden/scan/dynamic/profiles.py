@@ -10,17 +10,14 @@ tmpfs. An event no pattern allows is a deviation.
 from __future__ import annotations
 
 import fnmatch
-import os
 import re
-import sys
-import sysconfig
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlwarden.core.errors import UsageError
 from mlwarden.scan.dynamic.events import PHASES, Event
-from mlwarden.scan.dynamic.sandbox import SANDBOX_DIR, SANDBOX_TMP
+from mlwarden.scan.dynamic.sandbox import SANDBOX_DIR, SANDBOX_TMP, python_roots
 
 PROFILE_DIR = Path(__file__).with_name("profiles")
 _TOML_KEY = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -74,18 +71,7 @@ BASELINE: tuple[str, ...] = (
 
 
 def _roots() -> list[str]:
-    roots = {
-        sys.prefix,
-        sys.base_prefix,
-        sys.exec_prefix,
-        sysconfig.get_paths()["stdlib"],
-        sysconfig.get_paths()["purelib"],
-        sysconfig.get_paths()["platlib"],
-    }
-    import mlwarden
-
-    roots.add(str(Path(mlwarden.__file__).resolve().parents[1]))
-    return sorted({os.path.realpath(r) for r in roots} | roots, key=len, reverse=True)
+    return sorted(python_roots(), key=len, reverse=True)
 
 
 _ROOTS = _roots()

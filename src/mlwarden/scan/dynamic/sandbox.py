@@ -85,20 +85,22 @@ def _which(name: str) -> str:
     return path
 
 
-def _python_roots() -> list[str]:
-    """Directories the interpreter, its standard library and installed packages live in."""
-    roots = {
-        sys.prefix,
-        sys.base_prefix,
-        sys.exec_prefix,
-        sysconfig.get_paths()["stdlib"],
-        sysconfig.get_paths()["purelib"],
-        sysconfig.get_paths()["platlib"],
-    }
-    # Not every sys.path entry: the current directory or PYTHONPATH may be the user's home (~/.ssh ...).
+def python_roots() -> set[str]:
+    """Directories the interpreter, its standard library, installed packages and mlwarden itself live in.
+
+    Not every ``sys.path`` entry: the current directory or ``PYTHONPATH`` may be the user's home (``~/.ssh``).
+    """
+    paths = sysconfig.get_paths()
+    roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, paths["stdlib"], paths["purelib"], paths["platlib"]}
     import mlwarden
 
     roots.add(str(Path(mlwarden.__file__).resolve().parents[1]))  # editable installs live outside prefix
+    return roots | {os.path.realpath(r) for r in roots}
+
+
+def _python_roots() -> list[str]:
+    """The outermost of :func:`python_roots` (binding a parent covers its children)."""
+    roots = python_roots()
     # Keep the outermost directories only (binding a parent covers its children).
     out: list[str] = []
     for root in sorted({os.path.realpath(r) for r in roots}):
@@ -202,6 +204,9 @@ def _limit(limits: SandboxLimits) -> None:  # runs in the child between fork and
     resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
     resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_size_bytes, limits.file_size_bytes))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if os.getuid() != 0:  # the kernel does not apply RLIMIT_NPROC to uid 0; the pid namespace bounds it then
+        running = sum(1 for p in os.listdir("/proc") if p.isdigit())
+        resource.setrlimit(resource.RLIMIT_NPROC, (running + 256, running + 256))
 
 
 def check_available() -> None:
