@@ -134,7 +134,7 @@ class Reporter:
 
     def end(self, phase: str, status: str, error: str = "") -> None:
         """Announce how a phase ended."""
-        self.send({"type": "phase", "name": phase, "status": status, "error": error[:2000], "t": time.monotonic()})
+        self.send({"type": "phase", "name": phase, "status": status, "error": error[:8000], "t": time.monotonic()})
 
 
 def _short(value: Any) -> str:
