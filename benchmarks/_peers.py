@@ -153,6 +153,7 @@ def run_mlwarden_cli(paths: Sequence[Path | str], jobs: int, *, timeout: float =
         cmd = [
             str(MLW_CLI),
             "scan",
+            "--static-only",  # peers are static scanners; benchmarks/dynamic.py measures the sandbox
             "--jobs",
             str(jobs),
             "--no-progress",

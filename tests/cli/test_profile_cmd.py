@@ -136,7 +136,8 @@ def test_extend_adds_to_the_destination_profile(
     data = tomllib.loads(out.read_text())
     assert data["version"] == 3
     assert data["description"].startswith("team profile; extended with 1 model(s)")
-    assert data["phases"]["infer"]["allow"] == ["file.read:/opt/team/*"]  # kept
+    # kept, plus the framework's own lazily imported packages (profiles.FRAMEWORK_PACKAGES)
+    assert data["phases"]["infer"]["allow"] == ["file.read:/opt/team/*", "import:numpy*"]
     assert "import:fractions" in data["phases"]["deserialize"]["allow"]  # added
 
 

@@ -215,9 +215,24 @@ def generalise(keys: Iterable[str]) -> list[str]:
     return sorted(out)
 
 
+#: packages a framework imports lazily while loading models (numpy 1 pickles pull in ``numpy.core`` shims under
+#: numpy 2, torch pulls in its serialisation helpers...): importing them in any phase is expected.
+FRAMEWORK_PACKAGES: dict[str, tuple[str, ...]] = {
+    "pickle": ("numpy",),
+    "joblib": ("joblib", "sklearn", "scipy", "numpy"),
+    "torch": ("torch", "numpy"),
+    "torchscript": ("torch", "numpy"),
+    "numpy": ("numpy",),
+    "keras": ("keras", "numpy", "torch", "h5py"),
+    "onnx": ("onnxruntime", "onnx", "numpy"),
+    "jinja": ("jinja2", "markupsafe", "gguf", "numpy"),
+}
+
+
 def learn(framework: str, events_per_model: Iterable[Iterable[Event]], base: Profile | None = None) -> Profile:
     """A profile allowing everything the given benign runs did (extending ``base`` if given)."""
-    phases: dict[str, set[str]] = {p: set(base.phases.get(p, []) if base else []) for p in PHASES}
+    own = {f"import:{package}*" for package in FRAMEWORK_PACKAGES.get(framework, ())}
+    phases: dict[str, set[str]] = {p: set(base.phases.get(p, []) if base else []) | own for p in PHASES}
     for events in events_per_model:
         for event in events:
             if event.phase in phases:
