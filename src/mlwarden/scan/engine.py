@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mlwarden import __version__
 from mlwarden.artifacts.artifact import Artifact
@@ -16,6 +17,9 @@ from mlwarden.core.findings import Finding
 from mlwarden.core.policy import Policy
 from mlwarden.scan.context import INCOMPLETE, ScanContext
 from mlwarden.scan.result import FileResult, ScanReport
+
+if TYPE_CHECKING:
+    from mlwarden.scan.dynamic.engine import DynamicResult
 
 Progress = Callable[[FileResult], None]
 
@@ -122,11 +126,15 @@ def _dynamic(
     result = dyn.analyse(path, framework, (display,), policy.sandbox, profile_dir)
     for finding in result.findings:
         ctx.report(finding)
+    return framework, _timeline(result)
+
+
+def _timeline(result: DynamicResult) -> tuple[tuple[str, str, float, int], ...]:
+    """(phase, status, seconds, events) per phase, as FileResult carries it."""
     counts: dict[str, int] = {}
     for event in result.events:
         counts[event.phase] = counts.get(event.phase, 0) + 1
-    timeline = tuple((p.name, p.status, p.seconds, counts.get(p.name, 0)) for p in result.phases)
-    return framework, timeline
+    return tuple((p.name, p.status, p.seconds, counts.get(p.name, 0)) for p in result.phases)
 
 
 def _scan_many(files: list[Path], policy: Policy, jobs: int, modes: tuple[str, ...]) -> Iterator[FileResult]:
@@ -169,12 +177,8 @@ def _scan_pooled(files: list[Path], policy: Policy, jobs: int, modes: tuple[str,
         found = analyse_many([files[i] for i in indexes], framework, policy.sandbox, profile_dir, chains)
         for i in indexes:
             dyn_result = found[files[i]]
-            counts: dict[str, int] = {}
-            for event in dyn_result.events:
-                counts[event.phase] = counts.get(event.phase, 0) + 1
-            timeline = tuple((p.name, p.status, p.seconds, counts.get(p.name, 0)) for p in dyn_result.phases)
             findings = results[i].findings + _apply_policy(dyn_result.findings, policy)
-            results[i] = replace(results[i], findings=findings, framework=framework, timeline=timeline)
+            results[i] = replace(results[i], findings=findings, framework=framework, timeline=_timeline(dyn_result))
     return results
 
 

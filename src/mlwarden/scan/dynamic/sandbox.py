@@ -26,32 +26,10 @@ from pathlib import Path
 
 from mlwarden.core.errors import MlwardenError
 from mlwarden.core.policy import SandboxSettings
+from mlwarden.scan.dynamic.trace import TRACED
 
 #: syscalls the tracer records (everything else runs untraced thanks to --seccomp-bpf)
-TRACED_SYSCALLS = (
-    "execve",
-    "execveat",
-    "connect",
-    "bind",
-    "sendto",
-    "openat",
-    "open",
-    "creat",
-    "unlink",
-    "unlinkat",
-    "rename",
-    "renameat",
-    "renameat2",
-    "mkdir",
-    "mkdirat",
-    "chmod",
-    "fchmodat",
-    "ptrace",
-    "symlink",
-    "symlinkat",
-    "link",
-    "linkat",
-)
+TRACED_SYSCALLS = TRACED  # what trace.syscall_events turns into events; everything else runs untraced
 SANDBOX_DIR = "/sandbox/model"
 SANDBOX_TMP = "/sandbox/tmp"  # the only writable place; /tmp itself is read-only so writes there stand out
 

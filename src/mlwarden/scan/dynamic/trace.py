@@ -13,6 +13,27 @@ _PHASE_MARK = re.compile(r'"/\.mlwarden-phase/(\w+)"')
 _WRITE_FLAGS = ("O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_APPEND")
 _MARKER = "/.mlwarden-phase/"
 
+# Syscalls by the event kind they become; the sandbox traces exactly these (sandbox.TRACED_SYSCALLS).
+EXEC_SYSCALLS = ("execve", "execveat")
+NET_SYSCALLS = ("connect", "bind", "sendto")
+OPEN_SYSCALLS = ("openat", "open", "creat")
+FILE_MODIFY_SYSCALLS = (
+    "unlink",
+    "unlinkat",
+    "rename",
+    "renameat",
+    "renameat2",
+    "mkdir",
+    "mkdirat",
+    "chmod",
+    "fchmodat",
+    "symlink",
+    "symlinkat",
+    "link",
+    "linkat",
+)
+TRACED = (*EXEC_SYSCALLS, *NET_SYSCALLS, *OPEN_SYSCALLS, *FILE_MODIFY_SYSCALLS, "ptrace")
+
 _AUDIT_KINDS: dict[str, str] = {
     "os.system": "process.exec",
     "os.exec": "process.exec",
@@ -141,13 +162,13 @@ def syscall_events(lines: Iterable[str]) -> list[Event]:
         target = strings[0] if strings else ""
         failed = ret.startswith("-")
         result = m.group("rest").strip()
-        if call in ("execve", "execveat"):
+        if call in EXEC_SYSCALLS:
             execs += 1
             if execs == 1 and not failed:
                 continue  # the sandboxed interpreter itself
             argv = " ".join(_STR.findall(args.split("[", 1)[1])) if "[" in args else target
             events.append(Event(phase, "process.exec", argv[:300], "syscall", line.strip()[:400]))
-        elif call in ("connect", "sendto", "bind"):
+        elif call in NET_SYSCALLS:
             if "AF_INET" not in args:
                 continue  # unix sockets (nscd, logging) and netlink stay inside the sandbox
             addr = re.search(r'inet6?_(?:addr|pton)\((?:AF_INET6, )?"([^"]+)"\)', args)
@@ -162,28 +183,14 @@ def syscall_events(lines: Iterable[str]) -> list[Event]:
                     f"{call}({where}) = {ret} {result}"[:400],
                 )
             )
-        elif call in ("openat", "open", "creat"):
+        elif call in OPEN_SYSCALLS:
             writing = call == "creat" or any(flag in args for flag in _WRITE_FLAGS)
             if not writing:
                 if not failed:
                     events.append(Event(phase, "file.read", target, "syscall", ""))
                 continue
             events.append(Event(phase, "file.write", target, "syscall", f"{call}({target}) = {ret} {result}"[:400]))
-        elif call in (
-            "unlink",
-            "unlinkat",
-            "rename",
-            "renameat",
-            "renameat2",
-            "mkdir",
-            "mkdirat",
-            "chmod",
-            "fchmodat",
-            "symlink",
-            "symlinkat",
-            "link",
-            "linkat",
-        ):
+        elif call in FILE_MODIFY_SYSCALLS:
             events.append(Event(phase, "file.modify", target, "syscall", f"{call}({', '.join(strings[:2])}) = {ret}"))
         elif call == "ptrace":
             events.append(Event(phase, "tamper", "ptrace", "syscall", line.strip()[:400]))
