@@ -41,8 +41,12 @@ lint: setup
 typecheck: setup
 	$(VENV)/bin/mypy
 
+# The registry's tests run on SQLite and on PostgreSQL: scripts/pg-test-server installs (as root, via apt) and
+# starts a throw-away server on 127.0.0.1 and prints its URL; without one the PostgreSQL variants are skipped
+# locally and fail under CI.
 unit: setup
-	$(PY) -m pytest -q -n 2 -p no:cacheprovider
+	MLWARDEN_TEST_POSTGRES_URL="$${MLWARDEN_TEST_POSTGRES_URL:-$$(scripts/pg-test-server)}" \
+		$(PY) -m pytest -q -n 2 -p no:cacheprovider
 
 test: lint typecheck unit
 

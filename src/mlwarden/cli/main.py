@@ -8,6 +8,7 @@ reaches the user: errors are one line on stderr (set ``MLWARDEN_DEBUG=1`` to see
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Sequence
@@ -18,6 +19,9 @@ from mlwarden.core.errors import MlwardenError, UsageError
 from mlwarden.core.findings import Severity
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
+#: Modules under ``mlwarden.cli`` that add commands: each has ``add_parser(sub)``, which registers its
+#: subcommands with ``set_defaults(run=function)``; keep their top-level imports light (start-up time).
+COMMAND_MODULES = ("profile_cmd", "sign_cmd", "provenance_cmd")
 FORMATS = ("text", "json", "sarif", "html")
 
 
@@ -79,9 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     rules = sub.add_parser("rules", help="list every rule with its ID, severity and CWE")
     rules.add_argument("--format", "-f", choices=("text", "json"), default="text")
-    from mlwarden.cli import profile_cmd
-
-    profile_cmd.add_parser(sub)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"mlwarden.cli.{name}").add_parser(sub)
     return parser
 
 
@@ -172,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_scan(args)
         if args.command == "rules":
             return _cmd_rules(args)
+        if getattr(args, "run", None) is not None:
+            return int(args.run(args))
         if args.command == "profile":
             from mlwarden.cli import profile_cmd
 
