@@ -23,7 +23,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	rm -f $(VENV)/.installed-* && touch $@
 
-# Build benign models and harmless-canary malicious ones, then scan both folders and print the reports.
+# Build benign models and harmless-canary malicious ones, scan both folders and print the reports; then take one
+# benign model through its life: sign, register, approve by a second user, deploy, verify the audit log.
 demo: setup
 	rm -rf $(DEMO) && mkdir -p $(DEMO)
 	$(PY) -m mlwarden.samples demo $(DEMO)
@@ -33,6 +34,7 @@ demo: setup
 	$(VENV)/bin/mlwarden scan --no-progress $(DEMO)/malicious; test $$? -eq 1
 	@echo; echo "demo: OK — benign models pass, every malicious canary fails the scan (no canary ran)"
 	@test -z "$$(ls -A $(DEMO)/canary 2>/dev/null)"
+	scripts/demo-lifecycle $(DEMO) $(VENV)/bin/mlwarden
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
@@ -73,6 +75,8 @@ bench: bench-setup
 	$(PY) benchmarks/detection.py
 	$(PY) benchmarks/small_models.py
 	$(PY) benchmarks/large_checkpoint.py
+	$(PY) benchmarks/signing.py
+	$(PY) benchmarks/audit.py
 
 clean:
 	rm -rf $(VENV) .venv-peers $(DEMO) bench-out .pytest_cache .mypy_cache .ruff_cache

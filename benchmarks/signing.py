@@ -27,11 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench-out"
 VENV_BIN = Path(sys.executable).parent
-#: Runs mlwarden's CLI with the sign commands even before they are registered in cli/main.py.
-MLWARDEN = (
-    "import sys; from mlwarden.cli import main as m; "
-    "m.COMMAND_MODULES = tuple(dict.fromkeys((*m.COMMAND_MODULES, 'sign_cmd'))); sys.exit(m.main(sys.argv[1:]))"
-)
+#: Runs mlwarden's CLI in the benchmark's interpreter.
+MLWARDEN = "import sys; from mlwarden.cli import main as m; sys.exit(m.main(sys.argv[1:]))"
 
 
 def build_model(folder: Path, count: int, size_mib: int) -> list[Path]:

@@ -16,12 +16,6 @@ from mlwarden.integrity.keys import generate_key_pair
 from mlwarden.integrity.record import read_training_record
 
 
-@pytest.fixture(autouse=True)
-def _provenance_commands(monkeypatch: pytest.MonkeyPatch) -> None:
-    modules = tuple(dict.fromkeys((*cli.COMMAND_MODULES, "provenance_cmd")))
-    monkeypatch.setattr(cli, "COMMAND_MODULES", modules)
-
-
 @pytest.fixture
 def keys(tmp_path: Path) -> tuple[Path, Path]:
     generate_key_pair(tmp_path / "signer.key", tmp_path / "signer.pub")

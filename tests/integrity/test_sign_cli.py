@@ -11,12 +11,6 @@ from mlwarden.cli import main as cli_main
 from tests.integrity.signing_helpers import build_model, build_pki, write_key_pair
 
 
-@pytest.fixture(autouse=True)
-def registered(monkeypatch: pytest.MonkeyPatch) -> None:
-    modules = tuple(dict.fromkeys((*cli_main.COMMAND_MODULES, "sign_cmd")))
-    monkeypatch.setattr(cli_main, "COMMAND_MODULES", modules)
-
-
 @pytest.fixture
 def model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)

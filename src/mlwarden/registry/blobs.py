@@ -1,0 +1,368 @@
+"""Content-addressed blob store: every stored file lives at ``<root>/sha256/ab/cdef…`` named by its SHA-256.
+
+Why content addressing: a name that *is* the digest cannot silently point at other bytes, identical files of
+successive versions are stored once, and checking a blob is re-hashing it and comparing with its name.
+
+Writes are two-phase so the database decides what exists. :meth:`BlobStore.staging` copies files into a private
+temporary folder while hashing them (1 MiB chunks, several files in parallel, each fsynced); the caller writes
+its rows; only after the database commit does :meth:`Staging.commit` rename the copies to their digest names
+(atomic on one file system). Leaving the ``with`` block without committing deletes the copies: a failed
+registration leaves neither rows nor blobs. Stored blobs are read-only (0444).
+
+A version's files are served from a *view* (:meth:`BlobStore.materialize`): its original file or folder names,
+hard-linked to the blobs, so what is loaded is byte for byte what the digests name, and corrupting a blob shows
+in the view too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import stat
+import uuid
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from mlwarden.core.errors import LimitExceeded
+from mlwarden.integrity.errors import ModelPathError
+from mlwarden.integrity.hashing import GIT_PATHS, FileDigest, ModelManifest, default_workers, model_name, path_key
+from mlwarden.registry.errors import StorageError
+
+__all__ = ["CHUNK_SIZE", "BlobStore", "Staging", "StagedFile"]
+
+CHUNK_SIZE = 1 << 20
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+_HEX = frozenset("0123456789abcdef")
+
+
+@dataclass(frozen=True, slots=True)
+class StagedFile:
+    """A file copied into the staging area: its temporary copy, digest (hex) and size."""
+
+    temp: Path
+    digest: str
+    size: int
+
+
+class BlobStore:
+    """The blob store rooted at ``root`` (``<home>/blobs``)."""
+
+    def __init__(self, root: Path) -> None:
+        """Use ``root`` (created on first write)."""
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"BlobStore({str(self.root)!r})"
+
+    def path(self, digest: str) -> Path:
+        """Where the blob with SHA-256 ``digest`` (64 lowercase hex) lives."""
+        if len(digest) != 64 or not set(digest) <= _HEX:
+            raise StorageError(f"not a SHA-256 digest: {digest!r}")
+        return self.root / "sha256" / digest[:2] / digest[2:]
+
+    def exists(self, digest: str) -> bool:
+        """Whether the blob is present (not whether it is intact: see :meth:`verify`)."""
+        return self.path(digest).is_file()
+
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[Staging]:
+        """A staging area; its copies are deleted on exit unless :meth:`Staging.commit` ran."""
+        stage = Staging(self)
+        try:
+            yield stage
+        finally:
+            stage.discard()
+
+    def verify(self, digest: str) -> None:
+        """Re-hash the blob and compare with its name.
+
+        Raises:
+            StorageError: the blob is missing, unreadable or its bytes no longer hash to ``digest``.
+        """
+        actual, _ = _hash_file(self.path(digest))
+        if actual != digest:
+            raise StorageError(f"blob sha256:{digest} is corrupt: its bytes hash to sha256:{actual}")
+
+    @contextlib.contextmanager
+    def open_verified(self, digest: str) -> Iterator[Path]:
+        """Check a blob, then yield its path (for small blobs read right after: signatures, manifests)."""
+        self.verify(digest)
+        yield self.path(digest)
+
+    def delete(self, digest: str) -> bool:
+        """Remove a blob; True if it was there. The caller checks that no row references it any more."""
+        try:
+            self.path(digest).unlink()
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise StorageError(f"cannot delete blob sha256:{digest}: {exc.strerror or exc}") from None
+        return True
+
+    def materialize(self, files: Sequence[FileDigest], destination: Path, name: str, *, is_file: bool) -> Path:
+        """Lay out a version's files under ``destination/name`` as hard links to their blobs; returns that path.
+
+        Reuses an existing view when every file is still the blob itself (same inode) and nothing was added;
+        otherwise builds a new one beside it and swaps it in. Falls back to copying where hard links are
+        impossible (another file system).
+        """
+        target = destination / name
+        if self._view_is_current(files, target, is_file=is_file):
+            return target
+        destination.mkdir(parents=True, exist_ok=True)
+        build = destination / f".build-{uuid.uuid4().hex}"
+        try:
+            build.mkdir()
+            root = build / name
+            for entry in files:
+                relative = _safe_relative(entry.path)
+                dest = root if is_file else root / relative
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                blob = self.path(entry.digest)
+                try:
+                    os.link(blob, dest)
+                except FileNotFoundError:
+                    raise StorageError(f"blob sha256:{entry.digest} of {entry.path} is missing") from None
+                except OSError:
+                    shutil.copyfile(blob, dest)
+                    os.chmod(dest, 0o444)
+            if not is_file:
+                root.mkdir(exist_ok=True)
+            old = destination / f".old-{uuid.uuid4().hex}"
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(target, old)
+            os.rename(root, target)
+            _remove_tree(old)
+        except OSError as exc:
+            raise StorageError(f"cannot lay out {target}: {exc.strerror or exc}") from None
+        finally:
+            _remove_tree(build)
+        return target
+
+    def _view_is_current(self, files: Sequence[FileDigest], target: Path, *, is_file: bool) -> bool:
+        try:
+            if is_file:
+                present = {"": target} if target.is_file() else {}
+                expected = {"": files[0]} if files else {}
+            else:
+                if not target.is_dir():
+                    return False
+                present = {p.relative_to(target).as_posix(): p for p in target.rglob("*") if not p.is_dir()}
+                expected = {f.path: f for f in files}
+            if present.keys() != expected.keys():
+                return False
+            for key, entry in expected.items():
+                view, blob = os.lstat(present[key]), os.stat(self.path(entry.digest))
+                if (view.st_ino, view.st_dev) != (blob.st_ino, blob.st_dev):
+                    return False
+        except OSError:
+            return False
+        return True
+
+
+class Staging:
+    """Files copied in but not yet stored; see :meth:`BlobStore.staging`."""
+
+    def __init__(self, store: BlobStore) -> None:
+        self._store = store
+        self._folder = store.root / "tmp" / uuid.uuid4().hex
+        self._files: list[StagedFile] = []
+        self._committed = False
+
+    def add_model(self, source: Path, *, max_bytes: int | None = None, workers: int | None = None) -> ModelManifest:
+        """Copy a model file or folder in, hashing as it copies; returns the manifest of the copies.
+
+        The walk follows :func:`mlwarden.integrity.hashing.hash_model`'s rules (symbolic links and special files
+        refused, git bookkeeping at the root left out), so the manifest equals ``hash_model(source)``.
+
+        Raises:
+            ModelPathError: missing path, a link or special file in it, an unreadable file.
+            LimitExceeded: the model is larger than ``max_bytes``.
+        """
+        source = Path(source)
+        if source.is_symlink():
+            raise ModelPathError(f"{source} is a symbolic link: register the real path instead")
+        if source.is_file():
+            pairs = [(source, source.name)]
+        elif source.is_dir():
+            pairs = _walk(source)
+        elif not source.exists():
+            raise ModelPathError(f"no such file or folder: {source}")
+        else:
+            raise ModelPathError(f"{source} is not a regular file or folder")
+        if max_bytes is not None:
+            total = sum(p.stat().st_size for p, _ in pairs)
+            if total > max_bytes:
+                raise LimitExceeded("max_artifact_bytes", f"{source} holds {total} bytes, the limit is {max_bytes}")
+        count = workers or default_workers(len(pairs))
+        if count == 1 or len(pairs) <= 1:
+            staged = [self.add_file(p) for p, _ in pairs]
+        else:
+            with ThreadPoolExecutor(max_workers=count, thread_name_prefix="mlwarden-stage") as pool:
+                staged = list(pool.map(self.add_file, [p for p, _ in pairs]))
+        entries = [
+            FileDigest(path=rel, digest=item.digest, size=item.size)
+            for (_, rel), item in zip(pairs, staged, strict=True)
+        ]
+        entries.sort(key=lambda f: path_key(f.path))
+        return ModelManifest(model_name(source), tuple(entries), is_file=source.is_file())
+
+    def add_file(self, source: Path) -> StagedFile:
+        """Copy one regular file in while hashing it (never whole in memory); fsynced before returning."""
+        self._folder.mkdir(parents=True, exist_ok=True)
+        temp = self._folder / uuid.uuid4().hex
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            fd = os.open(source, _READ_FLAGS)
+        except OSError as exc:
+            if os.path.islink(source):
+                raise ModelPathError(f"{source} is a symbolic link") from None
+            raise ModelPathError(f"cannot read {source}: {exc.strerror or exc}") from None
+        with open(fd, "rb", buffering=0) as reader:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ModelPathError(f"{source} is not a regular file")
+            try:
+                with temp.open("xb") as writer:
+                    buffer = bytearray(CHUNK_SIZE)
+                    view = memoryview(buffer)
+                    while n := reader.readinto(view):
+                        digest.update(view[:n])
+                        writer.write(view[:n])
+                        size += n
+                    writer.flush()
+                    os.fsync(writer.fileno())
+            except OSError as exc:
+                temp.unlink(missing_ok=True)
+                raise StorageError(f"cannot copy {source} into the blob store: {exc.strerror or exc}") from None
+        os.chmod(temp, 0o444)
+        staged = StagedFile(temp, digest.hexdigest(), size)
+        self._files.append(staged)
+        return staged
+
+    def add_bytes(self, data: bytes) -> StagedFile:
+        """Stage a small generated document (a BOM, a scan report) given as bytes."""
+        self._folder.mkdir(parents=True, exist_ok=True)
+        temp = self._folder / uuid.uuid4().hex
+        try:
+            with temp.open("xb") as writer:
+                writer.write(data)
+                writer.flush()
+                os.fsync(writer.fileno())
+        except OSError as exc:
+            temp.unlink(missing_ok=True)
+            raise StorageError(f"cannot write into the blob store: {exc.strerror or exc}") from None
+        os.chmod(temp, 0o444)
+        staged = StagedFile(temp, hashlib.sha256(data).hexdigest(), len(data))
+        self._files.append(staged)
+        return staged
+
+    def drop(self, staged: StagedFile) -> None:
+        """Forget one staged copy (a write attempt that was retried no longer needs it)."""
+        if staged in self._files:
+            self._files.remove(staged)
+            staged.temp.unlink(missing_ok=True)
+
+    @property
+    def files(self) -> tuple[StagedFile, ...]:
+        """Everything staged so far."""
+        return tuple(self._files)
+
+    def commit(self) -> None:
+        """Rename every staged copy to its digest name; call after the database commit.
+
+        An existing blob of the same digest is replaced by the fresh, just-hashed copy, which also repairs a
+        damaged one (views still linked to the old file are re-linked the next time they are laid out).
+        """
+        touched: set[Path] = set()
+        try:
+            for staged in self._files:
+                final = self._store.path(staged.digest)
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staged.temp, final)
+                touched.add(final.parent)
+            for folder in touched:
+                _fsync_dir(folder)
+        except OSError as exc:
+            raise StorageError(f"cannot store blobs under {self._store.root}: {exc.strerror or exc}") from None
+        self._committed = True
+        self._files.clear()
+
+    def discard(self) -> None:
+        """Delete the staged copies (no-op after :meth:`commit`)."""
+        self._files.clear()
+        _remove_tree(self._folder)
+
+
+def _walk(root: Path) -> list[tuple[Path, str]]:
+    """Regular files under ``root`` as (path, relative POSIX path); the same rules as ``hash_model``."""
+    found: list[tuple[Path, str]] = []
+    pending: list[tuple[Path, tuple[str, ...]]] = [(root, ())]
+    while pending:
+        folder, prefix = pending.pop()
+        try:
+            with os.scandir(folder) as entries:
+                listing = list(entries)
+        except OSError as exc:
+            raise ModelPathError(f"cannot list {folder}: {exc.strerror or exc}") from None
+        for entry in listing:
+            parts = (*prefix, entry.name)
+            if not prefix and entry.name in GIT_PATHS:
+                continue
+            path = Path(entry.path)
+            if entry.is_symlink():
+                raise ModelPathError(f"{path} is a symbolic link: links are not stored (they could point outside)")
+            if entry.is_dir(follow_symlinks=False):
+                pending.append((path, parts))
+            elif entry.is_file(follow_symlinks=False):
+                found.append((path, "/".join(parts)))
+            else:
+                raise ModelPathError(f"{path} is not a regular file or folder (a FIFO, socket or device?)")
+    return found
+
+
+def _hash_file(path: Path) -> tuple[str, int]:
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except FileNotFoundError:
+        raise StorageError(f"blob {path.parent.name}{path.name} is missing from the store") from None
+    except OSError as exc:
+        raise StorageError(f"cannot read blob {path}: {exc.strerror or exc}") from None
+    digest = hashlib.sha256()
+    size = 0
+    with open(fd, "rb", buffering=0) as reader:
+        buffer = bytearray(CHUNK_SIZE)
+        view = memoryview(buffer)
+        while n := reader.readinto(view):
+            digest.update(view[:n])
+            size += n
+    return digest.hexdigest(), size
+
+
+def _safe_relative(path: str) -> PurePosixPath:
+    relative = PurePosixPath(path)
+    if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+        raise StorageError(f"refusing to lay out a file outside its model folder: {path!r}")
+    return relative
+
+
+def _remove_tree(path: Path) -> None:
+    """Delete a staging or view folder (read-only files inside go too: unlinking needs only the folder's write bit)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -1,0 +1,203 @@
+"""Frozen values the registry service hands out (never ORM rows), and the version reference syntax.
+
+A reference is ``NAME:VERSION`` (``fraud:3``) or ``NAME@ALIAS`` (``fraud@production``). Names of models, aliases
+and users are short, start with a letter or digit and use only ``A-Z a-z 0-9 . _ -``: they appear in paths, URLs
+and audit entries, so nothing there may need quoting.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from mlwarden.integrity.hashing import FileDigest
+from mlwarden.registry.errors import BadInput
+from mlwarden.registry.roles import Role
+from mlwarden.registry.states import State
+
+__all__ = [
+    "AttachmentInfo",
+    "AttachmentKind",
+    "IssuedToken",
+    "ModelInfo",
+    "Ref",
+    "TokenInfo",
+    "UserInfo",
+    "VersionInfo",
+    "check_name",
+    "parse_ref",
+]
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_name(kind: str, value: str) -> str:
+    """Return ``value`` if it is a valid model, alias or user name.
+
+    Raises:
+        BadInput: naming ``kind`` and the rule.
+    """
+    if not isinstance(value, str) or not _NAME.fullmatch(value) or ".." in value:
+        raise BadInput(
+            f"invalid {kind} name {value!r}: use 1-100 characters A-Z a-z 0-9 . _ -, starting with a letter or digit"
+        )
+    return value
+
+
+class AttachmentKind(StrEnum):
+    """What an attachment is; ``bom`` is written by the registry itself at registration."""
+
+    SIGNATURE = "signature"
+    DATASET_MANIFEST = "dataset_manifest"
+    TRAINING_RECORD = "training_record"
+    SCAN_REPORT = "scan_report"
+    TEST_REPORT = "test_report"
+    BOM = "bom"
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    """A parsed version reference: ``version`` or ``alias`` is set, never both."""
+
+    model: str
+    version: int | None = None
+    alias: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.model}:{self.version}" if self.version is not None else f"{self.model}@{self.alias}"
+
+
+def parse_ref(text: str | Ref) -> Ref:
+    """Parse ``NAME:VERSION`` or ``NAME@ALIAS``.
+
+    Raises:
+        BadInput: anything else (a bare name is refused: say which version).
+    """
+    if isinstance(text, Ref):
+        return text
+    if not isinstance(text, str):
+        raise BadInput(f"invalid version reference {text!r}")
+    if "@" in text:
+        model, _, alias = text.partition("@")
+        return Ref(check_name("model", model), alias=check_name("alias", alias))
+    model, sep, number = text.rpartition(":")
+    if sep and number.isascii() and number.isdigit() and int(number) > 0:
+        return Ref(check_name("model", model), version=int(number))
+    raise BadInput(f"invalid version reference {text!r}: expected NAME:VERSION (fraud:3) or NAME@ALIAS (fraud@prod)")
+
+
+@dataclass(frozen=True, slots=True)
+class AttachmentInfo:
+    """One attachment of a version; ``digest`` is the SHA-256 (hex) of its bytes in the blob store."""
+
+    id: int
+    kind: AttachmentKind
+    filename: str
+    digest: str
+    size: int
+    created_by: str
+    created_at: datetime
+    details: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class VersionInfo:
+    """A version as the service reports it.
+
+    Attributes:
+        model: model name.
+        version: version number (1, 2, ...).
+        state: lifecycle state.
+        digest: ``sha256:<hex>``, the :attr:`~mlwarden.integrity.hashing.ModelManifest.digest` of the artifact.
+        submitted_by: the user who registered it (approving it is refused to them).
+        created_at: registration time (UTC).
+        aliases: aliases pointing at it now.
+        files: every file of the artifact with its digest.
+        attachments: every attachment, oldest first.
+        artifact_name: the file or folder name it was registered under.
+        is_file: whether the artifact is a single file.
+        framework: declared framework (``sklearn``, ``torch``...), if any.
+        description: free text given at registration.
+        state_changed_at: time of the last state change (UTC).
+    """
+
+    model: str
+    version: int
+    state: State
+    digest: str
+    submitted_by: str
+    created_at: datetime
+    aliases: tuple[str, ...]
+    files: tuple[FileDigest, ...]
+    attachments: tuple[AttachmentInfo, ...]
+    artifact_name: str = ""
+    is_file: bool = True
+    framework: str | None = None
+    description: str = ""
+    state_changed_at: datetime | None = None
+
+    @property
+    def ref(self) -> str:
+        """``NAME:VERSION``."""
+        return f"{self.model}:{self.version}"
+
+    @property
+    def total_size(self) -> int:
+        """Bytes over every file of the artifact."""
+        return sum(f.size for f in self.files)
+
+    def latest(self, kind: AttachmentKind) -> AttachmentInfo | None:
+        """The newest attachment of ``kind``, or None."""
+        return next((a for a in reversed(self.attachments) if a.kind == kind), None)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """A model with its number of versions and its aliases (alias -> version number)."""
+
+    name: str
+    created_at: datetime
+    created_by: str
+    versions: int
+    latest: int | None
+    aliases: dict[str, int] = field(default_factory=dict, hash=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class UserInfo:
+    """A user (never their tokens' secrets)."""
+
+    username: str
+    roles: frozenset[Role]
+    disabled: bool
+    created_at: datetime
+    created_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """A token's public facts: id, owner, name, lookup prefix, dates; the secret is never stored."""
+
+    id: int
+    username: str
+    name: str
+    prefix: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+    scope: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    """A freshly issued token: ``token`` is the plaintext, shown once and stored nowhere."""
+
+    id: int
+    username: str
+    token: str = field(repr=False)
+    expires_at: datetime | None
+    scope: str | None = None
