@@ -137,3 +137,16 @@ def test_admin_manages_roles(client: TestClient, users: Users) -> None:
     assert updated.status_code == 200, updated.text
     assert updated.json()["roles"] == ["approver", "viewer"]
     assert client.get("/v1/whoami", headers=users.viewer).json()["roles"] == ["approver", "viewer"]
+
+
+def test_scoped_tokens_stay_inside_their_model(client: TestClient, users: Users, model_file: Path) -> None:
+    issued = client.post("/v1/users/alice/tokens", json={"scope": "model:fraud"}, headers=users.admin)
+    assert issued.status_code == 201, issued.text
+    assert issued.json()["scope"] == "model:fraud"
+    scoped = bearer(issued.json()["token"])
+    assert upload(client, "fraud", model_file, scoped).status_code == 201
+    assert_error(upload(client, "churn", model_file, scoped), 403, "forbidden")
+    assert_error(client.get("/v1/audit", headers=scoped), 403, "forbidden")
+    assert_error(client.get("/v1/models", headers=scoped), 403, "forbidden")
+    bad = client.post("/v1/users/alice/tokens", json={"scope": "user:root"}, headers=users.admin)
+    assert_error(bad, 422, "invalid_input")

@@ -113,6 +113,7 @@ def audit_entries(
 ) -> list[AuditEntryOut]:
     """The newest entries first: who did what, from which state to which, allowed or refused (any role)."""
     actor.require(Permission.READ, "read the audit log")
+    actor.require_scope("audit", "read the audit log")  # the log spans every model: no scoped token reads it
     log = registry.audit()
     stop = log.size() if before is None else min(before, log.size())
     start = max(0, stop - min(limit, limits.audit_page_max))
@@ -129,6 +130,7 @@ def audit_entries(
 def latest_checkpoint(registry: RegistryDep, actor: Actor) -> CheckpointOut:
     """The newest signed checkpoint (tree size, root, Ed25519 signature), to compare with a copy kept elsewhere."""
     actor.require(Permission.READ, "read the audit log")
+    actor.require_scope("audit", "read the audit log")  # the log spans every model: no scoped token reads it
     checkpoint = registry.audit().latest_checkpoint()
     if checkpoint is None:
         raise NotFound("no audit checkpoint has been signed yet (POST /v1/audit/checkpoint signs one)")
@@ -146,6 +148,7 @@ def latest_checkpoint(registry: RegistryDep, actor: Actor) -> CheckpointOut:
 def sign_checkpoint(registry: RegistryDep, actor: Actor) -> CheckpointOut:
     """Sign the log's current head (refused with 500 ``audit_tampered`` if the log no longer matches its hashes)."""
     actor.require(Permission.READ, "sign an audit checkpoint")
+    actor.require_scope("audit", "sign an audit checkpoint")
     log = registry.audit()
     if log.signer is None:
         raise ApiError(503, "not_configured", "this server has no audit checkpoint key (serve with --audit-key)")

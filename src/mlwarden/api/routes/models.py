@@ -181,7 +181,7 @@ async def register(name: Name, request: Request, registry: RegistryDep, actor: A
     registry copies it into its content-addressed store; the staging folder is removed in every case.
     """
     check_name("model", name)  # before reading gigabytes for a name the registry would refuse
-    if not actor.can(Permission.REGISTER):
+    if not actor.can(Permission.REGISTER) or not actor.within(f"model:{name}"):
         # Refuse before reading the body too. Through the service, which checks the role before it looks at the
         # path: the refusal is its own decision, with its message, and is audited like any other.
         await run_in_threadpool(registry.register, actor, name, FsPath(os.devnull))
