@@ -1,0 +1,1 @@
+"""Runtime guard: request and response checks in front of a deployed model."""
