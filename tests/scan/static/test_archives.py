@@ -217,3 +217,55 @@ def test_lz4_and_zstd_layers(tmp_path: Path, codec: str) -> None:
     [finding] = failing(scan_bytes(tmp_path, data))
     assert finding.detail("global") == "os.system"
     assert finding.location.chain[1] == f"<{codec}>"
+
+
+def _checkpoint_with_storage(tmp_path: Path, content: bytes) -> Path:
+    """A real torch zip checkpoint whose first tensor storage is replaced by ``content`` (same member name)."""
+    import io
+    import zipfile
+
+    torch = pytest.importorskip("torch")
+    buf = io.BytesIO()
+    torch.save({"w": torch.zeros(2)}, buf)
+    source = zipfile.ZipFile(io.BytesIO(buf.getvalue()))
+    out = tmp_path / "ckpt.pt"
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as target:
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename.endswith("/data/0"):
+                data = content
+            target.writestr(info.filename, data)
+    return out
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        bytes.fromhex("8002183cf0ec94bd"),  # PROTO 2, then no valid opcode: seen in a real RAdam checkpoint
+        bytes.fromhex("6c2e16bc0c57493a795b1dbeddd4eabc"),  # b"l." : LIST without a MARK, then STOP
+        b"(." + bytes(14),  # MARK then STOP: leaves a mark behind
+    ],
+)
+def test_tensor_bytes_that_merely_start_like_a_pickle_are_data(tmp_path: Path, raw: bytes) -> None:
+    result = scan_one(_checkpoint_with_storage(tmp_path, raw))
+    assert not any(f.rule_id.startswith("MLW-PKL") for f in result.findings), result.findings
+
+
+def test_a_real_pickle_hidden_in_a_storage_is_still_analysed(tmp_path: Path) -> None:
+    import pickle
+
+    payload = pickle.dumps(os_system_canary(tmp_path), protocol=2)
+    result = scan_one(_checkpoint_with_storage(tmp_path, payload))
+    assert any(f.rule_id.startswith("MLW-PKL") and f.severity >= Severity.HIGH for f in result.findings)
+
+
+class os_system_canary:  # noqa: N801 - reads as what it builds
+    """Pickles as ``os.system("touch <tmp>/canary")``; only ever scanned here."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.command = f"touch {tmp_path / 'canary'}"
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        import os
+
+        return os.system, (self.command,)

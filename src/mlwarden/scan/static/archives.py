@@ -217,7 +217,10 @@ class ZipHandler(Handler):
             return
         child = artifact.child(name, info.file_size, opener, head)
         if small:  # tensor storage: only a hidden pickle or archive would matter; don't sniff the bytes further
-            if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05") or looks_like_pickle(head):
+            # Random tensor bytes start with b"\x80\x02" about once in 10,000 storages: a PROTO prefix alone is not
+            # enough, the opcodes after it must decode with a valid stack shape (torch never unpickles storages).
+            proto = head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
+            if (proto and looks_like_pickle(head[2:])) or looks_like_pickle(head):
                 ctx.descend(child, Format.PICKLE)
             elif head.startswith(b"PK"):
                 ctx.descend(child, Format.ZIP)

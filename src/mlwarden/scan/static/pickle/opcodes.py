@@ -26,6 +26,7 @@ INLINE_LIMIT = 4 * 1024 * 1024
 MAX_LINE = 16 * 1024 * 1024
 
 CODE2OP: dict[int, pickletools.OpcodeInfo] = {ord(op.code): op for op in pickletools.opcodes}
+_BY_NAME: dict[str, pickletools.OpcodeInfo] = {op.name: op for op in pickletools.opcodes}
 
 
 class PickleFormatError(Exception):
@@ -233,6 +234,7 @@ def looks_like_pickle(head: bytes) -> bool:
 
     stream = io.BytesIO(head)
     count = 0
+    stack = _StackShape()
     while True:
         pos = stream.tell()
         try:
@@ -243,8 +245,10 @@ def looks_like_pickle(head: bytes) -> bool:
         if op is None:
             return count >= 8
         count += 1
+        if not stack.apply(op.name):
+            return False  # pops what was never pushed: random bytes, not a pickle (e.g. b"l." in tensor data)
         if op.name == "STOP":
-            return count >= 2
+            return count >= 2 and stack.complete()
         if op.name in _IDENT_OPS:
             module, name = op.arg
             if not (_is_dotted_ident(module) and _is_dotted_ident(name)):
@@ -252,6 +256,44 @@ def looks_like_pickle(head: bytes) -> bool:
             return True
         if op.name == "PROTO":
             return False  # PROTO is only valid as the first opcode, handled by the caller
+
+
+class _StackShape:
+    """Tracks only the stack's shape (item counts between marks) with pickletools' declared stack effects."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.marks: list[int] = []
+
+    def apply(self, name: str) -> bool:
+        """Apply opcode ``name``'s stack effect; False if it would pop more than is there."""
+        import pickletools
+
+        info = _BY_NAME[name]
+        before = info.stack_before
+        if pickletools.markobject in before:
+            below = before.index(pickletools.markobject)
+            if not self.marks:
+                return False
+            self.depth = self.marks.pop()
+            if self.depth < below:
+                return False
+            self.depth -= below
+        else:
+            if self.depth < len(before):
+                return False
+            self.depth -= len(before)
+        for item in info.stack_after:
+            if item is pickletools.markobject:
+                self.marks.append(self.depth)
+                self.depth = 0
+            else:
+                self.depth += 1
+        return True
+
+    def complete(self) -> bool:
+        """A whole pickle leaves nothing behind after STOP popped its one result."""
+        return self.depth == 0 and not self.marks
 
 
 def _is_dotted_ident(text: str) -> bool:
