@@ -12,8 +12,6 @@ the log is one ordered history). The primary key on ``seq`` is a second guard.
 
 from __future__ import annotations
 
-import contextlib
-import threading
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
@@ -72,7 +70,6 @@ class AuditLog:
         self.signer = signer
         self.checkpoint_every = checkpoint_every
         self.max_details_bytes = max_details_bytes
-        self._local = threading.local()
 
     def __repr__(self) -> str:
         return f"AuditLog({self.database!r}, signer={self.signer!r})"
@@ -145,7 +142,7 @@ class AuditLog:
         from mlwarden.registry.db import DatabaseError, describe
 
         digests_json, details_json = normalise(event, self.max_details_bytes)
-        raw = self._driver_connection()
+        raw = self.database.engine.raw_connection()
         try:
             cursor = raw.cursor()
             try:
@@ -184,27 +181,9 @@ class AuditLog:
             reason = str(exc)
             if "locked" in reason:
                 raise DatabaseError(f"{describe(self.database.url)} is locked by another writer ({reason})") from exc
-            self._drop_driver_connection()
             raise DatabaseError(f"database {describe(self.database.url)} is unavailable: {reason}") from exc
-
-    def _driver_connection(self) -> Any:
-        """Return the calling thread's pooled connection, checked out between fast appends (checkout costs a third)."""
-        held = getattr(self._local, "raw", None)
-        if held is None:
-            held = self.database.engine.raw_connection()
-            self._local.raw = held
-        return held
-
-    def _drop_driver_connection(self) -> None:
-        held = getattr(self._local, "raw", None)
-        self._local.raw = None
-        if held is not None:
-            with contextlib.suppress(Exception):
-                held.close()
-
-    def close(self) -> None:
-        """Give back this thread's held connection (other threads' return to the pool when they end)."""
-        self._drop_driver_connection()
+        finally:
+            raw.close()
 
     def checkpoint(self) -> Checkpoint:
         """Sign the current tree head in a transaction of its own.
