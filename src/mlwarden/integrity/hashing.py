@@ -188,8 +188,12 @@ def _ignored(parts: tuple[str, ...], ignore: tuple[tuple[str, ...], ...]) -> boo
     return any(parts[: len(prefix)] == prefix for prefix in ignore)
 
 
-def _walk(root: Path, ignore: tuple[tuple[str, ...], ...]) -> list[tuple[Path, str]]:
-    """Every regular file under ``root`` (not ignored) as (absolute path, relative POSIX path)."""
+def walk_files(root: Path, ignore: tuple[tuple[str, ...], ...]) -> list[tuple[Path, str]]:
+    """Every regular file under ``root`` (not ignored) as (absolute path, relative POSIX path).
+
+    ``ignore`` holds path-component prefixes relative to ``root``. Symbolic links, FIFOs, sockets and devices are
+    refused (:class:`ModelPathError`): a model's bytes are its regular files, never something a link points at.
+    """
     found: list[tuple[Path, str]] = []
     pending: list[tuple[Path, tuple[str, ...]]] = [(root, ())]
     while pending:
@@ -205,7 +209,7 @@ def _walk(root: Path, ignore: tuple[tuple[str, ...], ...]) -> list[tuple[Path, s
                 continue
             path = Path(entry.path)
             if entry.is_symlink():
-                raise ModelPathError(f"{path} is a symbolic link: links are not signed (they could point outside)")
+                raise ModelPathError(f"{path} is a symbolic link: links are not followed (they could point outside)")
             if entry.is_dir(follow_symlinks=False):
                 pending.append((path, parts))
             elif entry.is_file(follow_symlinks=False):
@@ -291,7 +295,7 @@ def hash_model(
         if not root.exists():
             raise ModelPathError(f"no such file or folder: {root}")
         raise ModelPathError(f"{root} is not a regular file or folder")
-    files = _walk(root, tuple(p.parts for p in ignore))
+    files = walk_files(root, tuple(p.parts for p in ignore))
     count = workers or default_workers(len(files))
     if count == 1 or len(files) <= 1:
         results = [hash_file(p) for p, _ in files]

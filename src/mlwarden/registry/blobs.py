@@ -29,7 +29,16 @@ from pathlib import Path, PurePosixPath
 
 from mlwarden.core.errors import LimitExceeded
 from mlwarden.integrity.errors import ModelPathError
-from mlwarden.integrity.hashing import GIT_PATHS, FileDigest, ModelManifest, default_workers, model_name, path_key
+from mlwarden.integrity.hashing import (
+    GIT_PATHS,
+    FileDigest,
+    ModelManifest,
+    default_workers,
+    hash_file,
+    model_name,
+    path_key,
+    walk_files,
+)
 from mlwarden.registry.errors import StorageError
 
 __all__ = ["CHUNK_SIZE", "BlobStore", "Staging", "StagedFile"]
@@ -299,48 +308,18 @@ class Staging:
 
 
 def _walk(root: Path) -> list[tuple[Path, str]]:
-    """Regular files under ``root`` as (path, relative POSIX path); the same rules as ``hash_model``."""
-    found: list[tuple[Path, str]] = []
-    pending: list[tuple[Path, tuple[str, ...]]] = [(root, ())]
-    while pending:
-        folder, prefix = pending.pop()
-        try:
-            with os.scandir(folder) as entries:
-                listing = list(entries)
-        except OSError as exc:
-            raise ModelPathError(f"cannot list {folder}: {exc.strerror or exc}") from None
-        for entry in listing:
-            parts = (*prefix, entry.name)
-            if not prefix and entry.name in GIT_PATHS:
-                continue
-            path = Path(entry.path)
-            if entry.is_symlink():
-                raise ModelPathError(f"{path} is a symbolic link: links are not stored (they could point outside)")
-            if entry.is_dir(follow_symlinks=False):
-                pending.append((path, parts))
-            elif entry.is_file(follow_symlinks=False):
-                found.append((path, "/".join(parts)))
-            else:
-                raise ModelPathError(f"{path} is not a regular file or folder (a FIFO, socket or device?)")
-    return found
+    """Regular files under ``root`` as (path, relative POSIX path): exactly what ``hash_model`` would hash."""
+    return walk_files(root, tuple((name,) for name in GIT_PATHS))
 
 
 def _hash_file(path: Path) -> tuple[str, int]:
+    """SHA-256 and size of a stored blob, with store-specific errors."""
+    if not path.exists() and not path.is_symlink():
+        raise StorageError(f"blob {path.parent.name}{path.name} is missing from the store")
     try:
-        fd = os.open(path, _READ_FLAGS)
-    except FileNotFoundError:
-        raise StorageError(f"blob {path.parent.name}{path.name} is missing from the store") from None
-    except OSError as exc:
-        raise StorageError(f"cannot read blob {path}: {exc.strerror or exc}") from None
-    digest = hashlib.sha256()
-    size = 0
-    with open(fd, "rb", buffering=0) as reader:
-        buffer = bytearray(CHUNK_SIZE)
-        view = memoryview(buffer)
-        while n := reader.readinto(view):
-            digest.update(view[:n])
-            size += n
-    return digest.hexdigest(), size
+        return hash_file(path)
+    except ModelPathError as exc:
+        raise StorageError(f"cannot read blob {path}: {exc}") from None
 
 
 def _safe_relative(path: str) -> PurePosixPath:
