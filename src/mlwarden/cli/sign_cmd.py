@@ -209,33 +209,26 @@ def _report_failure(args: argparse.Namespace, problems: tuple[str, ...]) -> int:
 
 
 def _verify_key(args: argparse.Namespace) -> int:
-    from mlwarden.integrity.errors import VerificationError
     from mlwarden.integrity.signing import verify_model
 
-    try:
-        result = verify_model(
-            args.model_path,
-            args.signature,
-            args.public_key,
-            ignore_paths=_ignore_paths(args),
-            workers=_workers(args),
-            ignore_git_paths=args.ignore_git_paths,
-        )
-    except VerificationError as exc:
-        return _report_failure(args, exc.problems)
-    _summary("verified", args, result.manifest, f", signed by {result.signer}")
-    return EXIT_OK
+    return _verify(args, verify_model, args.public_key)
 
 
 def _verify_certificate(args: argparse.Namespace) -> int:
-    from mlwarden.integrity.errors import VerificationError
     from mlwarden.integrity.signing import verify_model_certificate
 
+    return _verify(args, verify_model_certificate, args.certificate_chain)
+
+
+def _verify(args: argparse.Namespace, verify: Any, trust: Any) -> int:
+    """Run one verification method (``trust``: its public key or certificate chain); exit 1 lists each problem."""
+    from mlwarden.integrity.errors import VerificationError
+
     try:
-        result = verify_model_certificate(
+        result = verify(
             args.model_path,
             args.signature,
-            args.certificate_chain,
+            trust,
             ignore_paths=_ignore_paths(args),
             workers=_workers(args),
             ignore_git_paths=args.ignore_git_paths,
