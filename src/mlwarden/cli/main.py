@@ -21,7 +21,19 @@ from mlwarden.core.findings import Severity
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 #: Modules under ``mlwarden.cli`` that add commands: each has ``add_parser(sub)``, which registers its
 #: subcommands with ``set_defaults(run=function)``; keep their top-level imports light (start-up time).
-COMMAND_MODULES = ("profile_cmd", "sign_cmd", "provenance_cmd", "registry_cmd", "retire_cmd", "audit_cmd", "api_cmd")
+COMMAND_MODULES = (
+    "profile_cmd",
+    "sign_cmd",
+    "provenance_cmd",
+    "registry_cmd",
+    "retire_cmd",
+    "audit_cmd",
+    "api_cmd",
+    "serve_cmd",
+    "baseline_cmd",
+    "monitor_cmd",
+    "forensics_cmd",
+)
 FORMATS = ("text", "json", "sarif", "html")
 
 

@@ -10,6 +10,7 @@ content-addressed and the digest check re-hashes them.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -28,7 +29,7 @@ from mlwarden.registry._core import (
     view_path,
 )
 from mlwarden.registry.errors import BadInput, Conflict, GateRefused, InvalidTransition, NotFound, PermissionDenied
-from mlwarden.registry.gates import Evidence, GateCheck, GateResult, evaluate_approve, evaluate_deploy
+from mlwarden.registry.gates import Evidence, GateCheck, GateResult, evaluate_approve, evaluate_deploy, evaluate_serving
 from mlwarden.registry.models import AliasEventRow, AliasRow, VersionRow, utcnow
 from mlwarden.registry.roles import Permission, Principal
 from mlwarden.registry.states import TRANSITIONS, Action, State, check_transition
@@ -136,6 +137,35 @@ def rollback(core: Core, actor: Principal, name: str, alias: str) -> VersionInfo
             act.to_state = current_row.state
             core.audit.append(session, act.event(allowed=True))
             return version_info(session, target_row)
+
+
+def rollback_target(core: Core, actor: Principal, name: str, alias: str) -> VersionInfo:
+    """The version :func:`rollback` would move ``alias`` to now (read-only; a server keeps it warm)."""
+    with attempt(core, actor, "read", f"alias:{name}@{alias}", Permission.READ, read_only=True):
+        check_name("model", name)
+        check_name("alias", alias)
+        with core.database.reading() as session:
+            current = version_info(session, version_row(session, parse_ref(f"{name}@{alias}")))
+            return version_info(session, _rollback_target(session, name, alias, current))
+
+
+def verify_copy(core: Core, actor: Principal, ref: str, copy: Path, signature_required: bool) -> GateResult:
+    """Check a private copy of ``ref``'s bytes (digest, and signature by a deploy-trusted key); audited."""
+    with attempt(core, actor, "serve.verify", f"model:{ref}", Permission.READ) as act:
+        with core.database.reading() as session:
+            info = version_info(session, version_row(session, ref))
+        act.resolved(f"model:{info.ref}")
+        act.from_state = act.to_state = info.state.value
+        paths = {a.id: core.blobs.path(a.digest) for a in info.attachments}
+        result = evaluate_serving(
+            core.gates, Evidence(info, copy, paths, utcnow()), signature_required=signature_required
+        )
+        act.details["checks"] = [_check_dict(c) for c in result.checks]
+        act.digests = {"artifact": info.digest}
+        if not result.passed:
+            raise GateRefused(result.gate, info.ref, result.failed)
+        core.audit.append_now(act.event(allowed=True))
+        return result
 
 
 def retire(core: Core, actor: Principal, ref: str, reason: str, hook: RetireHook | None) -> VersionInfo:

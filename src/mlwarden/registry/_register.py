@@ -38,7 +38,7 @@ from mlwarden.registry.gates import REGISTRY_SCAN
 from mlwarden.registry.models import AttachmentRow, ModelRow, VersionFileRow, VersionRow, utcnow
 from mlwarden.registry.roles import Permission, Principal
 from mlwarden.registry.states import TRANSITIONS, Action, State, check_transition
-from mlwarden.registry.values import AttachmentKind, VersionInfo, check_name, parse_ref
+from mlwarden.registry.values import BASELINE_FORMAT, AttachmentKind, VersionInfo, check_name, parse_ref
 
 T = TypeVar("T")
 SCAN_MODES = ("static", "dynamic")
@@ -290,6 +290,11 @@ def _validate(kind: AttachmentKind, staged: Path, original: Path) -> object:
         elif kind is AttachmentKind.SCAN_REPORT:
             with staged.open("rb") as handle:
                 json.load(handle)
+        elif kind is AttachmentKind.BASELINE:
+            with staged.open("rb") as handle:
+                doc = json.load(handle)
+            if not isinstance(doc, dict) or doc.get("format") != BASELINE_FORMAT:
+                raise BadInput(f"its format is not {BASELINE_FORMAT!r}")
     except MlwardenError as exc:
         raise BadInput(f"{original} is not a valid {kind.value.replace('_', ' ')}: {exc}") from None
     except (ValueError, UnicodeDecodeError) as exc:

@@ -17,6 +17,7 @@ manifest; deployment re-hashes the stored bytes and re-verifies the signature. E
     trusted_keys = ["keys/release.pub"]   # relative to this file
     dataset_manifest_required = true
     training_record_required = false
+    baseline_required = false
 
     [deploy]
     verify_digest = true
@@ -67,6 +68,7 @@ class ApproveGate:
     trusted_keys: tuple[str, ...] = ()
     dataset_manifest_required: bool = True
     training_record_required: bool = False
+    baseline_required: bool = False
 
     def __post_init__(self) -> None:
         Severity.parse(self.fail_on)
@@ -204,6 +206,8 @@ def evaluate_approve(gates: Gates, evidence: Evidence) -> GateResult:
         checks.append(_present("dataset_manifest_required", AttachmentKind.DATASET_MANIFEST, evidence.version))
     if rules.training_record_required:
         checks.append(_present("training_record_required", AttachmentKind.TRAINING_RECORD, evidence.version))
+    if rules.baseline_required:
+        checks.append(_present("baseline_required", AttachmentKind.BASELINE, evidence.version))
     return GateResult("approve", tuple(checks))
 
 
@@ -220,6 +224,18 @@ def evaluate_deploy(gates: Gates, evidence: Evidence, alias: str) -> GateResult:
     if rules.signature_required:
         checks.append(_signature_check("signature_required", gates.trusted_key_paths("deploy"), evidence))
     return GateResult("deploy", tuple(checks))
+
+
+def evaluate_serving(gates: Gates, evidence: Evidence, *, signature_required: bool = True) -> GateResult:
+    """Check a server's private copy of a version (``evidence.artifact``) before it loads it.
+
+    The digest is always re-computed; the signature must verify with a deploy-trusted key unless
+    ``signature_required`` is False.
+    """
+    checks = [_digest_check(evidence)]
+    if signature_required:
+        checks.append(_signature_check("signature_required", gates.trusted_key_paths("deploy"), evidence))
+    return GateResult("serve", tuple(checks))
 
 
 def _scan_checks(rules: ApproveGate, evidence: Evidence) -> list[GateCheck]:

@@ -43,7 +43,7 @@ from mlwarden.registry.errors import (
     RegistryError,
     StorageError,
 )
-from mlwarden.registry.gates import GateCheck, Gates, load_gates
+from mlwarden.registry.gates import GateCheck, GateResult, Gates, load_gates
 from mlwarden.registry.models import AliasRow, ModelRow, VersionRow
 from mlwarden.registry.roles import Permission, Principal, Role
 from mlwarden.registry.states import State
@@ -297,6 +297,18 @@ class Registry:
     def rollback(self, actor: Principal, name: str, alias: str) -> VersionInfo:
         """Move ``alias`` back to the previous approved version it pointed at; returns that version."""
         return _lifecycle.rollback(self._core, actor, name, alias)
+
+    def verify_copy(self, actor: Principal, ref: str, copy: Path, *, signature_required: bool = True) -> GateResult:
+        """Check a private copy of the version's bytes before loading it (what a server does; audited).
+
+        The digest of ``copy`` must equal the version's, and (``signature_required``) its attached signature
+        must verify over ``copy`` with a deploy-trusted key. Raises :class:`GateRefused` naming what failed.
+        """
+        return _lifecycle.verify_copy(self._core, actor, ref, copy, signature_required)
+
+    def rollback_target(self, actor: Principal, name: str, alias: str) -> VersionInfo:
+        """The version :meth:`rollback` would move ``alias`` to now, without moving it (raises if none)."""
+        return _lifecycle.rollback_target(self._core, actor, name, alias)
 
     def retire(self, actor: Principal, ref: str, *, reason: str = "", hook: RetireHook | None = None) -> VersionInfo:
         """Mark a version retired (final) and detach its aliases (admin).

@@ -47,6 +47,10 @@ def check_name(kind: str, value: str) -> str:
     return value
 
 
+#: The ``format`` of a guard baseline document (``mlwarden baseline capture``); the registry checks only this.
+BASELINE_FORMAT = "mlwarden.guard-baseline/1"
+
+
 class AttachmentKind(StrEnum):
     """What an attachment is; ``bom`` is written by the registry itself at registration."""
 
@@ -55,6 +59,7 @@ class AttachmentKind(StrEnum):
     TRAINING_RECORD = "training_record"
     SCAN_REPORT = "scan_report"
     TEST_REPORT = "test_report"
+    BASELINE = "baseline"  # the guard's reference profile and calibrated thresholds, captured at approval
     BOM = "bom"
 
 

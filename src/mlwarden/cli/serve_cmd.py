@@ -1,0 +1,126 @@
+"""``mlwarden serve --model NAME@ALIAS``: the guard service in front of a registry version.
+
+The service authenticates to the registry with its own token (``--token`` / ``$MLWARDEN_TOKEN``: a user with
+read, quarantine and rollback rights, e.g. a deployer, so playbooks can act); clients call it with their own
+registry tokens. Everything the guard does is set in the guard policy file (``--policy``, see docs/guard.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from mlwarden.cli.api_cmd import _database_url, _is_loopback, _port
+from mlwarden.cli.registry_cmd import TOKEN_ENV
+from mlwarden.core.errors import UsageError
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``mlwarden serve``."""
+    serve = sub.add_parser(
+        "serve",
+        help="serve a registry version behind the guard (checks, monitoring, playbooks)",
+        description="Resolve NAME@ALIAS (or NAME:VERSION) in the registry, verify the copy's digest and "
+        "signature, load it through the safe loader, and serve /v1/models/NAME/predict behind the guard policy.",
+    )
+    serve.add_argument("--model", required=True, metavar="REF", help="NAME@ALIAS (follows the alias) or NAME:VERSION")
+    serve.add_argument("--policy", metavar="FILE", help="guard policy YAML (default: built-in safe defaults)")
+    serve.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default: {DEFAULT_HOST})")
+    serve.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
+    serve.add_argument("--db", metavar="URL", help="registry database URL (default: $MLWARDEN_DB_URL or the home's)")
+    serve.add_argument("--home", metavar="DIR", help="mlwarden home (default: $MLWARDEN_HOME)")
+    serve.add_argument("--gates", metavar="FILE", help="gates TOML (deploy-trusted keys verify the signature)")
+    serve.add_argument("--token", metavar="TOKEN", help=f"the service's own registry token (default: ${TOKEN_ENV})")
+    serve.add_argument("--history-dir", metavar="DIR", help="keep the monitor history here (for `monitor report`)")
+    serve.add_argument("--forensics-dir", metavar="DIR", default="forensics", help="where bundles go")
+    serve.add_argument("--signing-key", metavar="KEY", help="ECDSA private key (PEM) signing forensics bundles")
+    serve.add_argument("--dynamic", action="store_true", help="also run the sandboxed dynamic analysis on load")
+    serve.add_argument("--poll", type=float, default=5.0, metavar="S", help="registry poll period (default: 5)")
+    serve.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate chain")
+    serve.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
+    serve.add_argument(
+        "--log-level",
+        choices=("critical", "error", "warning", "info", "debug"),
+        default="warning",
+        help="(default: warning)",
+    )
+    serve.set_defaults(run=run_serve)
+
+
+def _signer(path: str | None) -> object:
+    if path is None:
+        return None
+    from mlwarden.integrity.keys import load_private_key
+
+    return load_private_key(path)  # ECDSA (mlwarden keys generate), as for model signatures
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Prepare the service (nothing listens until the version verified and loaded) and serve until Ctrl-C."""
+    try:
+        import uvicorn
+
+        from mlwarden.serve.app import create_guard_app
+        from mlwarden.serve.policy import load_guard_policy
+        from mlwarden.serve.service import GuardService, ServiceOptions
+    except ImportError as exc:
+        raise UsageError(
+            f"mlwarden serve needs the server and guard extras: pip install 'mlwarden[server,guard]' ({exc})"
+        ) from None
+    from mlwarden.registry.errors import AuthError
+    from mlwarden.registry.service import Registry
+
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise UsageError("--tls-cert and --tls-key go together")
+    if args.poll <= 0:
+        raise UsageError("--poll must be a positive number of seconds")
+    policy = load_guard_policy(args.policy)
+    signer = _signer(args.signing_key)
+    token = args.token or os.environ.get(TOKEN_ENV)
+    if not token:
+        raise AuthError(f"no API token for the service: pass --token or set {TOKEN_ENV}")
+    home = Path(args.home) if args.home else None
+    registry = Registry.open(_database_url(args.db, home), home=home, gates=args.gates, upgrade=False)
+    actor = registry.authenticate(token.strip())
+    options = ServiceOptions(
+        history_dir=Path(args.history_dir) if args.history_dir else None,
+        forensics_dir=Path(args.forensics_dir),
+        signer=signer,
+        dynamic=args.dynamic,
+        poll_s=args.poll,
+    )
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    service = GuardService(registry, actor, args.model, policy, options)
+    if not args.tls_cert and not _is_loopback(args.host):
+        print(
+            f"mlwarden: warning: serving plain HTTP on {args.host}: tokens cross the network in clear; "
+            "use --tls-cert/--tls-key or a TLS-terminating proxy",
+            file=sys.stderr,
+        )
+    print(
+        f"mlwarden: serving {service.current.info.ref} ({service.current.info.digest}) on {args.host}:{args.port}",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        uvicorn.run(
+            create_guard_app(service),
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            ssl_certfile=args.tls_cert,
+            ssl_keyfile=args.tls_key,
+            server_header=False,
+            proxy_headers=False,
+            access_log=False,
+        )
+    finally:
+        service.close()
+        registry.close()
+    return 0

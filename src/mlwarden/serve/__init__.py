@@ -1,0 +1,1 @@
+"""The guard service: serve a registry version behind request/response checks, monitoring and playbooks."""

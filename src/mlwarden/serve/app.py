@@ -1,0 +1,164 @@
+"""The guard's HTTP face: a FastAPI app over one :class:`~mlwarden.serve.service.GuardService`.
+
+Endpoints: ``POST /v1/models/{name}/predict``, ``GET /v1/models/{name}`` (what is served), ``GET
+/v1/models/{name}/monitor`` (the monitor's state), ``GET /healthz``, ``GET /metrics`` (Prometheus) and the
+OpenAPI document at ``/openapi.json`` with docs at ``/docs``. Errors share the registry API's shape
+``{"error": {"code", "message"}}`` and its handlers: no traceback ever reaches a client, body sizes are
+enforced while the bytes arrive (413), malformed JSON is a 422 that never echoes the input.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request, Security
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from mlwarden import __version__
+from mlwarden.api import errors
+from mlwarden.api.deps import MAX_TOKEN_LENGTH, bearer
+from mlwarden.api.errors import CHALLENGE, CHALLENGE_INVALID, ApiError
+from mlwarden.api.limits import BodyLimit, Limits
+from mlwarden.api.routes import errors as error_responses
+from mlwarden.registry.errors import AuthError
+from mlwarden.registry.roles import Permission, Principal
+from mlwarden.serve.requests import PredictRequest, PredictResponse
+from mlwarden.serve.service import GuardService
+
+
+def get_service(request: Request) -> GuardService:
+    """The service the app was created over."""
+    service: GuardService = request.app.state.service
+    return service
+
+
+ServiceDep = Annotated[GuardService, Depends(get_service)]
+
+
+def authenticate(
+    service: ServiceDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
+) -> Principal:
+    """The caller, from ``Authorization: Bearer <token>`` (a registry token; cached for ``token_cache_s``)."""
+    if credentials is None or not credentials.credentials:
+        service.metrics.rejections.labels(service.name, "unauthenticated").inc()
+        raise ApiError(401, "unauthenticated", "missing bearer token (Authorization: Bearer mlw_...)", CHALLENGE)
+    token = credentials.credentials.strip()
+    if len(token) > MAX_TOKEN_LENGTH:
+        service.metrics.rejections.labels(service.name, "unauthenticated").inc()
+        raise ApiError(401, "unauthenticated", "invalid token", CHALLENGE_INVALID)
+    try:
+        return service.tokens.authenticate(token)
+    except AuthError:
+        service.metrics.rejections.labels(service.name, "unauthenticated").inc()
+        raise
+
+
+Caller = Annotated[Principal, Depends(authenticate)]
+
+router = APIRouter()
+
+
+@router.post(
+    "/v1/models/{name}/predict",
+    response_model=PredictResponse,
+    response_model_exclude_none=True,
+    responses={
+        **error_responses(401, 403, 404, 413, 422, 503),
+        429: {"description": "Rate limited or extraction suspected (see Retry-After)"},
+        500: {"description": "The model failed (a reference id, no details)"},
+    },
+    tags=["predict"],
+    summary="Predict through the guard",
+)
+def predict(name: str, body: PredictRequest, service: ServiceDep, caller: Caller) -> JSONResponse:
+    """Validate, check, predict, filter, audit: see ``docs/guard.md`` for each step and its status code."""
+    reply = service.predict(caller, name, body.model_dump(exclude_none=True))
+    return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers or None)
+
+
+@router.get(
+    "/v1/models/{name}", tags=["predict"], summary="The served version", responses=error_responses(401, 403, 404)
+)
+def served(name: str, service: ServiceDep, caller: Caller) -> dict[str, Any]:
+    """Which version is served, since when, its digest and signature state, and the input it takes."""
+    _may_read(service, caller, name)
+    current = service.current
+    servable = current.servable
+    return {
+        "model": current.info.model,
+        "version": current.info.version,
+        "ref": current.info.ref,
+        "digest": current.info.digest,
+        "state": current.info.state.value,
+        "loaded_at": current.loaded_at,
+        "signed": current.signature_bundle is not None,
+        "input": {
+            "kind": servable.input_kind,
+            "n_features": servable.n_features,
+            "feature_names": list(servable.feature_names) if servable.feature_names else None,
+            "max_rows": service.policy.input.max_rows,
+        },
+        "classes": [str(c) for c in servable.classes] if servable.classes else None,
+        "halted": service.halted,
+    }
+
+
+@router.get(
+    "/v1/models/{name}/monitor", tags=["monitor"], summary="Monitor state", responses=error_responses(401, 403, 404)
+)
+def monitor_state(name: str, service: ServiceDep, caller: Caller) -> dict[str, Any]:
+    """Window sizes, the last drift report, control chart states and recent alerts."""
+    _may_read(service, caller, name)
+    snapshot = dict(service.monitor.snapshot())
+    snapshot["recent_alerts"] = [a.to_dict() for a in service.monitor.recent_alerts(50)]
+    return snapshot
+
+
+def _may_read(service: GuardService, caller: Principal, name: str) -> None:
+    if name != service.name:
+        raise ApiError(404, "not_found", f"this service serves {service.name!r}, not {name!r}")
+    if not caller.can(Permission.READ) or not caller.within(f"model:{service.current.info.ref}"):
+        raise ApiError(403, "forbidden", f"{caller.username} may not read {service.current.info.ref}")
+
+
+health = APIRouter(tags=["health"])
+
+
+@health.get("/healthz", summary="Health check")
+def healthz(service: ServiceDep) -> JSONResponse:
+    """200 while a verified version is served; 503 when the registry stopped it (quarantined, retired)."""
+    current = service.current
+    body = {"status": "ok", "model": current.info.model, "version": current.info.version, "mlwarden": __version__}
+    if service.halted:
+        body.update(status="halted", reason=service.halted)
+        return JSONResponse(body, status_code=503)
+    return JSONResponse(body)
+
+
+@health.get("/metrics", summary="Prometheus metrics", response_class=Response)
+def metrics(service: ServiceDep) -> Response:
+    """Requests, decisions, check outcomes, latency, drift statistics, control charts, alerts, playbook steps."""
+    return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def create_guard_app(service: GuardService) -> FastAPI:
+    """The HTTP app over ``service`` (serve it with uvicorn; ``mlwarden serve`` does)."""
+    app = FastAPI(
+        title=f"mlwarden guard: {service.name}",
+        version=__version__,
+        description="A deployed model behind mlwarden's guard: every request is authenticated with a registry "
+        "token, rate limited, validated against the model's signature and its approval baseline, screened for "
+        "adversarial, out-of-distribution and extraction patterns, and its answer filtered for PII; every "
+        "decision is audited. Authenticate with `Authorization: Bearer mlw_...`.",
+        license_info={"name": "Apache-2.0", "identifier": "Apache-2.0"},
+    )
+    app.state.service = service
+    errors.install(app)
+    app.include_router(health)
+    app.include_router(router)
+    limits = Limits(max_body_bytes=service.policy.limits.max_body_bytes, max_upload_bytes=1)
+    app.add_middleware(errors.CatchAll)
+    app.add_middleware(BodyLimit, limits=limits)
+    return app

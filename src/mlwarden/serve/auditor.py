@@ -1,0 +1,115 @@
+"""Every guard decision goes to the registry's audit log: blocks and flags at once, allowed requests in batches.
+
+A blocked or flagged request is appended before its response is sent (the evidence must survive a crash).
+Allowed requests — nearly all of them — are queued and appended by a background thread in one transaction per
+batch (``append_many``), which keeps the database off the request path; a crash loses at most the last
+``flush_every_s`` of allowed decisions, never a block. The queue is bounded: when the log cannot keep up (a dead
+database), :meth:`DecisionAuditor.record` raises :class:`AuditBacklog` and the service answers 503 rather than
+serve unaudited.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+
+from mlwarden.core.errors import MlwardenError
+from mlwarden.registry.audit import AuditLog
+from mlwarden.registry.audit.events import AuditEvent
+from mlwarden.registry.db import DatabaseError
+
+log = logging.getLogger("mlwarden.serve")
+
+
+class AuditBacklog(MlwardenError):
+    """The audit log is not keeping up (or unreachable); the request is refused rather than left unaudited."""
+
+
+class DecisionAuditor:
+    """Appends guard decisions to the audit log (see the module docstring).
+
+    Args:
+        audit: the registry's audit log.
+        flush_every_s: longest time an allowed decision waits in the queue.
+        max_batch: most events per transaction.
+        max_pending: queued events beyond which :meth:`record` refuses.
+        on_failure: called with the number of events a failed flush could not write (they are retried).
+    """
+
+    def __init__(
+        self,
+        audit: AuditLog,
+        *,
+        flush_every_s: float = 0.2,
+        max_batch: int = 1000,
+        max_pending: int = 50_000,
+        on_failure: Callable[[int], None] | None = None,
+    ) -> None:
+        self.audit = audit
+        self.flush_every_s = flush_every_s
+        self.max_batch = max_batch
+        self.max_pending = max_pending
+        self._on_failure = on_failure
+        self._queue: deque[AuditEvent] = deque()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mlwarden-audit", daemon=True)
+        self._thread.start()
+
+    @property
+    def pending(self) -> int:
+        """Events queued and not yet written."""
+        return len(self._queue)
+
+    def record(self, event: AuditEvent, *, now: bool = False) -> None:
+        """Audit ``event``: appended before returning if ``now``, else queued.
+
+        Raises:
+            AuditBacklog: the queue is full, or (``now``) the append failed.
+        """
+        if now:
+            try:
+                self.audit.append_now(event)
+            except (DatabaseError, MlwardenError) as exc:
+                raise AuditBacklog(f"the audit log is unavailable: {exc}") from None
+            return
+        with self._lock:
+            if len(self._queue) >= self.max_pending:
+                raise AuditBacklog(f"{len(self._queue)} audit events are waiting; the audit log is not keeping up")
+            self._queue.append(event)
+
+    def flush(self) -> int:
+        """Write every queued event now; returns how many were written."""
+        written = 0
+        while True:
+            with self._lock:
+                batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
+            if not batch:
+                return written
+            try:
+                with self.audit.database.transaction() as session:
+                    self.audit.append_many(session, batch)
+            except (DatabaseError, MlwardenError) as exc:
+                with self._lock:
+                    self._queue.extendleft(reversed(batch))  # keep them, in order, for the next attempt
+                log.error("audit flush of %d event(s) failed: %s", len(batch), exc)
+                if self._on_failure is not None:
+                    self._on_failure(len(batch))
+                return written
+            written += len(batch)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.flush_every_s)
+            self._wake.clear()
+            self.flush()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the thread after a last flush."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
+        self.flush()

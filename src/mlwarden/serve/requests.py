@@ -1,0 +1,322 @@
+"""One predict request, from the authenticated caller to the JSON reply, with every decision audited.
+
+The order is fixed and each step can end the request: scope (403) → rate (429) → shape against the served
+version's signature (422) → input checks (403 when blocked) → model → per-client extraction check (429/403,
+the answer withheld) → output filtering (masking, or 403 when PII blocks) → monitor, audit, reply. A refused
+request is audited like an allowed one; blocked and flagged ones before the reply is sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from mlwarden.core.errors import MlwardenError
+from mlwarden.monitor.alerts import Alert
+from mlwarden.registry.audit.events import AuditEvent
+from mlwarden.registry.roles import Principal
+from mlwarden.serve.auditor import AuditBacklog
+from mlwarden.serve.auth import may_predict
+from mlwarden.serve.checks import CheckResult, Decision, decide
+
+if TYPE_CHECKING:
+    from mlwarden.serve.deployment import Deployment
+    from mlwarden.serve.service import GuardService
+
+log = logging.getLogger("mlwarden.serve")
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+#: Inputs kept per forensics record (a request of many rows is summarised).
+MAX_RECORD_ROWS = 16
+
+
+class PredictRequest(BaseModel):
+    """A predict request: ``inputs`` (rows of numbers, or texts) or ``instances`` (rows by feature name)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"inputs": [[0.1, 2.0, 3.5]]}]})
+
+    inputs: list[list[FiniteFloat]] | list[str] | None = Field(
+        default=None, min_length=1, description="Tabular rows (numbers in the model's feature order) or texts."
+    )
+    instances: list[dict[str, FiniteFloat]] | None = Field(
+        default=None,
+        min_length=1,
+        description="Tabular rows as {feature name: value} (names from the model's baseline).",
+    )
+
+
+class PredictResponse(BaseModel):
+    """A served answer."""
+
+    model: str
+    version: int
+    request_id: str
+    decision: str = Field(description="allowed, or flagged (served, recorded for review)")
+    predictions: list[dict[str, Any]]
+    checks: list[dict[str, Any]] | None = Field(
+        default=None, description="Check details, when the policy exposes them."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What the HTTP layer sends: status, JSON body, headers."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+
+
+def _error(status: int, code: str, message: str, request_id: str, headers: dict[str, str] | None = None) -> Reply:
+    return Reply(status, {"error": {"code": code, "message": message, "request_id": request_id}}, headers or {})
+
+
+def _rows(deployment: Deployment, payload: Mapping[str, Any], max_rows: int, max_chars: int) -> np.ndarray | list[str]:
+    servable = deployment.servable
+    inputs, instances = payload.get("inputs"), payload.get("instances")
+    if (inputs is None) == (instances is None):
+        raise _Refused(422, "invalid_input", "send exactly one of 'inputs' or 'instances'")
+    count = len(inputs if inputs is not None else instances)  # type: ignore[arg-type]
+    if count > max_rows:
+        raise _Refused(413, "payload_too_large", f"{count} rows; at most {max_rows} per request")
+    if servable.input_kind == "text":
+        if instances is not None or not all(isinstance(t, str) for t in inputs):  # type: ignore[union-attr]
+            raise _Refused(422, "invalid_input", "this model takes texts: {'inputs': ['...', ...]}")
+        texts: list[str] = list(inputs)  # type: ignore[arg-type]
+        longest = max(len(t) for t in texts)
+        if longest > max_chars:
+            raise _Refused(413, "payload_too_large", f"a text of {longest} characters; at most {max_chars}")
+        return texts
+    if instances is not None:
+        names = servable.feature_names or (deployment.baseline.feature_names if deployment.baseline else None)
+        if not names:
+            raise _Refused(422, "invalid_input", "this model has no feature names; send 'inputs' rows")
+        for i, row in enumerate(instances):
+            if set(row) != set(names):
+                missing, extra = sorted(set(names) - set(row)), sorted(set(row) - set(names))
+                raise _Refused(422, "invalid_input", f"instances.{i}: missing {missing}, unknown {extra}")
+        return np.array([[row[n] for n in names] for row in instances], dtype=np.float64)
+    if any(isinstance(r, str) for r in inputs):  # type: ignore[union-attr]
+        raise _Refused(422, "invalid_input", "this model takes rows of numbers, not texts")
+    width = servable.n_features
+    for i, row in enumerate(inputs):  # type: ignore[arg-type]
+        if width is not None and len(row) != width:
+            raise _Refused(422, "invalid_input", f"inputs.{i}: {len(row)} values; the model takes {width}")
+    rows = np.asarray(inputs, dtype=np.float64)
+    if rows.ndim != 2:
+        raise _Refused(422, "invalid_input", "inputs rows must all have the same length")
+    return rows
+
+
+def _event(
+    service: GuardService,
+    principal: Principal,
+    deployment: Deployment,
+    request_id: str,
+    decision: str,
+    checks: list[CheckResult],
+    rows: int,
+    reason: str = "",
+) -> AuditEvent:
+    notable = [c.to_dict() for c in checks if c.outcome != "pass"]
+    details: dict[str, Any] = {"request_id": request_id, "decision": decision, "rows": rows}
+    if notable:
+        details["checks"] = notable
+    if principal.token_id is not None:
+        details["token_id"] = principal.token_id
+    return AuditEvent(
+        actor=principal.username,
+        action="guard.predict",
+        subject=f"model:{deployment.info.ref}",
+        allowed=decision in ("allowed", "flagged"),
+        reason=reason,
+        digests={"artifact": deployment.info.digest},
+        details=details,
+    )
+
+
+def handle_predict(service: GuardService, principal: Principal, name: str, payload: Mapping[str, Any]) -> Reply:
+    """Run one request through the guard (see the module docstring)."""
+    started = time.perf_counter()
+    request_id = uuid.uuid4().hex[:16]
+    deployment = service.current  # this request is answered by this version, whatever swaps meanwhile
+    metrics, model = service.metrics, service.name
+    if name != model:
+        return _error(404, "not_found", f"this service serves {model!r}, not {name!r}", request_id)
+    if service.halted:
+        metrics.rejections.labels(model, "halted").inc()
+        return _error(503, "unavailable", f"not serving: {service.halted}", request_id, {"Retry-After": "30"})
+    checks: list[CheckResult] = []
+    n_rows = 0
+    try:
+        why = may_predict(principal, f"model:{deployment.info.ref}")
+        if why:
+            raise _Refused(403, "forbidden", why)
+        rate = service.rates.take(principal.username)
+        if not rate.allowed:
+            retry = str(max(1, int(rate.retry_after_s + 0.999)))
+            raise _Refused(429, "rate_limited", "too many requests for this client", {"Retry-After": retry})
+        limits = service.policy.input
+        rows = _rows(deployment, payload, limits.max_rows, limits.max_text_chars)
+        n_rows = len(rows)
+        checks.extend(deployment.guard.check_input(rows))
+        if decide(checks) == "blocked":
+            raise _Refused(403, "blocked_by_guard", _worst(checks))
+        model_started = time.perf_counter()
+        try:
+            prediction = deployment.servable.predict(rows)
+        except Exception as exc:  # the model's own failure: recorded, never shown to the client
+            reference = uuid.uuid4().hex[:12]
+            log.error("model %s failed on request %s (%s): %r", deployment.info.ref, request_id, reference, exc)
+            service.monitor.observe(features=None, confidence=None, latency_s=time.perf_counter() - started, error=True)
+            raise _Refused(500, "model_error", f"the model failed (reference {reference})") from None
+        metrics.model_seconds.labels(model).observe(time.perf_counter() - model_started)
+        if isinstance(rows, np.ndarray):
+            client = deployment.guard.check_client(principal.username, rows, prediction, time.time())
+            if client is not None:
+                checks.append(client)
+                if client.outcome in ("throttle", "block"):
+                    service.alert(_extraction_alert(principal, client))
+                    status = 429 if client.outcome == "throttle" else 403
+                    raise _Refused(status, "extraction_suspected", client.detail)
+        outputs, output_checks = deployment.guard.filter_output(prediction)
+        checks.extend(output_checks)
+        if decide(checks) == "blocked":
+            raise _Refused(403, "blocked_by_guard", "the response was withheld: " + _worst(checks))
+    except _Refused as refused:
+        decision: Decision = "throttled" if refused.status == 429 else "blocked"
+        if refused.status in (404, 413, 422):
+            decision = "blocked"
+        return _finish_refusal(service, principal, deployment, request_id, refused, checks, n_rows, started, decision)
+    except MlwardenError as exc:  # e.g. non-finite scores, a detector's limit: refuse, never serve unchecked
+        invalid = _Refused(422, "invalid_input", str(exc))
+        return _finish_refusal(service, principal, deployment, request_id, invalid, checks, n_rows, started, "blocked")
+    decision = decide(checks)
+    elapsed = time.perf_counter() - started
+    features = rows if isinstance(rows, np.ndarray) else None
+    confidence = None if prediction.scores is None else np.asarray(prediction.scores).max(axis=1).tolist()
+    service.monitor.observe(
+        features=features, confidence=confidence, latency_s=elapsed, error=False, flagged=decision != "allowed"
+    )
+    try:
+        service.audit(
+            _event(service, principal, deployment, request_id, decision, checks, n_rows), now=decision != "allowed"
+        )
+    except AuditBacklog as exc:  # fail closed: no answer leaves without its audit record
+        service.metrics.rejections.labels(model, "audit").inc()
+        log.error("request %s refused: %s", request_id, exc)
+        return _error(503, "audit_unavailable", "the audit log is unavailable; try again later", request_id)
+    _record(service, principal, request_id, decision, rows, outputs)
+    _count(service, deployment, decision, checks, elapsed)
+    body = PredictResponse(
+        model=model,
+        version=deployment.info.version,
+        request_id=request_id,
+        decision=decision,
+        predictions=outputs,
+        checks=[c.to_dict() for c in checks] if service.policy.output.expose_evidence else None,
+    ).model_dump(exclude_none=True)
+    return Reply(200, body)
+
+
+def _worst(checks: list[CheckResult]) -> str:
+    blocking = [c for c in checks if c.outcome in ("block", "throttle")]
+    return "; ".join(c.detail for c in blocking) or "blocked by the guard policy"
+
+
+def _finish_refusal(
+    service: GuardService,
+    principal: Principal,
+    deployment: Deployment,
+    request_id: str,
+    refused: _Refused,
+    checks: list[CheckResult],
+    n_rows: int,
+    started: float,
+    decision: Decision,
+) -> Reply:
+    reason_label = {403: "forbidden", 413: "too_large", 422: "schema", 429: "rate", 500: "model_error"}
+    if refused.code in ("blocked_by_guard", "extraction_suspected"):
+        service.metrics.requests.labels(service.name, str(deployment.info.version), decision).inc()
+        latency = time.perf_counter() - started
+        service.monitor.observe(features=None, confidence=None, latency_s=latency, error=False, flagged=True)
+    else:
+        service.metrics.rejections.labels(service.name, reason_label.get(refused.status, "other")).inc()
+    for check in checks:
+        service.metrics.checks.labels(service.name, check.check, check.outcome).inc()
+    event = _event(service, principal, deployment, request_id, decision, checks, n_rows, refused.message)
+    # Guard blocks are evidence: written before the reply. Rate and schema refusals are batched (a flood of
+    # them must not turn into a flood of synchronous writes).
+    try:
+        service.audit(event, now=refused.code in ("blocked_by_guard", "extraction_suspected", "forbidden"))
+    except AuditBacklog as exc:  # the refusal stands either way; the failure is counted and logged
+        service.metrics.audit_dropped.labels(service.name).inc()
+        log.error("could not audit refused request %s: %s", request_id, exc)
+    _record(service, principal, request_id, decision, None, None, refused.message)
+    return _error(refused.status, refused.code, refused.message, request_id, refused.headers)
+
+
+def _record(
+    service: GuardService,
+    principal: Principal,
+    request_id: str,
+    decision: str,
+    rows: Any,
+    outputs: Any,
+    reason: str = "",
+) -> None:
+    if service.records.maxlen == 0:
+        return
+    if isinstance(rows, np.ndarray):
+        rows = rows[:MAX_RECORD_ROWS].tolist()
+    elif isinstance(rows, list):
+        rows = [t[:1000] for t in rows[:MAX_RECORD_ROWS]]
+    service.records.append(
+        {
+            "t": time.time(),
+            "request_id": request_id,
+            "client": principal.username,
+            "decision": decision,
+            "inputs": rows,
+            "outputs": outputs[:MAX_RECORD_ROWS] if outputs else outputs,
+            "reason": reason,
+        }
+    )
+
+
+def _count(
+    service: GuardService, deployment: Deployment, decision: str, checks: list[CheckResult], took: float
+) -> None:
+    metrics = service.metrics
+    metrics.requests.labels(service.name, str(deployment.info.version), decision).inc()
+    metrics.latency.labels(service.name).observe(took)
+    for check in checks:
+        metrics.checks.labels(service.name, check.check, check.outcome).inc()
+
+
+def _extraction_alert(principal: Principal, check: CheckResult) -> Alert:
+    w = check.evidence.get("prada_w")
+    return Alert(
+        rule="extraction",
+        kind="guard",
+        severity="critical" if check.outcome == "block" else "warning",
+        metric="prada_w" if w is not None else "query_rate",
+        value=float(w if w is not None else check.evidence.get("rate_per_s", 0.0)),
+        threshold=float(check.evidence.get("delta", 0.0)),
+        message=f"client {principal.username}: {check.detail}",
+        at=time.time(),
+        evidence={"client": principal.username, **dict(check.evidence)},
+    )

@@ -1,0 +1,237 @@
+"""What the guard serves: a loaded model behind one small interface, loaded only through the safe loader.
+
+:class:`Servable` turns a request's rows (a float64 matrix, or texts) into a :class:`Prediction` — class labels
+and, for classifiers, class probabilities — and offers the numeric probability function the adversarial and
+extraction detectors query (:meth:`Servable.predict_fn`). Adapters: scikit-learn / joblib estimators and
+pipelines (tabular or text), TorchScript modules, ONNX graphs through onnxruntime. :func:`load_servable` goes
+through :func:`mlwarden.loader.load` and nothing else, so a model is never loaded unsafely to be served.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from mlwarden.core.errors import UsageError
+from mlwarden.guard.model_api import PredictFn, SklearnModel, TorchModel
+
+InputKind = Literal["tabular", "text"]
+Output = Literal["logits", "probabilities", "regression"]
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """The model's answer for a batch.
+
+    Attributes:
+        labels: one JSON-able value per row (the predicted class, or the regression value).
+        scores: class probabilities ``(n, k)`` for classifiers that have them, else ``None``.
+        classes: the class labels in score column order.
+    """
+
+    labels: list[Any]
+    scores: np.ndarray | None
+    classes: tuple[Any, ...] | None
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+class Servable(ABC):
+    """A loaded model, ready to serve (see the module docstring)."""
+
+    framework: str = ""
+    input_kind: InputKind = "tabular"
+    n_features: int | None = None
+    feature_names: tuple[str, ...] | None = None
+    classes: tuple[Any, ...] | None = None
+
+    @abstractmethod
+    def predict(self, x: np.ndarray | list[str]) -> Prediction:
+        """Predict a batch: a float64 ``(n, d)`` array (tabular) or a list of texts."""
+
+    def predict_fn(self) -> PredictFn | None:
+        """The numeric probability function for the detectors (``None``: text models, regressors)."""
+        return None
+
+
+class SklearnServable(Servable):
+    """A scikit-learn estimator or pipeline (classifier with or without ``predict_proba``, regressor)."""
+
+    framework = "sklearn"
+
+    def __init__(self, estimator: Any, input_kind: InputKind | None = None) -> None:
+        if not callable(getattr(estimator, "predict", None)):
+            raise UsageError(f"{type(estimator).__name__} has no predict(); it cannot be served")
+        self.estimator = estimator
+        self.input_kind = input_kind or _sklearn_kind(estimator)
+        n = getattr(estimator, "n_features_in_", None)
+        self.n_features = int(n) if n is not None and self.input_kind == "tabular" else None
+        names = getattr(estimator, "feature_names_in_", None)
+        self.feature_names = tuple(str(v) for v in names) if names is not None else None
+        classes = getattr(estimator, "classes_", None)
+        self.classes = tuple(_plain(c) for c in classes) if classes is not None else None
+        self._proba = callable(getattr(estimator, "predict_proba", None)) and self.classes is not None
+
+    def predict(self, x: np.ndarray | list[str]) -> Prediction:  # noqa: D102 - documented on Servable
+        if self._proba:
+            scores = np.asarray(self.estimator.predict_proba(x), dtype=np.float64)
+            assert self.classes is not None
+            labels = [self.classes[i] for i in scores.argmax(axis=1)]
+            return Prediction(labels, scores, self.classes)
+        return Prediction([_plain(v) for v in np.asarray(self.estimator.predict(x)).tolist()], None, self.classes)
+
+    def predict_fn(self) -> PredictFn | None:  # noqa: D102 - documented on Servable
+        if not self._proba or self.input_kind != "tabular":
+            return None
+        final = self.estimator.steps[-1][1] if hasattr(self.estimator, "steps") else self.estimator
+        # A bare linear model gets the analytic gradient; a pipeline is queried through its whole chain.
+        return SklearnModel(self.estimator if final is self.estimator else _Chain(self.estimator))
+
+
+class _Chain:
+    """A pipeline seen as a query-only classifier (its preprocessing has no gradient we can trust)."""
+
+    def __init__(self, pipeline: Any) -> None:
+        self.pipeline = pipeline
+        self.predict_proba = pipeline.predict_proba
+
+
+def _sklearn_kind(estimator: Any) -> InputKind:
+    first = estimator.steps[0][1] if hasattr(estimator, "steps") else estimator
+    text_like = ("TfidfVectorizer", "CountVectorizer", "HashingVectorizer")
+    return "text" if type(first).__name__ in text_like else "tabular"
+
+
+class TorchServable(Servable):
+    """A TorchScript (or eager) module taking a float32 ``(n, d)`` batch."""
+
+    framework = "torch"
+
+    def __init__(
+        self,
+        module: Any,
+        *,
+        output: Output = "logits",
+        classes: Sequence[Any] | None = None,
+        n_features: int | None = None,
+    ) -> None:
+        import torch
+
+        self.module = module.eval()
+        self.output = output
+        self._torch = torch
+        self.n_features = n_features if n_features is not None else _first_in_features(module)
+        self.classes = tuple(classes) if classes is not None else None
+        self._adapter = TorchModel(module, logits=output == "logits") if output != "regression" else None
+
+    def predict(self, x: np.ndarray | list[str]) -> Prediction:  # noqa: D102 - documented on Servable
+        batch = np.asarray(x, dtype=np.float64)
+        if self._adapter is None:
+            with self._torch.no_grad():
+                out = self.module(self._torch.as_tensor(batch, dtype=self._torch.float32))
+            values = out.double().numpy().reshape(batch.shape[0], -1)
+            return Prediction([v[0] if v.size == 1 else v.tolist() for v in values], None, None)
+        scores = self._adapter.predict_proba(batch)
+        classes = self.classes or tuple(range(scores.shape[1]))
+        if len(classes) != scores.shape[1]:
+            raise UsageError(f"the model returns {scores.shape[1]} scores but {len(classes)} classes were declared")
+        self.classes = classes
+        return Prediction([classes[i] for i in scores.argmax(axis=1)], scores, classes)
+
+    def predict_fn(self) -> PredictFn | None:  # noqa: D102 - documented on Servable
+        return self._adapter
+
+
+def _first_in_features(module: Any) -> int | None:
+    for sub in module.modules():
+        n = getattr(sub, "in_features", None)
+        if isinstance(n, int):
+            return n
+    return None
+
+
+class OnnxServable(Servable):
+    """An ONNX graph run by onnxruntime (CPU, one intra-op thread), one float input tensor."""
+
+    framework = "onnx"
+
+    def __init__(self, model_bytes: bytes, *, output: Output = "logits", classes: Sequence[Any] | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise UsageError(f"the ONNX graph takes {len(inputs)} inputs; the guard serves single-input graphs")
+        self._input = inputs[0].name
+        shape = inputs[0].shape
+        self.n_features = shape[-1] if len(shape) == 2 and isinstance(shape[-1], int) else None
+        outputs = self.session.get_outputs()
+        named = [o for o in outputs if "prob" in o.name.lower()]
+        self._output = (named or outputs)[0].name
+        self.output: Output = "probabilities" if named else output
+        self.classes = tuple(classes) if classes is not None else None
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities (softmax of the output when it holds logits)."""
+        (out,) = self.session.run([self._output], {self._input: np.asarray(x, dtype=np.float32)})
+        values = np.asarray(out, dtype=np.float64).reshape(len(x), -1)
+        if self.output == "logits":
+            values = np.exp(values - values.max(axis=1, keepdims=True))
+            values /= values.sum(axis=1, keepdims=True)
+        return values
+
+    def predict(self, x: np.ndarray | list[str]) -> Prediction:  # noqa: D102 - documented on Servable
+        batch = np.asarray(x, dtype=np.float64)
+        if self.output == "regression":
+            (out,) = self.session.run([self._output], {self._input: batch.astype(np.float32)})
+            return Prediction(np.asarray(out, dtype=np.float64).reshape(len(batch), -1)[:, 0].tolist(), None, None)
+        scores = self.predict_proba(batch)
+        classes = self.classes or tuple(range(scores.shape[1]))
+        self.classes = classes
+        return Prediction([classes[i] for i in scores.argmax(axis=1)], scores, classes)
+
+    def predict_fn(self) -> PredictFn | None:  # noqa: D102 - documented on Servable
+        return self if self.output != "regression" else None
+
+
+def load_servable(
+    path: str | os.PathLike[str],
+    *,
+    framework: str | None = None,
+    policy: Any = None,
+    dynamic: bool = False,
+    input_kind: InputKind | None = None,
+    output: Output = "logits",
+    classes: Sequence[Any] | None = None,
+) -> Servable:
+    """Load ``path`` through the safe loader and wrap it for serving.
+
+    Raises:
+        UnsafeModelError: the analysis or the restricted unpickler refused the model.
+        UsageError: no such file, or what was loaded cannot be served (a state dict, a GGUF file...).
+    """
+    from mlwarden.loader import load
+
+    loaded = load(Path(path), framework, policy, dynamic=dynamic)
+    kind = type(loaded).__module__.split(".")[0]
+    if kind == "sklearn" or (callable(getattr(loaded, "predict", None)) and hasattr(loaded, "fit")):
+        return SklearnServable(loaded, input_kind)
+    if kind == "torch" and callable(getattr(loaded, "forward", None)):
+        return TorchServable(loaded, output=output, classes=classes)
+    if kind == "onnx" and hasattr(loaded, "SerializeToString"):
+        return OnnxServable(loaded.SerializeToString(), output=output, classes=classes)
+    raise UsageError(
+        f"{Path(path).name} loaded as a {type(loaded).__module__}.{type(loaded).__name__}, which cannot be served: "
+        "the guard serves scikit-learn estimators, TorchScript modules and ONNX graphs"
+    )
