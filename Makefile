@@ -35,6 +35,7 @@ demo: setup
 	@echo; echo "demo: OK — benign models pass, every malicious canary fails the scan (no canary ran)"
 	@test -z "$$(ls -A $(DEMO)/canary 2>/dev/null)"
 	scripts/demo-lifecycle $(DEMO) $(VENV)/bin/mlwarden
+	scripts/demo-guard $(DEMO) $(VENV)/bin/mlwarden
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
@@ -77,6 +78,7 @@ bench: bench-setup
 	$(PY) benchmarks/large_checkpoint.py
 	$(PY) benchmarks/signing.py
 	$(PY) benchmarks/audit.py
+	$(PY) benchmarks/guard_load.py
 
 clean:
 	rm -rf $(VENV) .venv-peers $(DEMO) bench-out .pytest_cache .mypy_cache .ruff_cache

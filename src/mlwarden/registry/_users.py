@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import timedelta
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from mlwarden.registry._core import Core, attempt, token_info, user_info
@@ -47,12 +47,17 @@ def bootstrap(core: Core, username: str, expires_in: timedelta | None) -> Issued
 def authenticate(core: Core, token: str) -> Principal:
     """The principal a token stands for; a failure is audited and raised as :class:`AuthError`."""
     try:
-        with core.database.transaction() as session:
+        # A read first: most authentications change nothing, and a write transaction would take SQLite's writer
+        # lock (BEGIN IMMEDIATE) on every request of a busy service.
+        with core.database.reading() as session:
             now = utcnow()
             row = find_token(session, token, now)
-            if row.last_used_at is None or now - row.last_used_at >= LAST_USED_GRANULARITY:
-                row.last_used_at = now
-            return Principal(row.user.username, frozenset(Role(r) for r in row.user.roles), row.id, row.scope)
+            principal = Principal(row.user.username, frozenset(Role(r) for r in row.user.roles), row.id, row.scope)
+            stale = row.last_used_at is None or now - row.last_used_at >= LAST_USED_GRANULARITY
+        if stale:
+            with core.database.transaction() as session:
+                session.execute(update(TokenRow).where(TokenRow.id == principal.token_id).values(last_used_at=now))
+        return principal
     except AuthError as exc:
         from mlwarden.registry.audit import AuditEvent
 

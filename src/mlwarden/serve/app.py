@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Security
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -24,11 +25,11 @@ from mlwarden.api.limits import BodyLimit, Limits
 from mlwarden.api.routes import errors as error_responses
 from mlwarden.registry.errors import AuthError
 from mlwarden.registry.roles import Permission, Principal
-from mlwarden.serve.requests import PredictRequest, PredictResponse
+from mlwarden.serve.requests import PredictRequest, PredictResponse, handle_predict, settle
 from mlwarden.serve.service import GuardService
 
 
-def get_service(request: Request) -> GuardService:
+async def get_service(request: Request) -> GuardService:
     """The service the app was created over."""
     service: GuardService = request.app.state.service
     return service
@@ -37,10 +38,16 @@ def get_service(request: Request) -> GuardService:
 ServiceDep = Annotated[GuardService, Depends(get_service)]
 
 
-def authenticate(
+async def authenticate(
     service: ServiceDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
 ) -> Principal:
-    """The caller, from ``Authorization: Bearer <token>`` (a registry token; cached for ``token_cache_s``)."""
+    """The caller, from ``Authorization: Bearer <token>`` (a registry token; cached for ``token_cache_s``).
+
+    ``async`` on purpose, like :func:`predict`: the work is CPU-bound Python, which threads cannot run in parallel
+    anyway, and a hop to the thread pool and back per request cost a third of the service's throughput
+    (measured with benchmarks/guard_load.py). A cache miss asks the registry (a write: the token's last use) in
+    the thread pool, so a busy database never stalls the loop.
+    """
     if credentials is None or not credentials.credentials:
         service.metrics.rejections.labels(service.name, "unauthenticated").inc()
         raise ApiError(401, "unauthenticated", "missing bearer token (Authorization: Bearer mlw_...)", CHALLENGE)
@@ -49,7 +56,10 @@ def authenticate(
         service.metrics.rejections.labels(service.name, "unauthenticated").inc()
         raise ApiError(401, "unauthenticated", "invalid token", CHALLENGE_INVALID)
     try:
-        return service.tokens.authenticate(token)
+        cached = service.tokens.cached(token)
+        if cached is not None:
+            return cached
+        return await run_in_threadpool(service.tokens.authenticate, token)  # a registry write: off the loop
     except AuthError:
         service.metrics.rejections.labels(service.name, "unauthenticated").inc()
         raise
@@ -72,9 +82,11 @@ router = APIRouter()
     tags=["predict"],
     summary="Predict through the guard",
 )
-def predict(name: str, body: PredictRequest, service: ServiceDep, caller: Caller) -> JSONResponse:
+async def predict(name: str, body: PredictRequest, service: ServiceDep, caller: Caller) -> JSONResponse:
     """Validate, check, predict, filter, audit: see ``docs/guard.md`` for each step and its status code."""
-    reply = service.predict(caller, name, body.model_dump(exclude_none=True))
+    reply = handle_predict(service, caller, name, body.model_dump(exclude_none=True))
+    if reply.audit is not None:  # a database write: never on the event loop
+        reply = await run_in_threadpool(settle, service, reply)
     return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers or None)
 
 

@@ -1,15 +1,16 @@
-"""Who is calling: registry tokens, checked against the registry and cached for a few seconds.
+"""Who is calling: registry tokens, checked against the registry and cached.
 
 Every request carries ``Authorization: Bearer mlw_...``. Asking the database on every request would put a
 query on the hot path, so an authenticated principal is cached (keyed by the SHA-256 of the token, never the
-token itself) for ``ttl`` seconds: a revoked token stops working within that time. Failures are not cached, so
-a newly issued token works at once; they are counted, and a client guessing tokens is rate limited like any
-other by its address.
+token itself) for between half of ``ttl`` and ``ttl`` seconds (spread at random, so many clients' entries do not
+expire together): a revoked token stops working within ``ttl``. Failures are not cached, so a newly issued token
+works at once; each failure is counted on ``/metrics`` and audited by the registry.
 """
 
 from __future__ import annotations
 
 import hashlib
+import random
 import threading
 import time
 from collections import OrderedDict
@@ -32,6 +33,16 @@ class TokenCache:
         self._cache: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()
         self._lock = threading.Lock()
 
+    def cached(self, token: str) -> Principal | None:
+        """The principal behind ``token`` if it was authenticated less than ``ttl`` ago, else ``None``."""
+        key = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None and self._clock() - hit[1] < self.ttl:
+                self._cache.move_to_end(key)
+                return hit[0]
+        return None
+
     def authenticate(self, token: str) -> Principal:
         """The principal behind ``token``.
 
@@ -48,8 +59,11 @@ class TokenCache:
                 return hit[0]
         principal = self.registry.authenticate(token)
         if self.ttl > 0:
+            # Entries expire at spread-out times (a random part of the ttl is used up at once), so the tokens of
+            # many clients that arrived together are not all checked again in the same instant.
+            aged = now - random.uniform(0.0, 0.5) * self.ttl
             with self._lock:
-                self._cache[key] = (principal, now)
+                self._cache[key] = (principal, aged)
                 while len(self._cache) > MAX_CACHED:
                     self._cache.popitem(last=False)
         return principal

@@ -9,6 +9,7 @@ status code, an audit event and metrics.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 from collections.abc import Mapping, Sequence
@@ -105,7 +106,10 @@ class RequestGuard:
         self.extraction: ExtractionMonitor | None = None
         self._extraction_lock = threading.Lock()
         if policy.extraction.action != "off" and servable.input_kind == "tabular" and servable.classes:
-            self.extraction = ExtractionMonitor(policy.extraction.extraction_config(), n_classes=len(servable.classes))
+            config = policy.extraction.extraction_config()
+            if "delta" not in policy.extraction.config and baseline is not None and baseline.extraction_delta:
+                config = dataclasses.replace(config, delta=baseline.extraction_delta)  # calibrated at approval
+            self.extraction = ExtractionMonitor(config, n_classes=len(servable.classes))
 
     # -- before the model --------------------------------------------------------------------------------------
 

@@ -138,7 +138,7 @@ class LimitSettings(_Section):
     rate_per_s: float = Field(default=100.0, gt=0)
     burst: int = Field(default=200, ge=1)
     max_clients: int = Field(default=10_000, ge=1)
-    token_cache_s: float = Field(default=5.0, ge=0.0, le=3600.0)
+    token_cache_s: float = Field(default=30.0, ge=0.0, le=3600.0)
     require_signature: bool = True
     records_kept: int = Field(default=1000, ge=0, le=1_000_000)
 

@@ -67,11 +67,34 @@ class PredictResponse(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """What the HTTP layer sends: status, JSON body, headers."""
+    """What the HTTP layer sends: status, JSON body, headers — and the audit event to write first.
+
+    ``audit`` is set when the decision must be in the log before the reply leaves (blocks, flags, scope
+    refusals); :func:`settle` writes it, off the event loop when served over HTTP. ``audit_required``: the reply
+    must not be sent unless that write succeeded (an answer; a refusal is sent either way).
+    """
 
     status: int
     body: dict[str, Any]
     headers: dict[str, str] = field(default_factory=dict)
+    audit: AuditEvent | None = None
+    audit_required: bool = False
+
+
+def settle(service: GuardService, reply: Reply) -> Reply:
+    """Write the reply's pending audit event; an answer whose event cannot be written becomes a 503."""
+    if reply.audit is None:
+        return reply
+    try:
+        service.audit(reply.audit, now=True)
+    except AuditBacklog as exc:
+        request_id = reply.body.get("request_id") or reply.body.get("error", {}).get("request_id", "")
+        log.error("could not audit request %s: %s", request_id, exc)
+        if reply.audit_required:  # fail closed: no answer leaves without its audit record
+            service.metrics.rejections.labels(service.name, "audit").inc()
+            return _error(503, "audit_unavailable", "the audit log is unavailable; try again later", request_id)
+        service.metrics.audit_dropped.labels(service.name).inc()
+    return Reply(reply.status, reply.body, reply.headers)
 
 
 class _Refused(Exception):
@@ -211,14 +234,17 @@ def handle_predict(service: GuardService, principal: Principal, name: str, paylo
     service.monitor.observe(
         features=features, confidence=confidence, latency_s=elapsed, error=False, flagged=decision != "allowed"
     )
-    try:
-        service.audit(
-            _event(service, principal, deployment, request_id, decision, checks, n_rows), now=decision != "allowed"
-        )
-    except AuditBacklog as exc:  # fail closed: no answer leaves without its audit record
-        service.metrics.rejections.labels(model, "audit").inc()
-        log.error("request %s refused: %s", request_id, exc)
-        return _error(503, "audit_unavailable", "the audit log is unavailable; try again later", request_id)
+    event = _event(service, principal, deployment, request_id, decision, checks, n_rows)
+    pending = None
+    if decision != "allowed":
+        pending = event  # written by settle() before the reply leaves
+    else:
+        try:
+            service.audit(event, now=False)
+        except AuditBacklog as exc:  # fail closed: no answer leaves without its audit record
+            service.metrics.rejections.labels(model, "audit").inc()
+            log.error("request %s refused: %s", request_id, exc)
+            return _error(503, "audit_unavailable", "the audit log is unavailable; try again later", request_id)
     _record(service, principal, request_id, decision, rows, outputs)
     _count(service, deployment, decision, checks, elapsed)
     body = PredictResponse(
@@ -229,7 +255,7 @@ def handle_predict(service: GuardService, principal: Principal, name: str, paylo
         predictions=outputs,
         checks=[c.to_dict() for c in checks] if service.policy.output.expose_evidence else None,
     ).model_dump(exclude_none=True)
-    return Reply(200, body)
+    return Reply(200, body, audit=pending, audit_required=True)
 
 
 def _worst(checks: list[CheckResult]) -> str:
@@ -260,13 +286,16 @@ def _finish_refusal(
     event = _event(service, principal, deployment, request_id, decision, checks, n_rows, refused.message)
     # Guard blocks are evidence: written before the reply. Rate and schema refusals are batched (a flood of
     # them must not turn into a flood of synchronous writes).
+    _record(service, principal, request_id, decision, None, None, refused.message)
+    reply = _error(refused.status, refused.code, refused.message, request_id, refused.headers)
+    if refused.code in ("blocked_by_guard", "extraction_suspected", "forbidden"):
+        return Reply(reply.status, reply.body, reply.headers, audit=event)  # the refusal stands either way
     try:
-        service.audit(event, now=refused.code in ("blocked_by_guard", "extraction_suspected", "forbidden"))
-    except AuditBacklog as exc:  # the refusal stands either way; the failure is counted and logged
+        service.audit(event, now=False)
+    except AuditBacklog as exc:
         service.metrics.audit_dropped.labels(service.name).inc()
         log.error("could not audit refused request %s: %s", request_id, exc)
-    _record(service, principal, request_id, decision, None, None, refused.message)
-    return _error(refused.status, refused.code, refused.message, request_id, refused.headers)
+    return reply
 
 
 def _record(

@@ -10,8 +10,10 @@ through :func:`mlwarden.loader.load` and nothing else, so a model is never loade
 from __future__ import annotations
 
 import os
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +22,7 @@ import numpy as np
 
 from mlwarden.core.errors import UsageError
 from mlwarden.guard.model_api import PredictFn, SklearnModel, TorchModel
+from mlwarden.serve.fastpath import compile_proba
 
 InputKind = Literal["tabular", "text"]
 Output = Literal["logits", "probabilities", "regression"]
@@ -79,10 +82,21 @@ class SklearnServable(Servable):
         classes = getattr(estimator, "classes_", None)
         self.classes = tuple(_plain(c) for c in classes) if classes is not None else None
         self._proba = callable(getattr(estimator, "predict_proba", None)) and self.classes is not None
+        self._fast = compile_proba(estimator, self.n_features) if self._proba and self.input_kind == "tabular" else None
+        self._memo = RowMemo(self._raw_proba) if self._proba and self.input_kind == "tabular" else None
+
+    def _raw_proba(self, x: Any) -> np.ndarray:
+        if self._fast is not None:
+            return self._fast(np.asarray(x, dtype=np.float64))
+        import sklearn
+
+        # The guard has already refused non-finite input; sklearn's own finiteness scan is then wasted time.
+        with sklearn.config_context(assume_finite=True):
+            return np.asarray(self.estimator.predict_proba(x), dtype=np.float64)
 
     def predict(self, x: np.ndarray | list[str]) -> Prediction:  # noqa: D102 - documented on Servable
         if self._proba:
-            scores = np.asarray(self.estimator.predict_proba(x), dtype=np.float64)
+            scores = self._memo(x) if self._memo is not None else self._raw_proba(x)
             assert self.classes is not None
             labels = [self.classes[i] for i in scores.argmax(axis=1)]
             return Prediction(labels, scores, self.classes)
@@ -91,17 +105,57 @@ class SklearnServable(Servable):
     def predict_fn(self) -> PredictFn | None:  # noqa: D102 - documented on Servable
         if not self._proba or self.input_kind != "tabular":
             return None
-        final = self.estimator.steps[-1][1] if hasattr(self.estimator, "steps") else self.estimator
-        # A bare linear model gets the analytic gradient; a pipeline is queried through its whole chain.
-        return SklearnModel(self.estimator if final is self.estimator else _Chain(self.estimator))
+        assert self._memo is not None
+        # A bare linear model keeps its coefficients (the analytic gradient); a pipeline is query-only.
+        return SklearnModel(_Queried(self.estimator, self._memo, linear=not hasattr(self.estimator, "steps")))
 
 
-class _Chain:
-    """A pipeline seen as a query-only classifier (its preprocessing has no gradient we can trust)."""
+class _Queried:
+    """The estimator as the detectors see it: ``predict_proba`` through the row memo.
 
-    def __init__(self, pipeline: Any) -> None:
-        self.pipeline = pipeline
-        self.predict_proba = pipeline.predict_proba
+    A bare linear model also keeps its ``coef_`` and ``intercept_``, which the analytic gradient needs.
+    """
+
+    def __init__(self, estimator: Any, memo: RowMemo, *, linear: bool) -> None:
+        self.predict_proba = memo
+        self.classes_ = getattr(estimator, "classes_", None)
+        if linear and hasattr(estimator, "coef_") and hasattr(estimator, "intercept_"):
+            self.coef_ = estimator.coef_
+            self.intercept_ = estimator.intercept_
+
+
+class RowMemo:
+    """Class probabilities of the rows seen last, so one request's answer and its detectors share model calls.
+
+    The adversarial detectors query the model on the request's own rows before the model answers it; with the
+    memo, those rows cost one call, not one per detector. Bounded (``size`` rows, least recent evicted); keyed by
+    the rows' bytes, so only identical inputs share a result.
+    """
+
+    def __init__(self, fn: Callable[[Any], np.ndarray], size: int = 512) -> None:
+        self._fn = fn
+        self._size = size
+        self._rows: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __call__(self, x: Any) -> np.ndarray:
+        """Probabilities of each row of ``x``, calling the model once for the rows not remembered."""
+        batch = np.ascontiguousarray(x, dtype=np.float64)
+        if batch.ndim != 2:
+            return self._fn(batch)
+        keys = [row.tobytes() for row in batch]
+        with self._lock:
+            found = [self._rows.get(k) for k in keys]
+        missing = [i for i, hit in enumerate(found) if hit is None]
+        if missing:
+            fresh = self._fn(batch[missing])
+            with self._lock:
+                for i, row in zip(missing, fresh, strict=True):
+                    found[i] = row
+                    self._rows[keys[i]] = row
+                while len(self._rows) > self._size:
+                    self._rows.popitem(last=False)
+        return np.vstack(found)  # type: ignore[arg-type]
 
 
 def _sklearn_kind(estimator: Any) -> InputKind:

@@ -40,7 +40,7 @@ from mlwarden.serve.deployment import Deployment, ServeError, prepare
 from mlwarden.serve.metrics import ServiceMetrics
 from mlwarden.serve.policy import GuardPolicy
 from mlwarden.serve.ratelimit import RateLimiter
-from mlwarden.serve.requests import Reply, handle_predict
+from mlwarden.serve.requests import Reply, handle_predict, settle
 
 log = logging.getLogger("mlwarden.serve")
 
@@ -181,8 +181,12 @@ class GuardService:
     # -- requests -------------------------------------------------------------------------------------------------
 
     def predict(self, principal: Principal, name: str, payload: Mapping[str, Any]) -> Reply:
-        """Answer one predict request (the HTTP layer has authenticated ``principal`` and parsed ``payload``)."""
-        return handle_predict(self, principal, name, payload)
+        """Answer one predict request, its audit written (the caller authenticated ``principal``, parsed ``payload``).
+
+        The HTTP app calls :func:`handle_predict` and :func:`settle` separately, so the audit write runs off the
+        event loop.
+        """
+        return settle(self, handle_predict(self, principal, name, payload))
 
     def audit(self, event: AuditEvent, *, now: bool) -> None:
         """Audit a decision (``now``: before the response; else batched)."""
