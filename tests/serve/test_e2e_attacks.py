@@ -82,12 +82,14 @@ def test_extraction_attackers_are_stopped_and_normal_clients_are_not(world: Worl
     _, _, x_test, _ = digits_split()
     pool, reference = x_test[:600], x_test[600:]
     world.release("digits", train_digits_sklearn(tmp_path / "digits.joblib"), reference=reference)
-    policy = parse_guard_policy({
-        "limits": OPEN_LIMITS,
-        "input": {"range_action": "flag", "ood_action": "off"},
-        "adversarial": {"action": "off"},
-        "extraction": {"action": "enforce"},
-    })
+    policy = parse_guard_policy(
+        {
+            "limits": OPEN_LIMITS,
+            "input": {"range_action": "flag", "ood_action": "off"},
+            "adversarial": {"action": "off"},
+            "extraction": {"action": "enforce"},
+        }
+    )
     stopped_at: dict[str, int] = {}
     with serve(world, "digits@production", policy) as live, httpx.Client(base_url=live.url, timeout=30) as http:
         for i in range(3):
