@@ -24,18 +24,15 @@ from mlwarden.monitor.baseline import Baseline
 from mlwarden.monitor.forensics import ForensicMaterial, write_bundle
 from mlwarden.monitor.history import History
 from mlwarden.monitor.runtime import Monitor, MonitorConfig
-from tests.serve.world import World, make_world, tabular_data, train_sklearn
+from tests.serve.world import World, opened_world, tabular_data, train_sklearn
 
 DRIVER = "import sys\nfrom mlwarden.cli import main as cli\nsys.exit(cli.main(sys.argv[1:]))\n"
 
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
-    w = make_world(f"sqlite:///{tmp_path / 'registry.db'}", tmp_path)
-    try:
+    with opened_world(f"sqlite:///{tmp_path / 'registry.db'}", tmp_path) as w:
         yield w
-    finally:
-        w.registry.close()
 
 
 def _registry_args(world: World) -> list[str]:

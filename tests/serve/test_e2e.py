@@ -22,7 +22,7 @@ from mlwarden.registry.states import State
 from mlwarden.serve.policy import parse_guard_policy
 from mlwarden.serve.service import ServiceOptions
 from tests.registry.conftest import db_url  # noqa: F401 - fixture used by name
-from tests.serve.world import World, bearer, make_world, serve, tabular_data, train_sklearn
+from tests.serve.world import World, bearer, opened_world, serve, tabular_data, train_sklearn
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -32,11 +32,8 @@ OPEN_LIMITS = {"rate_per_s": 10_000, "burst": 10_000, "token_cache_s": 0}
 
 @pytest.fixture
 def world(db_url: str, tmp_path: Path) -> Iterator[World]:  # noqa: F811 - the imported fixture
-    w = make_world(db_url, tmp_path)
-    try:
+    with opened_world(db_url, tmp_path) as w:
         yield w
-    finally:
-        w.registry.close()
 
 
 def _rows(x: np.ndarray) -> dict[str, list[list[float]]]:

@@ -24,7 +24,7 @@ from tests.serve.world import (
     World,
     bearer,
     digits_split,
-    make_world,
+    opened_world,
     serve,
     tabular_data,
     train_digits_sklearn,
@@ -38,11 +38,8 @@ PREDICT = "/v1/models/{}/predict"
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
     """SQLite only: these tests are about the guard; test_e2e.py runs the service on both databases."""
-    w = make_world(f"sqlite:///{tmp_path / 'registry.db'}", tmp_path)
-    try:
+    with opened_world(f"sqlite:///{tmp_path / 'registry.db'}", tmp_path) as w:
         yield w
-    finally:
-        w.registry.close()
 
 
 def papernot(oracle, pool: np.ndarray, rng: np.random.Generator, n: int, step: float = 0.1) -> Iterator[np.ndarray]:  # type: ignore[no-untyped-def]

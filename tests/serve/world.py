@@ -153,6 +153,16 @@ def make_world(db_url: str, tmp_path: Path) -> World:
     return world
 
 
+@contextmanager
+def opened_world(db_url: str, tmp_path: Path) -> Iterator[World]:
+    """:func:`make_world`, closed after the block."""
+    world = make_world(db_url, tmp_path)
+    try:
+        yield world
+    finally:
+        world.registry.close()
+
+
 @dataclass
 class Live:
     """A guard service and the uvicorn server in front of it."""

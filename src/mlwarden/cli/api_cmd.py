@@ -11,6 +11,7 @@ import ipaddress
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from mlwarden.core.errors import UsageError
 
@@ -80,7 +81,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def run_serve(args: argparse.Namespace) -> int:
     """Open the registry, build the app and serve it until Ctrl-C."""
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401 - checked here, so a missing extra is a clear error before anything loads
 
         from mlwarden.api import Limits, create_app
     except ImportError as exc:
@@ -108,12 +109,7 @@ def run_serve(args: argparse.Namespace) -> int:
         signer = CheckpointSigner.load(args.audit_key)
     home = Path(args.home) if args.home else None
     registry = Registry.open(_database_url(args.db, home), home=home, gates=args.gates, audit_signer=signer)
-    if not args.tls_cert and not _is_loopback(args.host):
-        print(
-            f"mlwarden: warning: serving plain HTTP on {args.host}: tokens cross the network in clear; "
-            "use --tls-cert/--tls-key or a TLS-terminating proxy",
-            file=sys.stderr,
-        )
+    warn_if_plain_http(args)
     from mlwarden.api.routes.retire import RetirementSettings
 
     retirement = RetirementSettings(
@@ -121,6 +117,24 @@ def run_serve(args: argparse.Namespace) -> int:
         recipient=Path(args.recipient) if args.recipient else None,
     )
     app = create_app(registry, limits=limits, retirement=retirement)
+    serve_http(app, args)
+    return 0
+
+
+def warn_if_plain_http(args: argparse.Namespace) -> None:
+    """Say so when tokens would cross a network in clear (plain HTTP on a non-loopback address)."""
+    if not args.tls_cert and not _is_loopback(args.host):
+        print(
+            f"mlwarden: warning: serving plain HTTP on {args.host}: tokens cross the network in clear; "
+            "use --tls-cert/--tls-key or a TLS-terminating proxy",
+            file=sys.stderr,
+        )
+
+
+def serve_http(app: Any, args: argparse.Namespace, *, access_log: bool = True) -> None:
+    """Run ``app`` with uvicorn as ``--host``/``--port``/``--tls-*``/``--log-level`` say, until Ctrl-C."""
+    import uvicorn
+
     uvicorn.run(
         app,
         host=args.host,
@@ -130,8 +144,8 @@ def run_serve(args: argparse.Namespace) -> int:
         ssl_keyfile=args.tls_key,
         server_header=False,
         proxy_headers=False,
+        access_log=access_log,
     )
-    return 0
 
 
 def _database_url(db: str | None, home: Path | None) -> str | None:

@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from mlwarden.cli.api_cmd import _database_url, _is_loopback, _port
+from mlwarden.cli.api_cmd import _database_url, _port, serve_http, warn_if_plain_http
 from mlwarden.cli.registry_cmd import TOKEN_ENV
 from mlwarden.core.errors import UsageError
 
@@ -65,7 +65,7 @@ def _signer(path: str | None) -> object:
 def run_serve(args: argparse.Namespace) -> int:
     """Prepare the service (nothing listens until the version verified and loaded) and serve until Ctrl-C."""
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401 - checked here, so a missing extra is a clear error before anything loads
 
         from mlwarden.serve.app import create_guard_app
         from mlwarden.serve.policy import load_guard_policy
@@ -103,29 +103,14 @@ def run_serve(args: argparse.Namespace) -> int:
     # frameworks' objects stalled every request for a moment).
     gc.collect()
     gc.freeze()
-    if not args.tls_cert and not _is_loopback(args.host):
-        print(
-            f"mlwarden: warning: serving plain HTTP on {args.host}: tokens cross the network in clear; "
-            "use --tls-cert/--tls-key or a TLS-terminating proxy",
-            file=sys.stderr,
-        )
+    warn_if_plain_http(args)
     print(
         f"mlwarden: serving {service.current.info.ref} ({service.current.info.digest}) on {args.host}:{args.port}",
         file=sys.stderr,
         flush=True,
     )
     try:
-        uvicorn.run(
-            create_guard_app(service),
-            host=args.host,
-            port=args.port,
-            log_level=args.log_level,
-            ssl_certfile=args.tls_cert,
-            ssl_keyfile=args.tls_key,
-            server_header=False,
-            proxy_headers=False,
-            access_log=False,
-        )
+        serve_http(create_guard_app(service), args, access_log=False)
     finally:
         service.close()
         registry.close()

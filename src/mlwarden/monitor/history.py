@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,8 +93,3 @@ def read_history(directory: str | os.PathLike[str], *, max_records: int = 2_000_
                     break
     records.sort(key=lambda r: float(r["t"]))
     return HistoryRead(records, skipped)
-
-
-def iter_type(records: list[dict[str, Any]], kind: str) -> Iterator[dict[str, Any]]:
-    """The records of one type."""
-    return (r for r in records if r.get("type") == kind)

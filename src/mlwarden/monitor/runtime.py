@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from mlwarden.monitor.alerts import DEFAULT_RULES, METRICS, SEVERITY_RANK, Alert, AlertRule
+from mlwarden.monitor.alerts import DEFAULT_RULES, METRICS, Alert, AlertRule
 from mlwarden.monitor.baseline import Baseline, bin_index
 from mlwarden.monitor.drift import DriftConfig, DriftDetector, DriftReport
 from mlwarden.monitor.history import History
@@ -447,8 +447,3 @@ class Monitor:
                 },
                 "alerts": dict(self._counts),
             }
-
-
-def severity_at_least(severity: str, floor: str) -> bool:
-    """Whether ``severity`` is at least ``floor``."""
-    return SEVERITY_RANK.get(severity, 0) >= SEVERITY_RANK.get(floor, 0)

@@ -14,14 +14,11 @@ import logging
 import queue
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from mlwarden.core.errors import MlwardenError
 from mlwarden.monitor.alerts import Alert
@@ -317,15 +314,3 @@ class GuardService:
         self._stop.set()
         self._thread.join(10)
         self.auditor.close()
-
-    @staticmethod
-    def new_request_id() -> str:
-        """A request id for the response, the audit event and the forensics records."""
-        return uuid.uuid4().hex[:16]
-
-
-def confidence_of(scores: np.ndarray | None) -> list[float] | None:
-    """Top-class probability per row (what the confidence control chart watches)."""
-    if scores is None:
-        return None
-    return [float(v) for v in np.asarray(scores).max(axis=1)]
