@@ -51,10 +51,6 @@ class Format(StrEnum):
     UNKNOWN = "unknown"
 
 
-# Opcodes that can start a pickle (protocol 0/1 have no PROTO opcode to recognise them by).
-_PICKLE_START = set(b"(].}NIFLSVXJKMGcdegilprstuU") | set(range(0x80, 0x99))
-
-
 def _magic(head: bytes) -> Format | None:
     table: list[tuple[bytes, Format]] = [
         (b"PK\x03\x04", Format.ZIP),
@@ -197,15 +193,26 @@ def _ubj(head: bytes) -> Format | None:
     return None
 
 
-def _pickle(head: bytes) -> Format | None:
-    """A pickle: protocol 2+ starts with PROTO; protocols 0/1 are recognised by a valid opcode prefix."""
-    if not head or head[0] not in _PICKLE_START:
-        return None
-    if head[0] == 0x80:
-        return Format.PICKLE if len(head) > 1 and head[1] <= 5 else None
-    from mlwarden.scan.static.pickle.opcodes import looks_like_pickle
+def _pickle(artifact: Artifact) -> Format | None:
+    """A pickle, decided by decoding the opcode stream from byte 0 as the unpickler would.
 
-    return Format.PICKLE if looks_like_pickle(head) else None
+    Not by a header: a pickle may start with any opcode (``PROTO`` is optional and may come after pushed-and-popped
+    junk), and a protocol-0 argument can be longer than any sniffing window, so a file larger than its head is
+    decoded from its stream.
+    """
+    import io
+
+    from mlwarden.scan.static.pickle.opcodes import CODE2OP, stream_is_pickle
+
+    head = artifact.head
+    if not head or head[0] not in CODE2OP:
+        return None
+    if head[0] == 0x80 and len(head) > 1 and head[1] <= 5:
+        return Format.PICKLE
+    if artifact.size is not None and artifact.size <= len(head):
+        return Format.PICKLE if stream_is_pickle(io.BytesIO(head)) else None
+    with artifact.open() as fh:
+        return Format.PICKLE if stream_is_pickle(fh) else None
 
 
 def _protobuf(artifact: Artifact) -> Format | None:
@@ -234,7 +241,7 @@ def sniff(artifact: Artifact) -> Format:
         lambda: _magic(head),
         lambda: _safetensors(head, artifact.size),
         lambda: _ubj(head),
-        lambda: _pickle(head),
+        lambda: _pickle(artifact),
         lambda: Format.TAR if _is_tar(head) else None,
         lambda: _textual(artifact),
         lambda: _protobuf(artifact),

@@ -41,6 +41,7 @@ class Limits:
     max_pickle_depth: int = 10_000  # nesting of MARK frames / containers
     max_pickle_arg_preview: int = 200  # characters of argument shown as evidence
     max_pickles_per_stream: int = 1_000  # consecutive pickles in one file
+    max_pickle_alloc: int = 1 * GiB  # size argument of an allowed allocating call (bytearray(n), range(n) ...)
     max_header_size: int = 100 * MiB  # JSON/metadata headers (safetensors, GGUF)
     max_text_size: int = 16 * MiB  # templates, JSON configs read whole
     timeout_seconds: float = 120.0  # per top-level file
@@ -71,6 +72,7 @@ _BOUNDS: dict[str, tuple[float, float | None]] = {
             "max_pickle_memo",
             "max_pickle_depth",
             "max_pickles_per_stream",
+            "max_pickle_alloc",
             "max_header_size",
             "max_text_size",
             "timeout_seconds",

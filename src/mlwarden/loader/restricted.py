@@ -29,7 +29,8 @@ from typing import IO, Any
 from mlwarden.core.errors import UnsafeModelError
 from mlwarden.core.findings import Location, Rule
 from mlwarden.core.policy import Policy
-from mlwarden.scan.static.pickle import rules
+from mlwarden.scan.static.pickle import allowlist, rules
+from mlwarden.scan.static.pickle.opcodes import c_float, c_int
 
 _UFUNC = frozenset(
     {"numpy.core._ufunc_reconstruct", "numpy._core._ufunc_reconstruct", "numpy.core.umath._ufunc_reconstruct"}
@@ -77,6 +78,7 @@ class _Restrictions:
             obj = self._conditional(full)
         elif judgement.verdict is rules.Verdict.ALLOWED:
             obj = _import(module, name)
+            self._check_resolved(module, name, obj)
         else:
             rule = judgement.rule or rules.UNKNOWN_GLOBAL
             raise _refuse(
@@ -87,6 +89,44 @@ class _Restrictions:
             )
         self.handed[id(obj)] = obj
         return obj
+
+    def _check_resolved(self, module: str, name: str, obj: object) -> None:
+        """Judge the object a name handed out resolves to in *this* process, not only its spelling.
+
+        Exact entries were reviewed one by one. A name admitted by a family rule (a prefix, the resolved table, a
+        policy wildcard) must be what it claims: a class or function whose ``__module__``/``__qualname__`` is the
+        name itself, or a re-export of an object that is allowed in its own home. Module objects and callable
+        instances (``partial``, ``attrgetter`` objects ...) are never handed out by a family rule.
+        """
+        full = f"{module}.{name}"
+        if isinstance(obj, types.ModuleType):
+            raise self._refusal(full, "it is a module object")
+        if full in allowlist.EXACT or full in self.allow:
+            return
+        if not isinstance(obj, type) and not _is_function(obj):
+            if callable(obj):
+                raise self._refusal(full, f"it is a callable {type(obj).__module__}.{type(obj).__qualname__} instance")
+            return  # a plain value (a singleton such as pandas.NA): constructing nothing, calling nothing
+        home_module = getattr(obj, "__module__", None)
+        home_name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
+        if not isinstance(home_module, str) or not isinstance(home_name, str):
+            raise self._refusal(full, "it has no __module__/__qualname__ to judge it by")
+        if (home_module, home_name) == (module, name):
+            if allowlist.user_wildcard(module, name, self.allow) or allowlist.is_allowed(module, name, self.allow):
+                return
+        elif "<" not in home_name:
+            home = rules.judge(home_module, home_name, self.allow, self.deny)
+            if home.verdict is rules.Verdict.ALLOWED and not isinstance(obj, types.ModuleType):
+                return
+        raise self._refusal(full, f"it resolves to {home_module}.{home_name}, which is not allowed")
+
+    def _refusal(self, full: str, why: str) -> UnsafeModelError:
+        return _refuse(
+            rules.NOT_RESOLVED,
+            self.display,
+            f"the restricted unpickler refused global {full}: {why}",
+            details={"global": full},
+        )
 
     def _conditional(self, full: str) -> object:
         if full in _UFUNC:
@@ -123,6 +163,15 @@ class _Restrictions:
             )
 
 
+def _is_function(obj: object) -> bool:
+    return isinstance(obj, types.FunctionType | types.BuiltinFunctionType) or type(obj).__name__ in (
+        "cython_function_or_method",
+        "fused_cython_function",
+        "ufunc",
+        "_ArrayFunctionDispatcher",
+    )
+
+
 def pickle_opname(opcode: bytes) -> str:
     """The opcode's name as ``pickletools`` spells it (for messages)."""
     for name in ("BUILD", "SETITEM", "SETITEMS", "APPEND", "APPENDS", "ADDITEMS"):
@@ -156,11 +205,26 @@ def _guard(opcode: bytes, original: Callable[[Any], None]) -> Callable[[Any], No
     return guarded
 
 
+def _load_int_c(self: Any) -> None:
+    self.append(c_int(self.readline()[:-1]))
+
+
+def _load_float_c(self: Any) -> None:
+    self.append(c_float(self.readline()[:-1]))
+
+
 def guarded_dispatch(base: dict[int, Callable[[Any], None]]) -> dict[int, Callable[[Any], None]]:
-    """A copy of an unpickler dispatch table whose mutating opcodes check their target first."""
+    """A copy of an unpickler dispatch table whose mutating opcodes check their target first.
+
+    Text numbers are read as ``_pickle`` (the C unpickler that ``pickle.load``, ``torch.load`` and the sandbox run)
+    reads them, not as ``pickle.py`` does (``F1_0``, octal ``I010``): what this loads is what the analysis saw.
+    Frames stay strict (``pickle.py`` refuses an argument that runs past its frame; the analysis reports it).
+    """
     table = dict(base)
     for opcode in _MUTATORS:
         table[opcode[0]] = _guard(opcode, base[opcode[0]])
+    table[pickle.INT[0]] = _load_int_c
+    table[pickle.FLOAT[0]] = _load_float_c
     return table
 
 

@@ -105,6 +105,7 @@ OPAQUE = rule(
 
 _TORCH_STORAGE = re.compile(r"(^|/)data/\d+$")
 _TORCHSCRIPT_CODE = re.compile(r"(^|/)code/.+\.py$")
+_TORCH_PICKLE = re.compile(r"(^|/)[^/]+\.pkl$")  # data.pkl, constants.pkl: torch.load unpickles them by name
 _SMALL_HEAD = 256
 
 
@@ -231,6 +232,8 @@ class ZipHandler(Handler):
             return
         if torch_like and fmt is Format.TEXT and _TORCHSCRIPT_CODE.search(name):
             fmt = Format.PYTHON_SOURCE  # TorchScript code/ members: compiled by torch.jit.load
+        elif torch_like and fmt is not Format.PICKLE and _TORCH_PICKLE.search(name):
+            fmt = Format.PICKLE  # the loader unpickles these whatever they look like: analyse them as it reads them
         ctx.descend(child, fmt)
 
 

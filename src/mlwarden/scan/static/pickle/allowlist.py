@@ -7,12 +7,17 @@ callable. Entries were gathered from the benign models the test suite builds (sk
 dicts, full modules, checkpoints, pandas, numpy, TorchScript constants, joblib, xgboost, lightgbm).
 
 Three kinds of entries:
-- :data:`EXACT`: ``module.name`` allowed as written.
+- :data:`EXACT`: ``module.name`` allowed as written (each one reviewed).
 - :data:`CLASS_PREFIXES`: below these packages, *class-like* names (upper-case first letter, no dots)
-  are allowed: estimator and layer constructors only store their parameters. Functions are not
+  are candidates: estimator and layer constructors only store their parameters. Functions are not
   (``pandas.read_csv`` lives under ``pandas`` and fetches URLs).
 - :data:`HELPER_PREFIXES`: below these packages, unpickling helpers by their naming convention
-  (``_reconstruct``, ``_unpickle*``, ``_new_*``, ``_rebuild*``, ``__pyx_unpickle_*``) are allowed too.
+  (``_reconstruct``, ``_unpickle*``, ``_new_*``, ``_rebuild*``, ``__pyx_unpickle_*``) are candidates too.
+
+A family rule only says how an allowed name is *spelled*. Modules re-export objects from elsewhere
+(``operator.attrgetter``, ``functools.partial``, whole modules), so a candidate is admitted only when the
+resolved table (:mod:`mlwarden.scan.static.pickle.resolved`, built offline from the installed frameworks) says
+that it is a class or function defined there, or a re-export of an allowed object.
 """
 
 from __future__ import annotations
@@ -71,6 +76,14 @@ EXACT: frozenset[str] = frozenset(
         "enum.Enum",
         "ipaddress.IPv4Address",
         "zoneinfo.ZoneInfo",
+        # math functions that take constant time on floats (not comb/perm/factorial/prod/gcd on huge integers).
+        *(
+            f"math.{n}"
+            for n in (
+                "sqrt exp expm1 log log1p log2 log10 sin cos tan asin acos atan atan2 sinh cosh tanh asinh acosh atanh "
+                "erf erfc gamma lgamma fabs floor ceil trunc copysign hypot degrees radians isfinite isinf isnan"
+            ).split()
+        ),
         "pathlib.Path",
         "pathlib.PosixPath",
         "pathlib.WindowsPath",
@@ -208,7 +221,7 @@ CLASS_PREFIXES: tuple[str, ...] = (
 
 # Pure tensor math: every function in these modules is allowed (activation functions stored on modules).
 FUNCTION_MODULES: frozenset[str] = frozenset(
-    {"torch.nn.functional", "torch.nn.init", "math", "scipy._lib.array_api_compat.numpy._aliases"}
+    {"torch.nn.functional", "torch.nn.init", "scipy._lib.array_api_compat.numpy._aliases"}
 )
 
 # scikit-learn packages whose module-level functions are pure computations that estimators keep as
@@ -251,15 +264,14 @@ def _under(module: str, prefixes: tuple[str, ...]) -> bool:
     return any(module == p or module.startswith(p + ".") for p in prefixes)
 
 
-def is_allowed(module: str, name: str, extra: frozenset[str] = frozenset()) -> bool:
-    """Whether ``module.name`` is on the built-in or the policy's allowlist."""
-    full = f"{module}.{name}"
-    if full in EXACT or full in extra:
-        return True
+def prefix_admits(module: str, name: str) -> bool:
+    """Whether a built-in family rule (prefix, function module, helper naming) spells ``module.name`` as allowed.
+
+    A spelling is not an object: :func:`is_allowed` also requires the resolved table to say what the name *is*
+    (see :mod:`mlwarden.scan.static.pickle.resolved`). The table's builder calls this to know what to resolve.
+    """
     if "." in name:  # attribute traversal is only ever allowed when written out exactly
         return False
-    if any(module == e[:-2] or module.startswith(e[:-2] + ".") for e in extra if e.endswith(".*")):
-        return name[:1].isupper()
     if module in NUMPY_UFUNC_MODULES and name in NUMPY_MATH:
         return True
     if module in FUNCTION_MODULES:
@@ -269,3 +281,30 @@ def is_allowed(module: str, name: str, extra: frozenset[str] = frozenset()) -> b
     if _under(module, SKLEARN_FUNCTION_PACKAGES) and name.isidentifier():
         return True
     return _under(module, HELPER_PREFIXES) and bool(_HELPER_NAME.match(name))
+
+
+def user_wildcard(module: str, name: str, extra: frozenset[str]) -> bool:
+    """Whether a policy ``[pickle] allow = ["pkg.*"]`` entry admits the class-like ``module.name``.
+
+    The user's own packages are not in the resolved table: the restricted loader checks at load time that the
+    object really is defined under the package (``__module__``), so a re-export is refused there.
+    """
+    if "." in name or not name[:1].isupper():
+        return False
+    return any(module == e[:-2] or module.startswith(e[:-2] + ".") for e in extra if e.endswith(".*"))
+
+
+def is_allowed(module: str, name: str, extra: frozenset[str] = frozenset()) -> bool:
+    """Whether ``module.name`` is on the built-in or the policy's allowlist, judged as the object it resolves to."""
+    full = f"{module}.{name}"
+    if full in EXACT or full in extra:
+        return True
+    if user_wildcard(module, name, extra):
+        return True
+    if module.split(".")[0] == "__torch__":
+        return prefix_admits(module, name)  # TorchScript classes compiled from the archive's code/, never imported
+    if not prefix_admits(module, name):
+        return False
+    from mlwarden.scan.static.pickle.resolved import table
+
+    return table().resolve(full).admitted

@@ -13,7 +13,7 @@ from mlwarden.core.errors import LimitExceeded
 from mlwarden.core.findings import Confidence, Finding, Rule
 from mlwarden.scan.static.pickle import allowlist, rules
 from mlwarden.scan.static.pickle.emulator import Call, Container, Emulator, Ext, Global, Hooks, Opaque, render
-from mlwarden.scan.static.pickle.opcodes import Blob, PickleFormatError, looks_like_pickle
+from mlwarden.scan.static.pickle.opcodes import Blob, PickleFormatError, ReaderLimit, ReadersDiffer, looks_like_pickle
 from mlwarden.scan.static.pickle.rules import Verdict
 
 if TYPE_CHECKING:
@@ -23,6 +23,20 @@ if TYPE_CHECKING:
 _JOBLIB_WRAPPERS = {"joblib.numpy_pickle.NumpyArrayWrapper", "sklearn.externals.joblib.numpy_pickle.NumpyArrayWrapper"}
 _UFUNC = {"numpy.core._ufunc_reconstruct", "numpy._core._ufunc_reconstruct", "numpy.core.umath._ufunc_reconstruct"}
 _PARTIAL = {"functools.partial", "_functools.partial"}
+# Allowed callables whose arguments are sizes: a huge one is a memory/CPU exhaustion, however harmless the callable.
+_ALLOCATORS = frozenset(
+    {
+        "builtins.bytearray",
+        "builtins.bytes",
+        "builtins.range",
+        "numpy.ndarray",
+        "numpy.core.multiarray._reconstruct",
+        "numpy._core.multiarray._reconstruct",
+        "torch.Tensor",
+        *(f"torch.{n}" for n in allowlist._TORCH_STORAGES),
+        *(f"torch.storage.{n}" for n in allowlist._TORCH_STORAGES),
+    }
+)
 _DTYPE = re.compile(r"^[<>=|]?([a-zA-Z])(\d*)$")
 _MAX_PREVIEWS = 3
 _TRAILING_WINDOW = 1 << 20
@@ -85,6 +99,8 @@ class PickleAnalyzer(Hooks):
             if verdict is Verdict.CONDITIONAL:
                 self._conditional(func, call)
             elif verdict is Verdict.ALLOWED:
+                if func.full in _ALLOCATORS:
+                    self._allocation(func, call)
                 return
         elif isinstance(func, Ext):
             hit = self.by_name.get(f"<copyreg extension {func.code}>")
@@ -105,6 +121,10 @@ class PickleAnalyzer(Hooks):
         elif isinstance(target, Call) and isinstance(target.func, Global) and target.func.full in _JOBLIB_WRAPPERS:
             self._joblib_array(state, pos, stream)
 
+    def on_differ(self, pos: int, message: str) -> None:
+        """A parse differential between CPython's unpicklers is a finding of its own."""
+        self.extra.append(rules.READERS_DIFFER.finding(self.artifact.location(pos), message))
+
     # -- helpers -----------------------------------------------------------------------------------
     def _hit(self, rule: Rule, name: str, pos: int, shown: str, matched: str | None = None) -> None:
         key = (rule.id, name)
@@ -121,6 +141,29 @@ class PickleAnalyzer(Hooks):
             hit.calls[0] = text
         elif len(hit.calls) < _MAX_PREVIEWS and text not in hit.calls:
             hit.calls.append(text)
+
+    def _allocation(self, func: Global, call: Call) -> None:
+        """Flag a size argument (an int, or a shape tuple's product) above ``max_pickle_alloc``."""
+        limit = self.ctx.limits.max_pickle_alloc
+        args = call.args if isinstance(call.args, tuple) else ()
+        for arg in args:
+            if isinstance(arg, bool):
+                continue
+            if isinstance(arg, int):
+                size = abs(arg)
+            elif isinstance(arg, tuple) and arg and all(isinstance(d, int) and not isinstance(d, bool) for d in arg):
+                size = prod(abs(d) for d in arg)
+            else:
+                continue
+            if size > limit:
+                self.extra.append(
+                    rules.EXHAUSTION.finding(
+                        self.artifact.location(call.pos),
+                        f"{render(call, self.preview)}: size {size} > max_pickle_alloc {limit}",
+                        details={"global": func.full, "size": size},
+                    )
+                )
+                return
 
     def _conditional(self, func: Global, call: Call) -> None:
         args = call.args if isinstance(call.args, tuple) else ()
@@ -208,6 +251,10 @@ class PickleAnalyzer(Hooks):
             index += 1
             if index > limit:
                 raise LimitExceeded("max_pickles_per_stream", f"more than {limit} pickles in one stream")
+            if isinstance(result.error, ReadersDiffer | ReaderLimit):
+                rule = rules.READERS_DIFFER if isinstance(result.error, ReadersDiffer) else rules.READER_LIMIT
+                self.extra.append(rule.finding(self.artifact.location(result.error.offset), result.error.message))
+                return
             if result.error is not None:
                 if result.opcodes <= 1 and index > 1 and not legacy_torch:
                     self.extra.append(

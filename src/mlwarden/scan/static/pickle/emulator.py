@@ -138,6 +138,9 @@ class Hooks:
     def on_build(self, target: Any, state: Any, pos: int, stream: BinaryIO) -> None:
         """BUILD applied ``state`` to ``target``; the stream is positioned after the opcode."""
 
+    def on_differ(self, pos: int, message: str) -> None:
+        """The C unpickler and pickle.py read the opcode at ``pos`` differently (the C reading is followed)."""
+
 
 @dataclass
 class PickleResult:
@@ -164,6 +167,7 @@ class Emulator:
         self.marks: list[int] = []
         self.memo: dict[int, Any] = {}
         self.protocol = 0
+        self.frame_end: int | None = None  # stream offset where the current FRAME ends
 
     # -- helpers ---------------------------------------------------------------------------------
     def _pop(self, pos: int) -> Any:
@@ -214,6 +218,9 @@ class Emulator:
                         return result
                     raise PickleFormatError(pos + self.base, "pickle ended without STOP")
                 result.opcodes += 1
+                self._framing(op, pos, stream.tell())
+                if op.differs:
+                    self.hooks.on_differ(op.pos, op.differs)
                 opcode_budget[0] -= 1
                 if opcode_budget[0] < 0:
                     raise LimitExceeded("max_pickle_opcodes", f"more than {self.limits.max_pickle_opcodes} opcodes")
@@ -227,6 +234,26 @@ class Emulator:
             result.end = exc.offset
         result.protocol = self.protocol
         return result
+
+    def _framing(self, op: Op, start: int, end: int) -> None:
+        """Track FRAMEs as pickle.py enforces them; the C unpickler reads on regardless.
+
+        ``_pickle`` treats a frame as a read-ahead hint (from a file it even drops the rest of the frame when an
+        argument runs past it), ``pickle.py`` raises: an opcode straddling its frame's end, or a FRAME opened
+        before the last one ended, is read differently by the two — never written by a pickler.
+        """
+        if self.frame_end is not None and start >= self.frame_end:
+            self.frame_end = None
+        if self.frame_end is not None and end > self.frame_end:
+            what = "a new FRAME starts" if op.name == "FRAME" else f"{op.name} runs {end - self.frame_end} bytes"
+            self.hooks.on_differ(
+                op.pos, f"{what} past the end of the current frame (byte {self.frame_end + self.base})"
+            )
+            self.frame_end = None
+        if op.name == "FRAME":
+            if self.frame_end is not None:
+                self.hooks.on_differ(op.pos, "a FRAME starts before the current frame ended")
+            self.frame_end = end + op.arg if op.arg else None
 
     def _step(self, op: Op) -> None:  # noqa: C901 - one branch per opcode family reads best here
         name, arg, pos = op.name, op.arg, op.pos

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import ast
 import codecs
+import math
 import pickletools
+import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -38,6 +41,14 @@ class PickleFormatError(Exception):
         self.message = message
 
 
+class ReaderLimit(PickleFormatError):
+    """The scanner stops at ``offset`` where the unpickler would read on (a bound of the scanner's own)."""
+
+
+class ReadersDiffer(PickleFormatError):
+    """CPython's two unpicklers (``_pickle`` and ``pickle.py``) read the bytes at ``offset`` differently."""
+
+
 @dataclass(frozen=True, slots=True)
 class Blob:
     """A large bytes/str argument left in the stream: where it is, how long, and its first bytes."""
@@ -53,11 +64,12 @@ class Blob:
 
 @dataclass(frozen=True, slots=True)
 class Op:
-    """One decoded opcode."""
+    """One decoded opcode, with its argument as the C unpickler reads it."""
 
     name: str
     arg: Any
     pos: int
+    differs: str | None = None  # how pickle.py would read this opcode differently, if it would
 
 
 def _read_exact(stream: BinaryIO, n: int, pos: int, what: str) -> bytes:
@@ -79,7 +91,7 @@ def _readline(stream: BinaryIO, pos: int) -> bytes:
         if line.endswith(b"\n"):
             return b"".join(chunks)[:-1]
         if total > MAX_LINE:
-            raise PickleFormatError(pos, f"line argument longer than {MAX_LINE} bytes")
+            raise ReaderLimit(pos, f"line argument longer than the scanner's {MAX_LINE}-byte bound")
 
 
 def _sized(stream: BinaryIO, n: int, pos: int, text: bool) -> bytes | Blob:
@@ -112,19 +124,122 @@ def _names(stream: BinaryIO, pos: int) -> tuple[str, str]:
     return out[0], out[1]
 
 
-def _int_line(stream: BinaryIO, pos: int, long: bool = False) -> int | bool:
-    raw = _readline(stream, pos)
-    if not long:
-        if raw == b"00":
-            return False
-        if raw == b"01":
-            return True
-    if long and raw.endswith(b"L"):
-        raw = raw[:-1]
+_SPACE = b" \t\n\v\f\r"
+_LONG_MIN, _LONG_MAX = -(1 << 63), (1 << 63) - 1
+_C_FLOAT = re.compile(rb"[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|(?i:inf|infinity|nan))")
+
+
+def _strtol0(s: bytes) -> tuple[int, int, bool]:
+    """C ``strtol(s, &end, 0)``: (value, index of end, overflowed). ``end`` is 0 when nothing was converted."""
+    i = 0
+    while i < len(s) and s[i] in _SPACE:
+        i += 1
+    neg = i < len(s) and s[i : i + 1] == b"-"
+    if i < len(s) and s[i : i + 1] in (b"+", b"-"):
+        i += 1
+    base, digits = 10, b"0123456789"
+    if s[i : i + 2].lower() == b"0x" and s[i + 2 : i + 3] and s[i + 2 : i + 3].lower() in b"0123456789abcdef":
+        base, digits, i = 16, b"0123456789abcdefABCDEF", i + 2
+    elif s[i : i + 1] == b"0":
+        base, digits = 8, b"01234567"
+    j = i
+    while j < len(s) and s[j] in digits:
+        j += 1
+    if j == i:
+        return 0, 0, False
+    value = int(s[i:j], base) * (-1 if neg else 1)
+    return value, j, not _LONG_MIN <= value <= _LONG_MAX
+
+
+def _c_string(raw: bytes) -> bytes:
+    """The line as C functions see it: ``raw`` plus its newline, cut at the first NUL byte."""
+    line = raw + b"\n"
+    nul = line.find(b"\x00")
+    return line if nul < 0 else line[:nul]
+
+
+def c_int(raw: bytes) -> int | bool:
+    """``INT`` as ``_pickle.c`` reads it: ``strtol`` base 0 (octal ``010`` is 8), else ``PyLong_FromString`` base 0.
+
+    Both stop at a NUL byte, as C strings do. Raises ``ValueError`` where the C unpickler raises.
+    """
+    if not raw:
+        raise ValueError("pickle data was truncated")
+    s = _c_string(raw)
+    value, end, overflow = _strtol0(s)
+    if not overflow and s[end : end + 1] in (b"\n", b""):
+        return bool(value) if len(raw) == 2 and value in (0, 1) else value
+    return int(s, 0)
+
+
+def c_long(raw: bytes) -> int:
+    """``LONG`` as ``_pickle.c`` reads it: a trailing ``L`` dropped, ``PyLong_FromString`` base 0 up to a NUL."""
+    if not raw:
+        raise ValueError("pickle data was truncated")
+    return int(_c_string(raw[:-1] if raw.endswith(b"L") else raw), 0)
+
+
+def c_index(raw: bytes) -> int:
+    """``GET``/``PUT`` indexes as ``_pickle.c`` reads them (base 10, up to a NUL)."""
+    if not raw:
+        raise ValueError("pickle data was truncated")
+    return int(_c_string(raw), 10)
+
+
+def py_int(raw: bytes) -> int | bool:
+    """``INT`` as ``pickle.py`` reads it."""
+    if raw == b"00":
+        return False
+    if raw == b"01":
+        return True
+    return int(raw, 0)
+
+
+def c_float(raw: bytes) -> float:
+    """``FLOAT`` as ``_pickle.c`` reads it (``PyOS_string_to_double``: no spaces or underscores; overflow errors)."""
+    text = _c_string(raw).rstrip(b"\n")
+    if not raw or not _C_FLOAT.fullmatch(text):
+        raise ValueError("could not convert string to float")
+    value = float(text)
+    if math.isinf(value) and b"n" not in raw.lower():
+        raise OverflowError("float too large")
+    return value
+
+
+def _differs(c_value: Any, c_error: Exception | None, py: Callable[[], Any]) -> str | None:
+    """How pickle.py's reading differs from the C one (None if it does not)."""
     try:
-        return int(raw)
-    except ValueError:
-        raise PickleFormatError(pos, f"invalid integer literal {raw[:40]!r}") from None
+        py_value = py()
+    except (ValueError, OverflowError) as exc:
+        return None if c_error is not None else f"pickle.py refuses it ({exc}); _pickle reads {c_value!r}"
+    if c_error is not None:
+        return f"_pickle refuses it ({c_error}); pickle.py reads {py_value!r}"
+    same = type(py_value) is type(c_value) and (py_value == c_value or (py_value != py_value and c_value != c_value))
+    return None if same else f"_pickle reads {c_value!r}, pickle.py reads {py_value!r}"
+
+
+def _text_number(name: str, raw: bytes, pos: int) -> tuple[Any, str | None]:
+    """Read INT / LONG / FLOAT / GET / PUT text arguments as C does, noting where pickle.py differs."""
+    c_reader: Callable[[], Any]
+    py_reader: Callable[[], Any]
+    if name == "INT":
+        c_reader, py_reader = (lambda: c_int(raw)), (lambda: py_int(raw))
+    elif name == "LONG":
+        c_reader, py_reader = (lambda: c_long(raw)), (lambda: int(raw[:-1] if raw.endswith(b"L") else raw, 0))
+    elif name == "FLOAT":
+        c_reader, py_reader = (lambda: c_float(raw)), (lambda: float(raw))
+    else:  # GET / PUT: base 10
+        c_reader, py_reader = (lambda: c_index(raw)), (lambda: int(raw))
+    try:
+        value, error = c_reader(), None
+    except (ValueError, OverflowError) as exc:
+        value, error = None, exc
+    differs = _differs(value, error, py_reader)
+    if error is not None:
+        if differs:
+            raise ReadersDiffer(pos, f"{name} argument {raw[:40]!r}: {differs}")
+        raise PickleFormatError(pos, f"invalid {name} literal {raw[:40]!r}")
+    return value, (f"{name} argument {raw[:40]!r}: {differs}" if differs else None)
 
 
 def _string_line(stream: BinaryIO, pos: int) -> bytes:
@@ -156,6 +271,7 @@ def read_op(stream: BinaryIO, pos: int) -> Op | None:
         raise PickleFormatError(pos, f"unknown opcode {code!r}")
     name = info.name
     arg: Any = None
+    differs: str | None = None
     argtype = info.arg.name if info.arg is not None else None
     if argtype is None:
         pass
@@ -201,99 +317,155 @@ def read_op(stream: BinaryIO, pos: int) -> Op | None:
         arg = _names(stream, pos)
     elif argtype == "stringnl_noescape":
         arg = _readline(stream, pos).decode("utf-8", "replace")
-    elif argtype == "decimalnl_short":
-        arg = _int_line(stream, pos)
-    elif argtype == "decimalnl_long":
-        arg = _int_line(stream, pos, long=True)
+    elif argtype in ("decimalnl_short", "decimalnl_long", "floatnl"):
+        arg, differs = _text_number(name, _readline(stream, pos), pos)
     elif argtype == "stringnl":
         arg = _py2_str(_string_line(stream, pos))
     elif argtype == "unicodestringnl":
         arg = _readline(stream, pos).decode("raw-unicode-escape")
-    elif argtype == "floatnl":
-        raw = _readline(stream, pos)
-        try:
-            arg = float(raw)
-        except ValueError:
-            raise PickleFormatError(pos, f"invalid float literal {raw[:40]!r}") from None
     else:  # pragma: no cover - the opcode table is fixed per Python version
         raise PickleFormatError(pos, f"unsupported argument type {argtype}")
-    return Op(name, arg, pos)
+    return Op(name, arg, pos, differs)
 
 
 _IDENT_OPS = {"GLOBAL", "INST"}
+_CALLABLE_SOURCES = {"STACK_GLOBAL", "EXT1", "EXT2", "EXT4"}
+#: Opcodes a sniff decodes before deciding "pickle" by default (a long valid opcode stream is a pickle).
+SNIFF_OPS = 100_000
 
 
 def looks_like_pickle(head: bytes) -> bool:
-    """Whether ``head`` starts like a protocol 0/1 pickle (no PROTO opcode to go by).
+    """Whether ``head`` (the first bytes of something larger, or all of it) starts like a pickle.
 
-    Decodes opcodes from the start: the prefix must decode cleanly and either reach STOP, or contain a
-    GLOBAL/INST with identifier-like names, or run for many opcodes. Text that merely starts with an
-    opcode letter fails within a few bytes.
+    For callers that only have a window of bytes: an argument cut by the end of the window counts as valid.
+    :func:`stream_is_pickle` decides on the whole stream and is what format sniffing uses.
     """
     import io
 
-    stream = io.BytesIO(head)
+    return _decide(io.BytesIO(head), len(head))
+
+
+def stream_is_pickle(stream: BinaryIO) -> bool:
+    """Whether an unpickler reading ``stream`` from its position would import anything or read a whole pickle.
+
+    Decided by decoding the opcode stream from its first byte with the C unpickler's stack rules — not from a
+    header or a window an argument can outrun: a pickle may start with any opcode (junk pushed and popped before
+    ``PROTO``), and ``PROTO``/``FRAME`` may appear anywhere. A prefix that reaches an import (``GLOBAL``/``INST``
+    with importable names, ``STACK_GLOBAL``, ``EXT*``) is a pickle whatever follows, because the unpickler runs
+    what precedes an error.
+    """
+    return _decide(stream, None)
+
+
+def _decide(stream: BinaryIO, window: int | None) -> bool:  # noqa: C901 - one decision per opcode outcome
     count = 0
     stack = _StackShape()
-    while True:
+    while count < SNIFF_OPS:
         pos = stream.tell()
         try:
             op = read_op(stream, pos)
+        except (ReaderLimit, ReadersDiffer):
+            return True  # a loader reads on where the scanner (or the other unpickler) stops: analyse, report why
         except PickleFormatError:
-            # Cut by the end of the head is fine if enough looked valid.
-            return pos >= len(head) - 64 and count >= 8
+            if window is not None and stream.tell() >= window:
+                return count >= 8  # cut by the end of the window: fine if enough looked valid
+            return count >= 8 and stack.ok  # a malformed pickle (nothing imported before the damage)
         if op is None:
             return count >= 8
         count += 1
-        if not stack.apply(op.name):
+        if op.name == "STACK_GLOBAL" and stack.top_strings():
+            return True  # imports module/name strings the C unpickler accepts
+        if not stack.apply(op):
             return False  # pops what was never pushed: random bytes, not a pickle (e.g. b"l." in tensor data)
         if op.name == "STOP":
-            return count >= 2 and stack.complete()
+            return count >= 2 and (stack.complete() or count >= 8)
         if op.name in _IDENT_OPS:
             module, name = op.arg
-            if not (_is_dotted_ident(module) and _is_dotted_ident(name)):
-                return False
-            return True
-        if op.name == "PROTO":
-            return False  # PROTO is only valid as the first opcode, handled by the caller
+            return _is_dotted_ident(module) and _is_dotted_ident(name)
+        if op.name == "PROTO" and not 0 <= op.arg <= 5:
+            return False
+    return True
+
+
+_STR_OPS = frozenset(
+    {"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"}
+)
 
 
 class _StackShape:
-    """Tracks only the stack's shape (item counts between marks) with pickletools' declared stack effects."""
+    """Tracks the stack's shape as the C unpickler checks it: items between marks, and which items are strings.
+
+    Stack effects are pickletools' declarations, except ``POP``: on an empty frame the C unpickler (and
+    ``pickle.py``) pops the MARK instead, so ``(0`` is valid. Items are only told apart as strings or not (memo
+    included), which is what ``STACK_GLOBAL`` requires of its operands.
+    """
 
     def __init__(self) -> None:
-        self.depth = 0
+        self.items: list[bool] = []  # True: a str
         self.marks: list[int] = []
+        self.memo: dict[Any, bool] = {}
+        self.ok = True
 
-    def apply(self, name: str) -> bool:
-        """Apply opcode ``name``'s stack effect; False if it would pop more than is there."""
-        import pickletools
+    @property
+    def depth(self) -> int:
+        """Items above the innermost mark."""
+        return len(self.items) - (self.marks[-1] if self.marks else 0)
 
+    def top_strings(self) -> bool:
+        """Whether the two topmost items (above the innermost mark) are strings."""
+        return self.depth >= 2 and self.items[-1] and self.items[-2]
+
+    def apply(self, op: Op) -> bool:
+        """Apply the opcode's stack effect; False if it would pop more than is there (or read a missing memo)."""
+        self.ok = self._apply(op)
+        return self.ok
+
+    def _apply(self, op: Op) -> bool:  # noqa: C901 - pickletools' declarations, plus POP, memo and strings
+        name = op.name
+        if name == "POP" and self.depth == 0:
+            if not self.marks:
+                return False
+            self.marks.pop()
+            return True
+        if name in ("GET", "BINGET", "LONG_BINGET"):
+            if op.arg not in self.memo:
+                return False
+            self.items.append(self.memo[op.arg])
+            return True
+        if name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+            if self.depth == 0:
+                return False
+            self.memo[op.arg if name != "MEMOIZE" else len(self.memo)] = self.items[-1]
+            return True
+        if name == "DUP":
+            if self.depth == 0:
+                return False
+            self.items.append(self.items[-1])
+            return True
         info = _BY_NAME[name]
         before = info.stack_before
         if pickletools.markobject in before:
             below = before.index(pickletools.markobject)
             if not self.marks:
                 return False
-            self.depth = self.marks.pop()
+            del self.items[self.marks.pop() :]
             if self.depth < below:
                 return False
-            self.depth -= below
+            del self.items[len(self.items) - below :]
         else:
             if self.depth < len(before):
                 return False
-            self.depth -= len(before)
+            del self.items[len(self.items) - len(before) :]
         for item in info.stack_after:
             if item is pickletools.markobject:
-                self.marks.append(self.depth)
-                self.depth = 0
+                self.marks.append(len(self.items))
             else:
-                self.depth += 1
+                self.items.append(name in _STR_OPS)
         return True
 
     def complete(self) -> bool:
         """A whole pickle leaves nothing behind after STOP popped its one result."""
-        return self.depth == 0 and not self.marks
+        return not self.items and not self.marks
 
 
 def _is_dotted_ident(text: str) -> bool:

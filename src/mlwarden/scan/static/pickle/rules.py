@@ -139,6 +139,26 @@ MALFORMED = rule(
     remediation="The file is corrupt or truncated; obtain an intact copy.",
     confidence=Confidence.HIGH,
 )
+READERS_DIFFER = rule(
+    "MLW-PKL-122",
+    "Pickle is read differently by CPython's two unpicklers",
+    Severity.HIGH,
+    cwe=436,
+    description="At this opcode _pickle (C, what pickle.load and torch.load use) and pickle.py read the stream "
+    "differently: an argument running past its FRAME, a new FRAME inside a frame, or a text number one of them "
+    "refuses or reads as another value. No pickler writes this; it is how a payload is shown to one reader and "
+    "hidden from another (scanners included). mlwarden analyses the C reading and refuses the file.",
+    remediation=_FIX,
+)
+READER_LIMIT = rule(
+    "MLW-PKL-123",
+    "Pickle stream exceeds a bound of the scanner before the loader would stop",
+    Severity.MEDIUM,
+    cwe=400,
+    description="The scanner stopped reading at this opcode because of one of its own bounds (an argument longer "
+    "than it reads); the unpickler would read on, so the rest of the stream was not analysed.",
+    remediation="Inspect the file by hand, or raise the bound if the file is trusted.",
+)
 TRAILING = rule(
     "MLW-PKL-121",
     "Data after the last pickle",
@@ -148,6 +168,29 @@ TRAILING = rule(
     "they may hide a second payload for a custom loader.",
     remediation="Check why the file carries trailing data.",
     confidence=Confidence.MEDIUM,
+)
+NOT_RESOLVED = rule(
+    "MLW-PKL-116",
+    "Pickle global is spelled like an allowed framework name but is not one",
+    Severity.MEDIUM,
+    cwe=502,
+    description="The name falls under an allowlisted framework family (a class under sklearn, a function of "
+    "torch.nn.functional ...), but the resolved table built from the framework itself does not admit it: it is "
+    "a re-export of an object from elsewhere, a module, a callable instance, a class whose construction reaches "
+    "files, processes or the network, or a name from a framework version mlwarden has not resolved.",
+    remediation="Check what the name resolves to in the version that will load the file. If it is your own "
+    "trusted code, add it to [pickle].allow in the policy.",
+    confidence=Confidence.MEDIUM,
+)
+EXHAUSTION = rule(
+    "MLW-PKL-117",
+    "Pickle asks an allowed callable for a huge allocation",
+    Severity.HIGH,
+    cwe=400,
+    description="An allowed constructor (bytearray, bytes, range, a storage or array) is called with a size "
+    "argument above the max_pickle_alloc limit: loading the file would exhaust memory or CPU (a denial of service "
+    "through callables that are individually harmless).",
+    remediation=_FIX,
 )
 OPAQUE_CALL = rule(
     "MLW-PKL-115",
@@ -239,4 +282,19 @@ def judge(module: str, name: str, allow: frozenset[str], deny: frozenset[str]) -
                 return Judgement(Verdict.DANGEROUS, TRAVERSAL, f"{full} (reaches {hit[1]})")
     if allowlist.is_allowed(module, name, allow):
         return Judgement(Verdict.ALLOWED, None, full)
+    if allowlist.prefix_admits(module, name):
+        return _unresolved_family_member(full)
     return Judgement(Verdict.UNKNOWN, UNKNOWN_GLOBAL, full)
+
+
+def _unresolved_family_member(full: str) -> Judgement:
+    """A name spelled like an allowed family member that the resolved table does not admit: judge what it is."""
+    from mlwarden.scan.static.pickle.resolved import table
+
+    res = table().resolve(full)
+    if res.home is not None:
+        home_module, _, home_name = res.home.rpartition(".")
+        hit = denylist.lookup(home_module, home_name)
+        if hit is not None:
+            return Judgement(Verdict.DANGEROUS, CATEGORY_RULES[hit[0]], f"{full} (resolves to {res.home})")
+    return Judgement(Verdict.UNKNOWN, NOT_RESOLVED, f"{full} ({res.reason})")
