@@ -97,7 +97,102 @@ GENERATION = (
     "{% else %}{{ comma() }}{{ row.next() }}{{ m.content }}{% endif %}{% endfor %}{{ range(3)|list|length }}"
 )
 
+# Tool-calling templates (Qwen3 / Qwen3-Coder / TypeScript-rendering shapes) that index data by computed keys:
+# param_fields[json_key] over a loop variable, messages[loop.index0 + 1], messages[ns.last_query_index],
+# role_map[message.role], m[key]; and build strings with ~, + and |join that are output, never used as keys.
+DATA_KEYS = r"""{% macro render_item_list(item_list, tag_name='required') %}
+    {%- if item_list is defined and item_list is iterable and item_list | length > 0 %}
+        {%- if tag_name %}{{- '\n<' ~ tag_name ~ '>' -}}{% endif %}
+            {{- '[' }}
+                {%- for item in item_list -%}
+                    {%- if loop.index > 1 %}{{- ", "}}{% endif -%}
+                    {%- if item is string -%}{{ "`" ~ item ~ "`" }}{%- else -%}{{ item }}{%- endif -%}
+                {%- endfor -%}
+            {{- ']' }}
+        {%- if tag_name %}{{- '</' ~ tag_name ~ '>' -}}{% endif %}
+    {%- endif %}
+{% endmacro %}
+{%- if messages[0]["role"] == "system" %}
+    {%- set system_message = messages[0]["content"] %}
+    {%- set loop_messages = messages[1:] %}
+{%- else %}
+    {%- set loop_messages = messages %}
+{%- endif %}
+{%- if not tools is defined %}{%- set tools = [] %}{%- endif %}
+{%- for tool in tools %}
+    {%- if tool.function is defined %}{%- set tool = tool.function %}{%- endif %}
+    {{- "\n<function>\n<name>" ~ tool.name ~ "</name>" }}
+    {%- for param_name, param_fields in tool.parameters.properties|items %}
+        {{- '\n<name>' ~ param_name ~ '</name>' }}
+        {%- if param_fields.type is defined %}{{- '\n<type>' ~ (param_fields.type | string) ~ '</type>' }}{%- endif %}
+        {{- render_item_list(param_fields.enum, 'enum') }}
+        {%- set handled_keys = ['type', 'description', 'enum', 'required'] %}
+        {%- for json_key in param_fields.keys() | reject("in", handled_keys) %}
+            {%- set normed_json_key = json_key | replace("-", "_") | replace(" ", "_") | replace("$", "") %}
+            {%- if param_fields[json_key] is mapping %}
+                {{- '\n<' ~ normed_json_key ~ '>' ~ (param_fields[json_key] | tojson | safe) }}
+                {{- '</' ~ normed_json_key ~ '>' }}
+            {%- else %}
+                {{-'\n<' ~ normed_json_key ~ '>' ~ (param_fields[json_key] | string) ~ '</' ~ normed_json_key ~ '>' }}
+            {%- endif %}
+        {%- endfor %}
+        {{- render_item_list(param_fields.required, 'required') }}
+    {%- endfor %}
+{%- endfor %}
+{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}
+{%- for message in messages[::-1] %}
+    {%- set index = (messages|length - 1) - loop.index0 %}
+    {%- if ns.multi_step_tool and message.role == "user" %}
+        {%- set ns.multi_step_tool = false %}{%- set ns.last_query_index = index %}
+    {%- endif %}
+{%- endfor %}
+{%- for message in loop_messages %}
+    {%- if message.tool_calls is defined %}
+        {%- for tool_call in message.tool_calls %}
+            {%- for args_name, args_value in tool_call.arguments|items %}
+                {{- '<parameter=' + args_name + '>\n' }}
+                {%- set args_value = args_value if args_value is string else args_value | string %}
+                {{- args_value }}
+            {%- endfor %}
+        {%- endfor %}
+    {%- elif message.role == "tool" %}
+        {%- if loop.first or (messages[loop.index0 - 1].role != "tool") %}{{- '<|im_start|>user' }}{%- endif %}
+        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}{{- '<|im_end|>\n' }}{%- endif %}
+        {%- if loop.index0 > ns.last_query_index %}{{ messages[ns.last_query_index].content }}{%- endif %}
+    {%- else %}
+        {{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>' + '\n' }}
+    {%- endif %}
+{%- endfor %}
+{%- macro render_typescript_type(param_spec, required_params) -%}
+    {%- if param_spec.type == "array" -%}
+        {%- set items = param_spec.items if param_spec.items is defined else none -%}
+        {%- if items -%}{{- render_typescript_type(items, required_params) ~ "[]" -}}{%- endif -%}
+    {%- elif param_spec.oneOf -%}
+        {%- set parts = [] -%}
+        {%- for v in param_spec.oneOf -%}
+            {%- set parts = parts + [ render_typescript_type(v, required_params) ] -%}
+        {%- endfor -%}
+        {{- parts | join(" | ") -}}
+    {%- elif param_spec.type == "string" and param_spec.enum -%}
+        {{- '"' ~ (param_spec.enum | join('" | "')) ~ '"' -}}
+    {%- elif param_spec.type == "object" -%}
+        {%- for prop_name, prop_spec in param_spec.properties.items() -%}
+            {%- set req = param_spec.required if param_spec.required is defined else [] -%}
+            {{- prop_name -}}{%- if prop_name not in req -%}{{ "?" }}{%- endif -%}
+            {{- render_typescript_type(prop_spec, req) -}}
+            {{- param_spec.properties[prop_name].description -}}
+        {%- endfor -%}
+    {%- endif -%}
+{%- endmacro -%}
+{%- set role_map = {'user': 'User', 'assistant': 'Assistant'} %}
+{%- for message in messages %}{{ role_map[message.role] ~ ': ' ~ message.content }}{% endfor %}
+{%- for m in messages %}{%- for key in m %}
+    {%- if key not in ['role', 'content'] %}{{ key ~ '=' ~ m[key] | tojson }}{%- endif %}
+{%- endfor %}{%- endfor %}
+"""
+
 BENIGN = {
+    "data_keys": DATA_KEYS,
     "chatml": CHATML,
     "llama3": LLAMA3,
     "mistral": MISTRAL,
@@ -152,6 +247,26 @@ MEDIUM_PAYLOADS = {
 }
 
 
+# Names reached through keys the template builds at render time, and calls through subscripts: MLW-TPL-007.
+COMPUTED_LOOKUP_PAYLOADS = {
+    "render_time_concat_key": "{{ x[a ~ 'init' ~ b] }}",
+    "call_through_subscript": "{{ foo[bar]() }}",
+    "call_through_constant_subscript": "{{ x['popen']('id') }}",
+    "call_of_filter_result": "{{ (x|attr(name))() }}",
+    "loop_variable_pieces": "{% for u in ['_'] %}{{ x[u ~ u ~ 'class' ~ u ~ u] }}{% endfor %}",
+    "plus_with_constant_variable": "{% set u = '_' %}{% set k = u + c %}{{ x[k] }}",
+    "set_block_key": "{% set k %}_{{ '_cl' }}ass__{% endset %}{{ x[k] }}",
+    "macro_argument_key": "{% macro m(k) %}{{ x[k] }}{% endmacro %}{{ m(u ~ 'class' ~ u) }}",
+    "mutated_list_join": "{% set p = [] %}{% do p.append('_') %}{{ x[p|join] }}",
+    "namespace_field": "{% set ns = namespace(k='_') %}{% set ns.j = ns.k ~ 'class' %}{{ x[ns.j] }}",
+    "constant_overwritten": "{% set k = 'role' %}{% if c %}{% set k = '_' ~ c %}{% endif %}{{ x[k] }}",
+    "format_key": "{{ x['%sinit%s'|format(u ~ u, u ~ u)] }}",
+    "join_method_key": "{{ x[''.join([u, u, 'init', u, u])] }}",
+    "attr_built_name": "{{ x|attr(u ~ 'init' ~ u) }}",
+    "aliased_variable": "{% for i in r %}{{ x[c] }}{% set c = b %}{% set b = u ~ 'init' ~ u %}{% endfor %}",
+}
+
+
 def _analyse(source: str, limits: Limits | None = None) -> list:
     ctx = ScanContext(Policy(limits=limits or Limits()))
     artifact = Artifact.from_bytes(source.encode(), ("chat_template.jinja",), 0)
@@ -199,6 +314,40 @@ def test_medium_payloads(name: str) -> None:
     findings = _analyse(MEDIUM_PAYLOADS[name])
     assert "MLW-TPL-003" in rule_ids(findings)
     assert "MLW-TPL-001" not in rule_ids(findings)
+
+
+@pytest.mark.parametrize("name", sorted(COMPUTED_LOOKUP_PAYLOADS))
+def test_computed_lookup_payloads(name: str) -> None:
+    findings = _analyse(COMPUTED_LOOKUP_PAYLOADS[name])
+    hits = [f for f in findings if f.rule_id == "MLW-TPL-007"]
+    assert hits, findings
+    assert all(f.severity is Severity.HIGH and f.cwe == 1336 for f in hits)
+
+
+def test_constant_key_built_from_fragments_is_critical() -> None:
+    for source in ("{{ x['__cl' ~ 'ass__'] }}", "{{ x['__cl' ~ 'ass__']() }}"):
+        assert "MLW-TPL-001" in rule_ids(_analyse(source))
+
+
+def test_call_through_subscript_names_dangerous_method() -> None:
+    findings = _analyse("{{ x['popen']('id') }}")
+    assert {"MLW-TPL-002", "MLW-TPL-007"} <= rule_ids(findings)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{% for m in messages %}{% for key in m %}{{ m[key] }}{% endfor %}{% endfor %}",
+        "{% for m in messages %}{{ messages[loop.index0 + 1].role }}{{ messages[loop.index0 - 1] }}{% endfor %}",
+        "{% set ns = namespace(i=messages|length - 1) %}{{ messages[ns.i].content }}",
+        "{% set role_map = {'user': 'U'} %}{{ role_map[messages[0].role] }}",
+        "{% for f, label in [('maximum', 'Max'), ('minimum', 'Min')] %}{{ label ~ '=' ~ param[f] }}{% endfor %}",
+        "{{ basic_type_map[json_spec.type] }}{{ content.split('</think>')[-1] }}{{ messages[1:] }}",
+        "{% set prefix = '<|' ~ role ~ '|>' %}{{ prefix }}{{ tokens[(prefix ~ x)|length] }}",
+    ],
+)
+def test_data_keys_are_not_reported(source: str) -> None:
+    assert failing_of(_analyse(source)) == []
 
 
 def test_payload_hidden_in_benign_template_is_found_with_line() -> None:
@@ -294,3 +443,28 @@ def test_template_handler_direct(tmp_path: Path) -> None:
     ctx.descend(Artifact.from_path(path), Format.TEMPLATE)
     assert rule_ids(ctx.findings) == {"MLW-TPL-001"}
     assert ctx.findings[0].detail("lines") == (TOOLS.count("\n") + 1,)
+
+
+# --- real chat templates from the realworld corpus (llama.cpp, chujiezheng/chat_templates), through the engine ----
+
+
+def _realworld_templates() -> list[Path]:
+    from tests.conftest import CORPUS
+
+    root = CORPUS / "realworld" / "benign"
+    if not root.is_dir():
+        return []
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file() and (p.suffix in (".jinja", ".gguf") or p.name == "tokenizer_config.json")
+    )
+
+
+@pytest.mark.skipif(not _realworld_templates(), reason="../shared/corpus/realworld is not beside this checkout")
+def test_realworld_benign_templates_have_no_failing_finding() -> None:
+    paths = _realworld_templates()
+    assert len(paths) >= 30
+    for path in paths:
+        result = scan_one(path)
+        assert failing(result) == [], (path.name, failing(result))

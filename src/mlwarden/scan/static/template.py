@@ -10,7 +10,9 @@ The walk looks for what no benign chat template needs: dunder or private attribu
 through ``|attr``, ``map(attribute=...)`` or subscripts — Jinja's ``getitem`` falls back to
 ``getattr``), names built at render time from fragments (``'__cla' ~ 'ss__'``, ``'%c'|format(95)``,
 ``dict(__class__=1)|join``), calls to process/file/import functions, ``str.format`` fields that
-traverse attributes, and web-framework globals (``request``, ``config``). Benign templates loop,
+traverse attributes, web-framework globals (``request``, ``config``), subscript keys the template builds
+at render time (``x[a ~ 'init' ~ b]``, a ``{% set %}`` variable holding such a string) and calls through
+subscripts (``x[k]()``). Benign templates loop, index data by data (``message[key]``),
 branch, call ``raise_exception``, use ``namespace()`` for loop state and ``tojson`` — none of which is
 flagged.
 
@@ -34,6 +36,7 @@ from mlwarden.core.errors import LimitExceeded
 from mlwarden.scan.context import INCOMPLETE
 from mlwarden.scan.static.base import Handler
 from mlwarden.scan.static.template_rules import (
+    COMPUTED_LOOKUP,
     SSTI_DANGEROUS,
     SSTI_INTERNALS,
     SSTI_SUSPICIOUS,
@@ -48,6 +51,7 @@ if TYPE_CHECKING:
     from mlwarden.scan.context import ScanContext
 
 __all__ = [
+    "COMPUTED_LOOKUP",
     "SSTI_DANGEROUS",
     "SSTI_INTERNALS",
     "SSTI_SUSPICIOUS",

@@ -79,6 +79,19 @@ UNPARSEABLE_TOKENS = rule(
     remediation=_REMEDIATION,
     confidence=Confidence.MEDIUM,
 )
+COMPUTED_LOOKUP = rule(
+    "MLW-TPL-007",
+    "Chat template looks up names it builds at render time",
+    Severity.HIGH,
+    cwe=1336,
+    description="A subscript key (or |attr name) is a string the template builds at render time from pieces "
+    "(~, +, %, |format, |join, |replace, {% set %} blocks, or a variable or macro argument assigned such a "
+    "string), or a value is called through a subscript or another expression (x[k](), (x|attr(n))()). Jinja's "
+    "getitem falls back to getattr, so this reaches attributes the walk cannot name; benign chat templates "
+    "index data by constants or by data (message[key] over a loop variable), which is not reported.",
+    remediation=_REMEDIATION,
+    confidence=Confidence.MEDIUM,
+)
 
 DUNDER = re.compile(r"^__\w+__$")
 FRAGMENT = re.compile(r"__[A-Za-z]|[A-Za-z]__(?!\w)")
@@ -269,3 +282,17 @@ ATTRIBUTE_FILTERS = {
     "min": None,
     "max": None,
 }
+#: Filters that build a string from their input and arguments (a key built with them is computed).
+STRING_BUILDING_FILTERS = frozenset(
+    {"format", "join", "replace", "reverse", "center", "indent", "wordwrap", "truncate", "urlencode", "xmlattr"}
+)
+#: String methods that build a new string from pieces (``'{}{}'.format(a, b)``, ``'_'.join(x)``).
+STRING_BUILDING_METHODS = frozenset(
+    {"format", "format_map", "join", "replace", "center", "ljust", "rjust", "zfill", "expandtabs", "translate"}
+)
+#: Filters with a number result: a key built under them is an index, not a name.
+NUMERIC_FILTERS = frozenset({"length", "count", "int", "float", "abs", "round", "wordcount"})
+#: Methods that mutate their object in place (a folded constant of that name is no longer known).
+MUTATING_METHODS = frozenset(
+    {"append", "extend", "insert", "pop", "update", "setdefault", "remove", "clear", "reverse", "sort"}
+)

@@ -4,6 +4,12 @@ Injection payloads hide attribute names by building them at render time (``'__cl
 ``'%c'|format(95)``, ``dict(__class__=1)|join``). :class:`TemplateAnalyser` folds expressions built
 only from constants back to the string they would produce (bounded in length), and judges that string
 like a literal attribute name; what cannot be folded is itself suspicious in an attribute position.
+
+A subscript whose key cannot be folded is judged by how the key is made: keys that are data (``message[key]``
+over a loop variable, ``messages[loop.index0 + 1]``) are what benign templates use and pass; keys the
+template *builds* as strings at render time (``x[a ~ 'init' ~ b]``, a ``{% set %}`` variable, loop variable
+or macro argument holding such a string) hide the name they reach and are reported, as are calls through a
+subscript or any other expression (``x[k]()``).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from mlwarden.core.findings import Rule
 from mlwarden.scan.static.template_rules import (
     ATTRIBUTE_FILTERS,
     BENIGN_METHODS,
+    COMPUTED_LOOKUP,
     DANGEROUS_CALLS,
     DANGEROUS_NAMES,
     DUNDER,
@@ -28,10 +35,14 @@ from mlwarden.scan.static.template_rules import (
     GADGETS,
     GENERATOR_FILTERS,
     MODULES,
+    MUTATING_METHODS,
+    NUMERIC_FILTERS,
     PY_INTERNALS,
     SSTI_DANGEROUS,
     SSTI_INTERNALS,
     SSTI_SUSPICIOUS,
+    STRING_BUILDING_FILTERS,
+    STRING_BUILDING_METHODS,
     UNUSUAL_CALL,
     WEB_GLOBALS,
 )
@@ -60,6 +71,9 @@ class TemplateAnalyser:
         self.consts: dict[str, Any] = {}
         self.local_names: set[str] = set()
         self.consumed: set[int] = set()  # ids of Const nodes already judged in an attribute position
+        self.built: set[str] = set()  # variables (``ns.attr`` for namespace fields) holding built strings
+        self.str_names: set[str] = set()  # variables assigned constant strings
+        self.mutated: set[str] = set()  # variables changed in place (.append...), never folded
         self.visited = 0
 
     def hit(self, r: Rule, node: nodes.Node, reason: str) -> None:
@@ -176,6 +190,83 @@ class TemplateAnalyser:
             self.judge_name(value, node, how)
         elif value is None:
             self.hit(SSTI_SUSPICIOUS, node, f"{how} computed at render time")
+            if self.builds_string(target):
+                self.hit(COMPUTED_LOOKUP, node, f"{how} is a string built at render time")
+
+    # -- render-time strings: is this expression a string the template builds from pieces? ---------------
+    def _const_str(self, node: nodes.Node) -> bool:
+        if isinstance(node, nodes.Name):
+            return node.name in self.str_names or isinstance(self.fold(node), str)
+        if isinstance(node, nodes.Getattr) and isinstance(node.node, nodes.Name):
+            return f"{node.node.name}.{node.attr}" in self.str_names
+        return isinstance(self.fold(node), str)
+
+    def builds_string(self, node: nodes.Node) -> bool:
+        """Whether ``node`` contains a string built at render time (not under a number or a test)."""
+        intrinsic, uses = self._string_parts(node)
+        return intrinsic or not uses.isdisjoint(self.built)
+
+    def _string_parts(self, node: nodes.Node) -> tuple[bool, set[str]]:
+        """(whether ``node`` builds a string itself, the variables whose strings it may pass on)."""
+        uses: set[str] = set()
+        stack = [node]
+        while stack:
+            n = stack.pop()
+            if isinstance(n, nodes.Concat):
+                return True, uses
+            if isinstance(n, nodes.Add | nodes.Mul | nodes.Mod) and (
+                self._const_str(n.left) or self._const_str(n.right)
+            ):
+                return True, uses
+            if isinstance(n, nodes.Filter) and n.name in STRING_BUILDING_FILTERS:
+                return True, uses
+            if isinstance(n, nodes.Call) and isinstance(n.node, nodes.Getattr):
+                if n.node.attr in STRING_BUILDING_METHODS:
+                    return True, uses
+            if isinstance(n, nodes.Name):
+                uses.add(n.name)
+            if isinstance(n, nodes.Getattr) and isinstance(n.node, nodes.Name):
+                uses.add(f"{n.node.name}.{n.attr}")
+            if isinstance(n, nodes.Compare | nodes.Test | nodes.Not) or (
+                isinstance(n, nodes.Filter) and n.name in NUMERIC_FILTERS
+            ):
+                continue  # a number or a boolean, whatever it was computed from
+            if isinstance(n, nodes.CondExpr):
+                stack.extend(x for x in (n.expr1, n.expr2) if x is not None)
+                continue
+            stack.extend(n.iter_child_nodes())
+        return False, uses
+
+    def _collect_strings(self, template: nodes.Template) -> None:
+        """Find variables holding built or constant strings (set, set blocks, loops, macro arguments)."""
+        macros = {m.name: [a.name for a in m.args] for m in template.find_all(nodes.Macro)}
+        sources: list[tuple[list[str], nodes.Node | None]] = []
+        for n in template.find_all((nodes.Assign, nodes.AssignBlock, nodes.For, nodes.Call)):
+            if isinstance(n, nodes.AssignBlock):
+                sources.append((_names(n.target), None))  # {% set x %}...{% endset %} renders a string
+            elif isinstance(n, nodes.For):
+                sources.append((_names(n.target), n.iter))
+            elif isinstance(n, nodes.Assign):
+                value = n.node
+                if isinstance(value, nodes.Call) and _is_name(value.node, "namespace"):
+                    sources += [([f"{t}.{kw.key}" for t in _names(n.target)], kw.value) for kw in value.kwargs]
+                    sources += [(_names(n.target), arg) for arg in value.args]
+                else:
+                    sources.append((_names(n.target), value))
+            elif isinstance(n, nodes.Call) and isinstance(n.node, nodes.Name) and n.node.name in macros:
+                params = macros[n.node.name]
+                sources += [([p], arg) for p, arg in zip(params, n.args, strict=False)]
+                sources += [([kw.key], kw.value) for kw in n.kwargs if kw.key in params]
+            elif isinstance(n, nodes.Call) and isinstance(n.node, nodes.Getattr) and n.node.attr in MUTATING_METHODS:
+                self.mutated.update(_names(n.node.node))
+        # Constant strings first (they decide whether `u + c` builds a string), then built strings; each
+        # spreads along assignments (b = a) through a worklist, so the order of the {% set %}s is irrelevant.
+        _spread(self.str_names, [(names, _alias(v), v is not None and _is_str(self.fold(v))) for names, v in sources])
+        edges = []
+        for names, source in sources:
+            intrinsic, uses = (True, set()) if source is None else self._string_parts(source)
+            edges.append((names, uses, intrinsic))
+        _spread(self.built, edges)
 
     # -- the walk ---------------------------------------------------------------------------------------
     def walk(self, template: nodes.Template) -> None:
@@ -185,6 +276,7 @@ class TemplateAnalyser:
                 self.local_names.add(n.name)
         for m in template.find_all(nodes.Macro):
             self.local_names.update(a.name for a in m.args)
+        self._collect_strings(template)
         self.visit(template)
 
     def visit(self, node: nodes.Node) -> None:
@@ -202,8 +294,15 @@ class TemplateAnalyser:
         """Remember ``{% set name = <constant> %}`` so later uses of ``name`` fold."""
         if isinstance(node.target, nodes.Name):
             value = self.fold(node.node)
-            if value is not None:
+            if value is not None and node.target.name not in self.mutated:
                 self.consts[node.target.name] = value
+            else:
+                self.consts.pop(node.target.name, None)  # no longer the constant it may have been
+
+    def visit_For(self, node: nodes.For) -> None:  # noqa: N802
+        """Loop variables shadow constants of the same name."""
+        for name in _names(node.target):
+            self.consts.pop(name, None)
 
     def visit_Getattr(self, node: nodes.Getattr) -> None:  # noqa: N802
         """Judge ``x.attr``, and attributes of Jinja globals that lead to Python objects."""
@@ -218,6 +317,8 @@ class TemplateAnalyser:
         if isinstance(value, str):
             self._consume(node.arg)
             self.judge_name(value, node, "subscript")
+        elif value is None and self.builds_string(node.arg):
+            self.hit(COMPUTED_LOOKUP, node, "subscript key is a string built at render time")
 
     def visit_Filter(self, node: nodes.Filter) -> None:  # noqa: N802
         """Judge ``|format`` printf strings and attribute-taking filters."""
@@ -260,6 +361,13 @@ class TemplateAnalyser:
     def visit_Call(self, node: nodes.Call) -> None:  # noqa: N802
         """Judge method and global function calls, and dunder-spelling keyword arguments."""
         func = node.node
+        if isinstance(func, nodes.Getitem):
+            self.hit(COMPUTED_LOOKUP, node, "calls the result of a subscript")
+            key = self.fold(func.arg)
+            if isinstance(key, str) and key in DANGEROUS_CALLS:
+                self.hit(SSTI_DANGEROUS, node, f"calls '{key}()' through a subscript")
+        elif not isinstance(func, nodes.Getattr | nodes.Name):
+            self.hit(COMPUTED_LOOKUP, node, f"calls the result of an expression ({type(func).__name__})")
         if isinstance(func, nodes.Getattr):
             method = func.attr
             if method in ("format", "format_map"):
@@ -310,3 +418,49 @@ class TemplateAnalyser:
     visit_FromImport = visit_Import  # noqa: N815
     visit_Include = visit_Import  # noqa: N815
     visit_Extends = visit_Import  # noqa: N815
+
+
+def _names(target: nodes.Node) -> list[str]:
+    """Variable names an assignment target binds (``ns.attr`` for namespace fields)."""
+    if isinstance(target, nodes.Name):
+        return [target.name]
+    if isinstance(target, nodes.NSRef):
+        return [f"{target.name}.{target.attr}"]
+    if isinstance(target, nodes.Tuple | nodes.List):
+        return [n for item in target.items for n in _names(item)]
+    return []
+
+
+def _is_name(node: nodes.Node, name: str) -> bool:
+    return isinstance(node, nodes.Name) and node.name == name
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str) or (isinstance(value, list) and any(isinstance(v, str) for v in value))
+
+
+def _alias(node: nodes.Node | None) -> set[str]:
+    """The variable ``node`` names, when it is just a variable (``b = a``, ``b = ns.a``)."""
+    if isinstance(node, nodes.Name):
+        return {node.name}
+    if isinstance(node, nodes.Getattr) and isinstance(node.node, nodes.Name):
+        return {f"{node.node.name}.{node.attr}"}
+    return set()
+
+
+def _spread(marked: set[str], edges: list[tuple[list[str], set[str], bool]]) -> None:
+    """Mark the targets of every edge that holds by itself or uses a marked variable, to a fixed point."""
+    users: dict[str, list[list[str]]] = {}
+    todo: list[str] = []
+    for targets, uses, holds in edges:
+        if holds:
+            todo.extend(targets)
+        for name in uses:
+            users.setdefault(name, []).append(targets)
+    while todo:
+        name = todo.pop()
+        if name in marked:
+            continue
+        marked.add(name)
+        for targets in users.get(name, ()):
+            todo.extend(t for t in targets if t not in marked)
