@@ -20,6 +20,7 @@ from typing import IO, Any
 
 from mlwarden.core.errors import UsageError
 from mlwarden.core.policy import Policy
+from mlwarden.loader import legacy
 from mlwarden.loader.restricted import RestrictedUnpickler, _refuse, guarded_dispatch, pickle_module, restricted_load
 from mlwarden.scan.static.pickle import rules as pickle_rules
 
@@ -48,6 +49,10 @@ def _torchscript(path: Path, policy: Policy, restricted: bool, display: str) -> 
 
 
 def _joblib(path: Path, policy: Policy, restricted: bool, display: str) -> Any:
+    with open(path, "rb") as fh:
+        if fh.read(2) == legacy.ZF_MAGIC:  # joblib < 0.10 zlib file: always read by mlwarden's restricted path
+            fh.seek(0)
+            return _joblib_zf(legacy.read_zfile(fh, policy.limits.max_member_size), path, policy, display)
     if not restricted:
         import joblib
 
@@ -55,11 +60,18 @@ def _joblib(path: Path, policy: Policy, restricted: bool, display: str) -> Any:
     from joblib.numpy_pickle_utils import _validate_fileobject_and_memmap
 
     with open(path, "rb") as fh, _validate_fileobject_and_memmap(fh, str(path), None) as (fobj, _):
-        if isinstance(fobj, str):  # joblib < 0.10 layout: arrays in companion files, read with np.load
-            raise _refuse(
-                pickle_rules.OPAQUE_CALL, display, "joblib < 0.10 file layout is not supported by the restricted loader"
-            )
         return _joblib_unpickler(policy, display)(str(path), fobj, True).load()
+
+
+def _joblib_zf(data: bytes, path: Path, policy: Policy, display: str) -> Any:
+    """The payload of a joblib ``ZF`` file: a pickle (companions beside it), an ``.npy``, or raw array bytes."""
+    from mlwarden.scan.static.pickle.opcodes import stream_is_pickle
+
+    if data[:6] == b"\x93NUMPY":
+        return _npy(io.BytesIO(data), policy, True, display)
+    if stream_is_pickle(io.BytesIO(data)):
+        return _joblib_unpickler(policy, display)(str(path), io.BytesIO(data), None).load()
+    return data  # a ZNDArrayWrapper companion (.npy.z): the raw bytes of one array
 
 
 def _joblib_unpickler(policy: Policy, display: str) -> type:
@@ -74,9 +86,9 @@ def _joblib_unpickler(policy: Policy, display: str) -> type:
     def load_build(self: Any) -> None:
         std_pickle._Unpickler.load_build(self)  # type: ignore[attr-defined]
         top = self.stack[-1]
-        if isinstance(top, NDArrayWrapper):
-            raise _refuse(pickle_rules.OPAQUE_CALL, display, "joblib < 0.10 array wrapper reads companion files")
-        if isinstance(top, NumpyArrayWrapper):
+        if isinstance(top, NDArrayWrapper):  # joblib < 0.10: the array is in a companion file of the folder
+            self.stack[-1] = _legacy_array(top, Path(self._dirname), policy, display)
+        elif isinstance(top, NumpyArrayWrapper):
             self.stack.pop()
             if top.dtype.hasobject:  # a nested pickle stream: restricted as well
                 array = RestrictedUnpickler(self.file_handle, policy=policy, display=display).load()
@@ -92,12 +104,35 @@ def _joblib_unpickler(policy: Policy, display: str) -> type:
 
         def __init__(self, *args: Any, **kw: Any) -> None:
             super().__init__(*args, **kw)
+            self.encoding = "latin1"  # Python 2 str (array bytes of joblib < 0.10 files), as numpy reads them
             self._restrictions = _Restrictions(policy, display)
 
         def find_class(self, module: str, name: str) -> Any:
             return self._restrictions.resolve(module, name)
 
     return RestrictedNumpyUnpickler
+
+
+def _legacy_array(wrapper: Any, folder: Path, policy: Policy, display: str) -> Any:
+    """Read the companion array a joblib < 0.10 ``NDArrayWrapper``/``ZNDArrayWrapper`` names, restricted."""
+    import numpy as np
+    from joblib.numpy_pickle_compat import ZNDArrayWrapper
+
+    path = legacy.companion(folder, getattr(wrapper, "filename", None))
+    shown = f"{display} ▸ {path.name}"
+    if isinstance(wrapper, ZNDArrayWrapper):
+        cls = wrapper.init_args[0] if wrapper.init_args else None
+        if cls is not np.ndarray:
+            raise _refuse(pickle_rules.OPAQUE_CALL, display, f"joblib ZNDArrayWrapper of class {cls!r}")
+        array = np.ndarray((0,), "b")  # __setstate__ sets shape and dtype, and checks them against the bytes
+        with open(path, "rb") as fh:
+            data = legacy.read_zfile(fh, policy.limits.max_member_size)
+        array.__setstate__((*wrapper.state, data))
+        return array
+    if wrapper.subclass not in (np.ndarray, np.memmap):
+        raise _refuse(pickle_rules.OPAQUE_CALL, display, f"joblib NDArrayWrapper of class {wrapper.subclass!r}")
+    with open(path, "rb") as fh:
+        return _npy(fh, policy, True, shown)
 
 
 def _npy(fh: IO[bytes], policy: Policy, restricted: bool, display: str) -> Any:

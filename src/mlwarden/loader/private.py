@@ -44,13 +44,15 @@ class PrivateCopy:
     root: Path
     files: tuple[CopiedFile, ...]
     is_folder: bool
+    companions: tuple[CopiedFile, ...] = ()  # joblib < 0.10 array files copied beside a single model file
 
     @property
     def digest(self) -> str:
-        """SHA-256 (hex) of the file; for a folder, of its manifest (``sha256  relpath`` lines, sorted)."""
-        if not self.is_folder:
+        """SHA-256 (hex) of the file; for a folder (or a file with companions), of the sorted manifest."""
+        if not self.is_folder and not self.companions:
             return self.files[0].sha256
-        manifest = "".join(f"{f.sha256}  {f.relpath}\n" for f in sorted(self.files, key=lambda f: f.relpath))
+        every = (*self.files, *self.companions)
+        manifest = "".join(f"{f.sha256}  {f.relpath}\n" for f in sorted(every, key=lambda f: f.relpath))
         return hashlib.sha256(manifest.encode()).hexdigest()
 
     def remove(self) -> None:
@@ -113,6 +115,35 @@ def _walk(dir_fd: int, rel: str, dest: Path, limits: Limits, display: str, out: 
         out.append(CopiedFile(relpath, dest / name, size, sha))
 
 
+def _companions(source: Path, root: Path, limits: Limits) -> tuple[CopiedFile, ...]:
+    """Copy the array files joblib < 0.10 wrote beside ``source`` (``NAME_01.npy``, ``NAME_01.npy.z``).
+
+    Their names are joblib's own convention; the analysis and the loader then only honour names the pickle
+    gives that are files of this private directory. Links and special files are skipped.
+    """
+    from mlwarden.loader.legacy import companion_pattern
+
+    pattern = companion_pattern(source.name)
+    out: list[CopiedFile] = []
+    try:
+        names = sorted(n for n in os.listdir(source.parent) if pattern.fullmatch(n))
+    except OSError:
+        return ()
+    for n in names[: limits.max_members]:
+        try:
+            fd = os.open(source.parent / n, _OPEN_FLAGS | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                continue
+            size, sha = _copy_fd(fd, root / n, limits, str(source.parent / n))
+            out.append(CopiedFile(n, root / n, size, sha))
+        finally:
+            os.close(fd)
+    return tuple(out)
+
+
 def copy_model(source: Path, limits: Limits) -> PrivateCopy:
     """Copy ``source`` (a file, or a folder recursively) into a new private directory.
 
@@ -140,7 +171,8 @@ def copy_model(source: Path, limits: Limits) -> PrivateCopy:
         _regular(fd, display, limits)
         name = source.name or "model"
         size, sha = _copy_fd(fd, root / name, limits, display)
-        return PrivateCopy(root, (CopiedFile(name, root / name, size, sha),), False)
+        companions = _companions(source, root, limits)
+        return PrivateCopy(root, (CopiedFile(name, root / name, size, sha),), False, companions)
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)
         raise

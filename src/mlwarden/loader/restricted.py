@@ -239,6 +239,7 @@ class RestrictedUnpickler(pickle._Unpickler):
     dispatch = guarded_dispatch(pickle._Unpickler.dispatch)
 
     def __init__(self, file: IO[bytes], *, policy: Policy | None = None, display: str = "<pickle>", **kw: Any) -> None:
+        kw.setdefault("encoding", "latin1")  # Python 2 str: never fails, and is how numpy/joblib read its arrays
         super().__init__(file, **kw)
         self._restrictions = _Restrictions(policy, display)
 

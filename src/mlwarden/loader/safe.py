@@ -26,6 +26,7 @@ from mlwarden.loader.frameworks import LOADERS, PICKLE_FAMILY, load_with
 from mlwarden.loader.private import CopiedFile, PrivateCopy, copy_model
 from mlwarden.scan.result import FileResult
 
+ARCHIVE = "archive"
 _BY_FORMAT = {
     Format.SAFETENSORS: "safetensors",
     Format.GGUF: "gguf",
@@ -52,13 +53,21 @@ def _formats(result: FileResult) -> list[tuple[tuple[str, ...], Format]]:
     return out
 
 
+_COMPRESSED = frozenset({Format.GZIP, Format.BZIP2, Format.XZ, Format.LZMA, Format.ZSTD, Format.LZ4})
+
+
 def detect_framework(path: Path, result: FileResult) -> str | None:
     """The framework that loads this file, judged from its content (``None``: not a loadable model)."""
     from mlwarden.scan.dynamic.engine import choose_framework
 
     formats = _formats(result)
     top = formats[0][1] if formats else None
+    if top is Format.JOBLIB_ZF:
+        return "joblib"  # joblib < 0.10's own zlib layer (a pickle, an .npy, or a companion's raw bytes)
     framework = choose_framework(path, formats)
+    inner = formats[1][1] if len(formats) > 1 else None
+    if framework is None and (top is Format.TAR or top is Format.ZIP or (top in _COMPRESSED and inner is Format.TAR)):
+        return ARCHIVE  # a tar/zip of model files (an AllenNLP model.tar.gz): each member loaded on its own
     if framework == "jinja":  # the dynamic engine renders templates; a GGUF is loaded as weights here
         return "gguf" if top is Format.GGUF else None
     if framework is None and top is not None:
@@ -178,11 +187,45 @@ def load(
         file, chosen, findings = _analyse(copy, source, policy, framework, dynamic)
         display = str(source / file.relpath) if copy.is_folder else str(source)
         _raise_if_unsafe(findings, policy, copy.digest, display)
-        use_restricted = restricted is not False and chosen in PICKLE_FAMILY
         try:
-            return load_with(chosen, file.path, policy, use_restricted, display)
+            if chosen == ARCHIVE:
+                return _load_archive(file.path, display, policy, dynamic, restricted, depth=1)
+            return load_with(chosen, file.path, policy, restricted is not False and chosen in PICKLE_FAMILY, display)
         except UnsafeModelError as exc:
             exc.digest = copy.digest
             raise
     finally:
         copy.remove()
+
+
+def _load_archive(path: Path, display: str, policy: Policy, dynamic: bool, restricted: bool | None, depth: int) -> Any:
+    """Load every member of an archive on its own: ``{member name: loaded model, or bytes for other files}``.
+
+    Each member is written into the private directory under a neutral name (never a path from the archive),
+    analysed on its own (statically, and in the sandbox when ``dynamic``), and loaded like a top-level file.
+    """
+    from mlwarden.loader import legacy
+
+    if depth > policy.limits.max_depth:
+        raise UsageError(f"{display}: archives nested deeper than {policy.limits.max_depth}")
+    out: dict[str, Any] = {}
+    for index, (name, data) in enumerate(legacy.archive_members(path, policy.limits)):
+        member = path.parent / f"{path.name}.member-{depth}-{index}"
+        with open(member, "xb") as fh:
+            fh.write(data)
+        try:
+            shown = f"{display} ▸ {name}"
+            result = _scan(CopiedFile(name, member, len(data), ""), shown, policy, dynamic)
+            _raise_if_unsafe(list(result.findings), policy, "", shown)
+            chosen = detect_framework(member, result)
+            if chosen == ARCHIVE:
+                out[name] = _load_archive(member, shown, policy, dynamic, restricted, depth + 1)
+            elif chosen is not None:
+                out[name] = load_with(
+                    chosen, member, policy, restricted is not False and chosen in PICKLE_FAMILY, shown
+                )
+            else:
+                out[name] = data
+        finally:
+            member.unlink()
+    return out

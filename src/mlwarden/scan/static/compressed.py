@@ -10,6 +10,7 @@ import bz2
 import gzip
 import io
 import lzma
+import re
 import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, BinaryIO
@@ -36,7 +37,7 @@ CORRUPT = rule(
 )
 
 _ERRORS = (EOFError, OSError, zlib.error, lzma.LZMAError, ValueError)
-_JOBLIB_ZF_HEADER = 21  # b"ZF" + hex length left-justified to 19 characters
+_JOBLIB_ZF_HEADER = re.compile(rb"ZF0x[0-9a-fA-F]+L? *")  # hex length padded to 19 (Python 3) or 20 (Python 2)
 
 
 class _ZlibReader(io.RawIOBase):
@@ -169,7 +170,9 @@ def _decoder(fmt: Format, artifact: Artifact) -> Callable[[], BinaryIO]:
     if fmt is Format.ZLIB:
         return lambda: _ZlibReader(artifact.open, 0)  # type: ignore[return-value]
     if fmt is Format.JOBLIB_ZF:
-        return lambda: _ZlibReader(artifact.open, _JOBLIB_ZF_HEADER)  # type: ignore[return-value]
+        m = _JOBLIB_ZF_HEADER.match(artifact.head[:32])
+        skip = m.end() if m else 21  # the zlib stream starts after the padding, whatever the writer's width
+        return lambda: _ZlibReader(artifact.open, skip)  # type: ignore[return-value]
     if fmt is Format.LZ4:
         try:
             import lz4.frame
