@@ -322,7 +322,10 @@ def read_op(stream: BinaryIO, pos: int) -> Op | None:
     elif argtype == "stringnl":
         arg = _py2_str(_string_line(stream, pos))
     elif argtype == "unicodestringnl":
-        arg = _readline(stream, pos).decode("raw-unicode-escape")
+        try:
+            arg = _readline(stream, pos).decode("raw-unicode-escape")
+        except UnicodeDecodeError as exc:
+            raise PickleFormatError(pos, f"invalid UNICODE argument: {exc.reason}") from None
     else:  # pragma: no cover - the opcode table is fixed per Python version
         raise PickleFormatError(pos, f"unsupported argument type {argtype}")
     return Op(name, arg, pos, differs)
@@ -335,10 +338,12 @@ SNIFF_OPS = 100_000
 
 
 def looks_like_pickle(head: bytes) -> bool:
-    """Whether ``head`` (the first bytes of something larger, or all of it) starts like a pickle.
+    """Whether ``head`` (a window of something never unpickled as a whole, e.g. a tensor storage) hides a pickle.
 
-    For callers that only have a window of bytes: an argument cut by the end of the window counts as valid.
-    :func:`stream_is_pickle` decides on the whole stream and is what format sniffing uses.
+    Only an import decides: a valid opcode prefix that reaches ``GLOBAL``/``INST`` with importable names or a
+    ``STACK_GLOBAL`` of two strings is a pickle that calls something if a loader ever reads it. Random tensor
+    bytes decode as a few valid opcodes about once in 5,000 storages; without an import they run nothing.
+    :func:`stream_is_pickle` decides for files a loader does unpickle, and is what format sniffing uses.
     """
     import io
 
@@ -360,31 +365,30 @@ def stream_is_pickle(stream: BinaryIO) -> bool:
 def _decide(stream: BinaryIO, window: int | None) -> bool:  # noqa: C901 - one decision per opcode outcome
     count = 0
     stack = _StackShape()
+    imports_only = window is not None
     while count < SNIFF_OPS:
         pos = stream.tell()
         try:
             op = read_op(stream, pos)
         except (ReaderLimit, ReadersDiffer):
-            return True  # a loader reads on where the scanner (or the other unpickler) stops: analyse, report why
+            return not imports_only  # a loader reads on where the scanner (or pickle.py) stops: analyse it
         except PickleFormatError:
-            if window is not None and stream.tell() >= window:
-                return count >= 8  # cut by the end of the window: fine if enough looked valid
-            return count >= 8 and stack.ok  # a malformed pickle (nothing imported before the damage)
+            return not imports_only and count >= 8 and stack.ok  # a malformed pickle (nothing imported first)
         if op is None:
-            return count >= 8
+            return not imports_only and count >= 8
         count += 1
         if op.name == "STACK_GLOBAL" and stack.top_strings():
             return True  # imports module/name strings the C unpickler accepts
         if not stack.apply(op):
             return False  # pops what was never pushed: random bytes, not a pickle (e.g. b"l." in tensor data)
         if op.name == "STOP":
-            return count >= 2 and (stack.complete() or count >= 8)
+            return not imports_only and count >= 2 and (stack.complete() or count >= 8)
         if op.name in _IDENT_OPS:
             module, name = op.arg
             return _is_dotted_ident(module) and _is_dotted_ident(name)
         if op.name == "PROTO" and not 0 <= op.arg <= 5:
             return False
-    return True
+    return not imports_only
 
 
 _STR_OPS = frozenset(
