@@ -30,6 +30,7 @@ def scan(
     *,
     jobs: int | None = 1,
     dynamic: bool = False,
+    suppressions: str | os.PathLike[str] | None = None,
 ) -> ScanReport:
     """Scan a file or directory (or several).
 
@@ -41,21 +42,26 @@ def scan(
         policy: a :class:`Policy`, a path to a TOML policy file, or ``None`` for the safe default.
         jobs: worker processes; ``None`` uses every core.
         dynamic: also run the sandboxed dynamic analysis (``SandboxUnavailable`` if the sandbox cannot run).
+        suppressions: a reviewed suppressions TOML file (``docs/suppressions.md``): the findings it accepts stay in
+            the report, marked ``suppressed``, and no longer count toward ``exit_code()``. None: no suppressions
+            (the CLI's default lookup of ``mlwarden-suppressions.toml`` does not apply here).
 
     Returns:
         The :class:`ScanReport`; ``report.exit_code()`` gives the CLI's 0/1/2 verdict.
 
     Raises:
         UsageError: a path does not exist.
-        PolicyError: the policy file is invalid.
+        PolicyError: the policy file (or the suppressions file) is invalid.
     """
+    from mlwarden.core.suppressions import load_suppressions
     from mlwarden.scan.engine import scan_paths
 
     if not isinstance(policy, Policy):
         policy = load_policy(None if policy is None else Path(policy))
     paths = [path] if isinstance(path, str | os.PathLike | Path) else list(path)
     modes = ("static", "dynamic") if dynamic else ("static",)
-    return scan_paths(paths, policy, jobs=jobs, modes=modes)
+    accepted = load_suppressions(suppressions) if suppressions is not None else ()
+    return scan_paths(paths, policy, jobs=jobs, modes=modes, suppressions=accepted)
 
 
 def load(

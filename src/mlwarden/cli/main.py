@@ -13,10 +13,14 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mlwarden import __version__
 from mlwarden.core.errors import MlwardenError, UsageError
 from mlwarden.core.findings import Severity
+
+if TYPE_CHECKING:
+    from mlwarden.core.suppressions import Suppression
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 #: Modules under ``mlwarden.cli`` that add commands: each has ``add_parser(sub)``, which registers its
@@ -33,6 +37,7 @@ COMMAND_MODULES = (
     "baseline_cmd",
     "monitor_cmd",
     "forensics_cmd",
+    "suppress_cmd",
 )
 FORMATS = ("text", "json", "sarif", "html")
 
@@ -90,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--dynamic", action="store_true", help="dynamic analysis only (sandboxed phases, no static scan)")
     scan.add_argument("--jobs", "-j", type=_positive, metavar="N", help="parallel worker processes (default: cores)")
     scan.add_argument("--policy", metavar="FILE", help="TOML policy file (see docs/policy.md)")
+    accepted = scan.add_mutually_exclusive_group()
+    accepted.add_argument(
+        "--suppressions",
+        metavar="FILE",
+        help="reviewed suppressions TOML (default: mlwarden-suppressions.toml here, if present; docs/suppressions.md)",
+    )
+    accepted.add_argument("--no-suppressions", action="store_true", help="ignore every suppressions file")
     scan.add_argument("--verbose", "-v", action="store_true", help="list clean files and remediation text")
     scan.add_argument("--no-progress", action="store_true", help="never show a progress bar")
 
@@ -119,6 +131,7 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     if args.fail_on is not None:
         policy = policy.with_fail_on(args.fail_on)
     files = expand(args.paths)
+    suppressions = _suppressions(args)
     show_progress = not args.no_progress and sys.stderr.isatty() and len(files) > 1
     if show_progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -127,9 +140,16 @@ def _cmd_scan(args: argparse.Namespace) -> int:
             TextColumn("scanning"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
         ) as bar:
             task = bar.add_task("scan", total=len(files))
-            report = scan_paths(files, policy, jobs=args.jobs, progress=lambda _r: bar.advance(task), modes=modes)
+            report = scan_paths(
+                files,
+                policy,
+                jobs=args.jobs,
+                progress=lambda _r: bar.advance(task),
+                modes=modes,
+                suppressions=suppressions,
+            )
     else:
-        report = scan_paths(files, policy, jobs=args.jobs, modes=modes)
+        report = scan_paths(files, policy, jobs=args.jobs, modes=modes, suppressions=suppressions)
     to_terminal = not args.output and sys.stdout.isatty()
     text = render(report, args.format, color=to_terminal and args.format == "text", verbose=args.verbose)
     if args.output:
@@ -141,7 +161,21 @@ def _cmd_scan(args: argparse.Namespace) -> int:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
     for error in report.errors:
         print(f"mlwarden: error: {error.error}", file=sys.stderr)
+    if args.output or args.format != "text":  # the text report on stdout has them already
+        for warning in report.suppression_warnings:
+            print(f"mlwarden: warning: {warning}", file=sys.stderr)
     return report.exit_code()
+
+
+def _suppressions(args: argparse.Namespace) -> tuple[Suppression, ...]:
+    """``--suppressions FILE``, else ``mlwarden-suppressions.toml`` in the current directory if it exists."""
+    from mlwarden.core.suppressions import DEFAULT_FILE, load_suppressions
+
+    if args.no_suppressions:
+        return ()
+    if args.suppressions:
+        return load_suppressions(args.suppressions)
+    return load_suppressions(DEFAULT_FILE) if Path(DEFAULT_FILE).is_file() else ()
 
 
 def _cmd_rules(args: argparse.Namespace) -> int:

@@ -54,6 +54,13 @@ def add_parser(sub: Any) -> None:
     scan = command(actions, "scan", _scan, "scan a stored version with mlwarden's scanner (received -> scanned)")
     scan.add_argument("ref", metavar="REF", help="NAME:VERSION or NAME@ALIAS")
     scan.add_argument("--static-only", action="store_true", help="static analysis only (default: static + dynamic)")
+    suppress = command(
+        actions, "suppress", _suppress, "accept a rule's findings on a version until a date (approver; not yours)"
+    )
+    suppress.add_argument("ref", metavar="NAME:VERSION", help="the version whose bytes were reviewed")
+    suppress.add_argument("rule", metavar="RULE", help="rule ID, as listed by `mlwarden rules`")
+    suppress.add_argument("--reason", required=True, metavar="TEXT", help="why the findings are acceptable")
+    suppress.add_argument("--expires", required=True, metavar="DATE", help="ISO date (YYYY-MM-DD) in the future")
 
     user = sub.add_parser("user", help="manage registry users (admin)")
     user_actions = user.add_subparsers(dest="user_command", metavar="ACTION", parser_class=type(user), required=True)
@@ -187,6 +194,14 @@ def _scan(args: argparse.Namespace) -> int:
         counts = ", ".join(f"{n} {s}" for s, n in details.get("by_severity", {}).items() if n) or "no findings"
         print(f"{info.ref}: {details.get('verdict', '?')} ({counts}); state {info.state}")
         return EXIT_OK if details.get("verdict") == "PASS" else EXIT_REFUSED
+
+    return _session(args, run)
+
+
+def _suppress(args: argparse.Namespace) -> int:
+    def run(registry: Registry, who: Principal) -> None:
+        s = registry.suppress(who, args.ref, args.rule, reason=args.reason, expires=args.expires)
+        print(f"{args.ref}: {s.rule_id} suppressed by {s.reviewer} until {s.expires.isoformat()} ({s.source})")
 
     return _session(args, run)
 

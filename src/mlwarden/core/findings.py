@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlwarden.core.suppressions import Suppression
 
 
 class Severity(enum.IntEnum):
@@ -144,6 +147,8 @@ class Finding:
     evidence: str
     remediation: str
     details: tuple[tuple[str, Any], ...] = field(default=())
+    #: The reviewed suppression that accepts it: still reported, no longer counted toward the verdict.
+    suppressed: Suppression | None = None
 
     def with_severity(self, severity: Severity) -> Finding:
         """A copy with another severity (used when a policy overrides a rule's default)."""

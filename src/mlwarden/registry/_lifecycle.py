@@ -217,8 +217,12 @@ def _separation_of_duties(actor: Principal, info: VersionInfo, verb: str) -> Non
 
 
 def _evidence(core: Core, info: VersionInfo) -> Evidence:
+    from mlwarden.registry._suppress import version_suppressions  # it imports this module
+
     paths = {a.id: core.blobs.path(a.digest) for a in info.attachments}
-    return Evidence(info, view_path(core, info), paths, utcnow())
+    with core.database.reading() as session:
+        suppressions = tuple(version_suppressions(session, info))
+    return Evidence(info, view_path(core, info), paths, utcnow(), suppressions=suppressions)
 
 
 def _require(act: Attempt, result: GateResult, info: VersionInfo) -> None:

@@ -189,6 +189,10 @@ def scan(core: Core, actor: Principal, ref: str, modes: Sequence[str]) -> Versio
             )
         report = scan_paths([artifact], core.policy, modes=wanted)
         counts = report.counts()
+        by_rule: dict[str, dict[str, int]] = {}  # what the approve gate needs to honour reviewed suppressions
+        for finding in report.findings:
+            per_rule = by_rule.setdefault(finding.rule_id, {})
+            per_rule[str(finding.severity)] = per_rule.get(str(finding.severity), 0) + 1
         details = {
             "source": REGISTRY_SCAN,
             "digest": info.digest,
@@ -196,6 +200,7 @@ def scan(core: Core, actor: Principal, ref: str, modes: Sequence[str]) -> Versio
             "fail_on": str(report.fail_on),
             "verdict": verdict(report),
             "by_severity": counts,
+            "by_rule": by_rule,
             "errors": len(report.errors),
             "failing": len(report.failing),
             "tool_version": report.tool_version,

@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 from mlwarden.core.errors import MlwardenError, PolicyError
 from mlwarden.core.findings import Severity
+from mlwarden.core.suppressions import Suppression
 from mlwarden.registry.values import AttachmentInfo, AttachmentKind, VersionInfo
 
 __all__ = [
@@ -149,6 +150,8 @@ class Evidence:
         now: evaluation time (UTC).
         verify_signature: checks one signature with one key (default: ``mlwarden.integrity.signing.verify_model``).
         hash_artifact: re-hashes the stored copy (default: ``mlwarden.integrity.hashing.hash_model``).
+        suppressions: reviewed suppressions recorded on the version; those naming its digest and not expired on
+            ``now`` make the ``fail_on`` rule ignore their rule's findings (and say so).
     """
 
     version: VersionInfo
@@ -157,6 +160,7 @@ class Evidence:
     now: datetime
     verify_signature: SignatureVerifier | None = None
     hash_artifact: Callable[[Path], Any] | None = None
+    suppressions: tuple[Suppression, ...] = ()
 
 
 def load_gates(path: Path | str | None) -> Gates:
@@ -258,7 +262,7 @@ def _scan_checks(rules: ApproveGate, evidence: Evidence) -> list[GateCheck]:
             + (f"; missing {', '.join(missing)}" if missing else ""),
         )
     )
-    checks.append(_clean_check(rules, details))
+    checks.append(_clean_check(rules, details, evidence))
     if rules.scan_max_age is not None:
         limit = _duration(rules.scan_max_age)
         age = evidence.now - report.created_at
@@ -272,17 +276,56 @@ def _scan_checks(rules: ApproveGate, evidence: Evidence) -> list[GateCheck]:
     return checks
 
 
-def _clean_check(rules: ApproveGate, details: Mapping[str, Any]) -> GateCheck:
+def _clean_check(rules: ApproveGate, details: Mapping[str, Any], evidence: Evidence) -> GateCheck:
     fail_on = Severity.parse(rules.fail_on)
-    counts: Mapping[str, int] = details.get("by_severity", {})
-    failing = {name: n for name, n in counts.items() if n and Severity.parse(name) >= fail_on}
+    counts: dict[str, int] = dict(details.get("by_severity", {}))
     errors = int(details.get("errors", 0))
     if errors:
         return GateCheck("fail_on", False, f"{errors} file(s) could not be scanned: not clean")
+    notes = _apply_suppressions(counts, details, evidence, fail_on)
+    failing = {name: n for name, n in counts.items() if n and Severity.parse(name) >= fail_on}
+    suffix = "".join(f"; {note}" for note in notes)
     if failing:
         what = ", ".join(f"{n} {name}" for name, n in sorted(failing.items(), key=lambda kv: -Severity.parse(kv[0])))
-        return GateCheck("fail_on", False, f"findings at or above {fail_on}: {what}")
-    return GateCheck("fail_on", True, f"no finding at or above {fail_on}")
+        return GateCheck("fail_on", False, f"findings at or above {fail_on}: {what}{suffix}")
+    return GateCheck("fail_on", True, f"no finding at or above {fail_on}{suffix}")
+
+
+def _apply_suppressions(
+    counts: dict[str, int], details: Mapping[str, Any], evidence: Evidence, fail_on: Severity
+) -> list[str]:
+    """Take the findings of suppressed rules out of ``counts``; return what was ignored (or not) and why.
+
+    Only suppressions naming the version's digest count, and only until they expire. A scan report without
+    per-rule counts (written before suppressions existed) cannot be split by rule: nothing is ignored.
+    """
+    digest = evidence.version.digest.removeprefix("sha256:")
+    mine = [s for s in evidence.suppressions if s.digest == digest]
+    if not mine:
+        return []
+    by_rule: Mapping[str, Mapping[str, int]] | None = details.get("by_rule")
+    if by_rule is None:
+        return ["the scan report has no per-rule counts: suppressions not applied (scan again)"]
+    today = evidence.now.date()
+    notes: list[str] = []
+    for rule_id, per_severity in sorted(by_rule.items()):
+        relevant = {name: n for name, n in per_severity.items() if n and Severity.parse(name) >= fail_on}
+        if not relevant:
+            continue
+        live = next((s for s in mine if s.rule_id == rule_id and not s.expired(today)), None)
+        if live is None:
+            lapsed = [s for s in mine if s.rule_id == rule_id]
+            if lapsed:
+                last = max(s.expires for s in lapsed)
+                notes.append(f"suppression of {rule_id} expired on {last.isoformat()}: not applied")
+            continue
+        for name, n in relevant.items():
+            counts[name] = max(0, counts.get(name, 0) - n)
+        notes.append(
+            f"{sum(relevant.values())} {rule_id} finding(s) suppressed ({live.source}) by {live.reviewer} "
+            f"until {live.expires.isoformat()}: {live.reason}"
+        )
+    return notes
 
 
 def _present(rule: str, kind: AttachmentKind, version: VersionInfo) -> GateCheck:

@@ -7,10 +7,10 @@ Artifact bytes never live in the database: files are content-addressed blobs on 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, Date, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -22,6 +22,7 @@ __all__ = [
     "AliasRow",
     "AttachmentRow",
     "ModelRow",
+    "SuppressionRow",
     "TokenRow",
     "UserRow",
     "VersionFileRow",
@@ -185,3 +186,22 @@ class AliasEventRow(Base):
     action: Mapped[str] = mapped_column(String(20))
     actor: Mapped[str] = mapped_column(String(NAME_LENGTH))
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SuppressionRow(Base):
+    """A reviewed acceptance of one rule's findings on one version's bytes (``digest``), until ``expires``.
+
+    Written by an approver or admin who did not submit the version; the approve gate then ignores that rule's
+    findings in the registry's scan of exactly these bytes until the expiry date (a day, UTC).
+    """
+
+    __tablename__ = "suppressions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id"), index=True)
+    rule_id: Mapped[str] = mapped_column(String(40))
+    digest: Mapped[str] = mapped_column(String(80))
+    reason: Mapped[str] = mapped_column(Text)
+    reviewer: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires: Mapped[date] = mapped_column(Date)

@@ -49,6 +49,7 @@ class Permission(StrEnum):
     MANAGE_USERS = "manage_users"
     MANAGE_TOKENS = "manage_tokens"
     RETIRE = "retire"
+    SUPPRESS = "suppress"
 
 
 _READ = frozenset({Permission.READ})
@@ -58,7 +59,7 @@ PERMISSIONS: Mapping[Role, frozenset[Permission]] = MappingProxyType(
     {
         Role.VIEWER: _READ,
         Role.SUBMITTER: _READ | {Permission.REGISTER, Permission.ATTACH, Permission.SCAN},
-        Role.APPROVER: _READ | {Permission.APPROVE, Permission.RELEASE},
+        Role.APPROVER: _READ | {Permission.APPROVE, Permission.RELEASE, Permission.SUPPRESS},
         Role.DEPLOYER: _READ | {Permission.DEPLOY, Permission.ROLLBACK, Permission.QUARANTINE},
         Role.ADMIN: frozenset(Permission),
     }

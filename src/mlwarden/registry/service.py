@@ -20,13 +20,13 @@ Typical use::
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
 
-from mlwarden.registry import _lifecycle, _register, _users
+from mlwarden.registry import _lifecycle, _register, _suppress, _users
 from mlwarden.registry._core import Core, attempt, model_row, version_info, version_row, view_path
 from mlwarden.registry._lifecycle import RetireHook
 from mlwarden.registry.audit import AuditLog, CheckpointSigner
@@ -61,6 +61,7 @@ from mlwarden.registry.values import (
 
 if TYPE_CHECKING:
     from mlwarden.core.policy import Policy
+    from mlwarden.core.suppressions import Suppression
 
 __all__ = [
     "AttachmentInfo",
@@ -318,6 +319,18 @@ class Registry:
         it rolls everything back.
         """
         return _lifecycle.retire(self._core, actor, ref, reason, hook)
+
+    def suppress(self, actor: Principal, ref: str, rule_id: str, *, reason: str, expires: str | date) -> Suppression:
+        """Accept ``rule_id``'s findings on the version's bytes until ``expires`` (an ISO date in the future).
+
+        Approver or admin only, never on a version the caller submitted; audited. The approve gate then ignores
+        that rule's findings in the registry's scan of exactly these bytes, and says so in its evidence.
+        """
+        return _suppress.suppress(self._core, actor, ref, rule_id, reason, expires)
+
+    def suppressions(self, actor: Principal, ref: str) -> list[Suppression]:
+        """Every suppression recorded on the version, oldest first (expired ones included)."""
+        return _suppress.list_suppressions(self._core, actor, ref)
 
     # -- reading -----------------------------------------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ details.file>summary{cursor:pointer;font-weight:600;word-break:break-all}
 .hide-low tr.sev-low,.hide-info tr.sev-info{display:none}
 ul.clean{columns:2;font-family:ui-monospace,monospace;font-size:.85rem}
 table.timeline{width:auto;font-size:.85rem}.st-ok{color:#1a7f37}.st-bad{color:#cf222e;font-weight:600}
+tr.suppressed td{background:#f6f8fa}.supp{color:#1a7f37;font-weight:600}.warn{color:#9a6700}
 """.strip()
 
 _JS = """
@@ -78,6 +79,11 @@ def _summary(report: ScanReport) -> str:
         ("Findings", sev_cells),
         ("Errors", f"{len(report.errors)} file(s) could not be scanned" if report.errors else "0"),
         ("Fail on", f"{_e(report.fail_on)} and above ({len(report.failing)} finding(s))"),
+        *(
+            [("Suppressed", f"{len(report.suppressed)} finding(s) accepted by reviewed suppressions")]
+            if report.suppressions
+            else []
+        ),
         ("Verdict", f'<span class="verdict v-{verdict(report)}">{verdict(report)}</span>'),
         ("Started", _e(timestamp(report.started_at))),
         ("Duration", _e(format_duration(report.duration))),
@@ -110,10 +116,18 @@ def _finding_row(f: Finding) -> str:
     evidence = _e(truncate(f.evidence, EVIDENCE_LIMIT), newlines=True) if f.evidence else ""
     stack = "\n".join(stack_of(f))
     stack_block = f'<pre class="evidence stack muted">stack:\n{_e(stack, newlines=True)}</pre>' if stack else ""
+    accepted = f.suppressed
+    note = (
+        f'<br><span class="supp">suppressed</span> by {_e(accepted.reviewer)} until {_e(accepted.expires)}: '
+        f"{_e(accepted.reason)}"
+        if accepted is not None
+        else ""
+    )
     return (
-        f'<tr class="sev-{f.severity}"><td><span class="sev">{f.severity.name}</span></td>'
+        f'<tr class="sev-{f.severity}{" suppressed" if accepted is not None else ""}">'
+        f'<td><span class="sev">{f.severity.name}</span></td>'
         f'<td><code>{_e(f.rule_id)}</code><br><span class="muted">{_e(cwe)}</span></td>'
-        f'<td>{_e(f.title)}<br><span class="muted">confidence {_e(f.confidence)}</span></td>'
+        f'<td>{_e(f.title)}<br><span class="muted">confidence {_e(f.confidence)}</span>{note}</td>'
         f"<td><code>{_e(where(f.location))}</code></td>"
         f'<td><pre class="evidence">{evidence}</pre>{stack_block}</td>'
         f"<td>{_e(f.remediation, newlines=True)}</td></tr>"
@@ -159,6 +173,10 @@ def render(report: ScanReport, *, color: bool = False, verbose: bool = False) ->
             "<h2>Files that could not be scanned</h2>",
             f"<table><thead><tr><th>File</th><th>Error</th></tr></thead><tbody>{rows}</tbody></table>",
         ]
+
+    if report.suppression_warnings:
+        items = "".join(f'<li class="warn">{_e(w)}</li>' for w in report.suppression_warnings)
+        parts += ["<h2>Suppression warnings</h2>", f"<ul>{items}</ul>"]
 
     sections: list[str] = []
     clean_files: list[FileResult] = []

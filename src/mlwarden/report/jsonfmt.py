@@ -14,12 +14,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from mlwarden.core.findings import Finding, Severity
+from mlwarden.core.suppressions import Suppression, SuppressionUse
 from mlwarden.report import verdict
 from mlwarden.scan.result import FileResult, ScanReport
 
 #: Version of the JSON layout, not of the tool. Bump the minor number when fields are added, the major
 #: number when a field is removed, renamed or changes meaning (see docs/reports.md).
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 TOOL_NAME = "mlwarden"
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -68,7 +69,26 @@ def finding_dict(finding: Finding) -> dict[str, Any]:
         "evidence": finding.evidence,
         "remediation": finding.remediation,
         "details": {str(k): _plain(v) for k, v in finding.details},
+        "suppressed": None if finding.suppressed is None else suppression_dict(finding.suppressed),
     }
+
+
+def suppression_dict(s: Suppression) -> dict[str, Any]:
+    """A reviewed suppression as JSON data (the ``suppression`` definition of the schema)."""
+    return {
+        "rule_id": s.rule_id,
+        "digest": s.digest,
+        "path": s.path,
+        "reason": s.reason,
+        "reviewer": s.reviewer,
+        "expires": s.expires.isoformat(),
+        "source": s.source,
+    }
+
+
+def suppression_use_dict(use: SuppressionUse) -> dict[str, Any]:
+    """What one suppression did in the scan (``suppressions[]`` of the schema)."""
+    return {**suppression_dict(use.suppression), "status": use.status, "matched": use.matched}
 
 
 def dynamic_dict(result: FileResult) -> dict[str, Any] | None:
@@ -125,9 +145,11 @@ def to_dict(report: ScanReport) -> dict[str, Any]:
             "files_with_errors": len(report.errors),
             "findings": sum(counts.values()),
             "failing": len(report.failing),
+            "suppressed": len(report.suppressed),
             "by_severity": {str(s): counts[str(s)] for s in sorted(Severity, reverse=True)},
         },
         "files": [file_dict(r) for r in report.files],
+        "suppressions": [suppression_use_dict(u) for u in report.suppressions],
     }
 
 

@@ -28,7 +28,7 @@ from urllib.parse import quote
 
 from mlwarden.core.findings import Confidence, Finding, Rule, Severity, catalogue
 from mlwarden.report import clean, stack_of, truncate
-from mlwarden.report.jsonfmt import TOOL_NAME, dumps, dynamic_dict, timestamp
+from mlwarden.report.jsonfmt import TOOL_NAME, dumps, dynamic_dict, suppression_use_dict, timestamp
 from mlwarden.scan.result import ScanReport
 
 SARIF_SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
@@ -217,6 +217,19 @@ def _result(finding: Finding, rule_index: int, occurrence: int, root: Path | Non
     return result
 
 
+def _suppressions(finding: Finding) -> list[dict[str, Any]]:
+    """SARIF ``suppressions`` (3.35): an accepted, external (file or registry) suppression, or none.
+
+    Viewers such as GitHub code scanning show a result with an ``accepted`` suppression as suppressed.
+    """
+    s = finding.suppressed
+    if s is None:
+        return []
+    properties: dict[str, Any] = {"reviewer": s.reviewer, "expires": s.expires.isoformat(), "source": s.source}
+    properties["digest" if s.digest is not None else "path"] = s.digest if s.digest is not None else s.path
+    return [{"kind": "external", "status": "accepted", "justification": s.reason, "properties": properties}]
+
+
 def _stack(frames: list[str], phase: str | None) -> dict[str, Any]:
     """A SARIF ``stack`` (3.44) from the Python frames a dynamic finding captured, innermost first.
 
@@ -244,7 +257,10 @@ def to_dict(report: ScanReport, *, root: Path | None = None) -> dict[str, Any]:
     results = []
     for f in report.findings:
         key = (f.rule_id, *f.location.chain, f.evidence)
-        results.append(_result(f, index[f.rule_id], seen[key], root))
+        result = _result(f, index[f.rule_id], seen[key], root)
+        if report.suppressions:  # present (empty when not suppressed) only when suppressions were given (3.27.23)
+            result["suppressions"] = _suppressions(f)
+        results.append(result)
         seen[key] += 1
 
     notifications = [
@@ -255,6 +271,10 @@ def to_dict(report: ScanReport, *, root: Path | None = None) -> dict[str, Any]:
             "descriptor": {"id": "MLW-SCAN-ERROR"},
         }
         for r in report.errors
+    ]
+    notifications += [
+        {"level": "warning", "message": {"text": _plain_message(text)}, "descriptor": {"id": "MLW-SUPPRESSION"}}
+        for text in report.suppression_warnings
     ]
     invocation: dict[str, Any] = {
         "executionSuccessful": not report.errors,
@@ -269,6 +289,8 @@ def to_dict(report: ScanReport, *, root: Path | None = None) -> dict[str, Any]:
     timelines = [{"path": r.path, **d} for r in report.files if (d := dynamic_dict(r)) is not None]
     if timelines:  # the per-phase timeline of every dynamically analysed file, as in the JSON report
         run_properties["dynamic"] = timelines
+    if report.suppressions:  # what every reviewed suppression did, as in the JSON report
+        run_properties["suppressions"] = [suppression_use_dict(u) for u in report.suppressions]
     return {
         "$schema": SARIF_SCHEMA,
         "version": "2.1.0",

@@ -52,6 +52,16 @@ def _finding(finding: Finding, verbose: bool) -> Table:
     label = Text(f"{finding.severity.name:<8}", style=SEVERITY_STYLE[finding.severity])
     grid.add_row(label, Text(finding.rule_id, style="bold"), Text(clean(finding.title)))
     grid.add_row("", Text("at", style="dim"), Text(clean(where(finding.location))))
+    accepted = finding.suppressed
+    if accepted is not None:  # still shown: a reviewed acceptance is not a disappearance
+        grid.add_row(
+            "",
+            Text("suppressed", style="bold green"),
+            Text(
+                clean(f"by {accepted.reviewer} until {accepted.expires.isoformat()}: {accepted.reason}")
+                + (f" ({clean(accepted.source)})" if accepted.source else "")
+            ),
+        )
     if finding.evidence:
         limit = EVIDENCE_LIMIT_VERBOSE if verbose else EVIDENCE_LIMIT
         grid.add_row("", Text("evidence", style="dim"), Text(clean(truncate(finding.evidence, limit))))
@@ -112,6 +122,8 @@ def _summary(report: ScanReport) -> Table:
     )
     table.add_row("Analyses", ", ".join(report.modes))
     table.add_row("Fail on", f"{report.fail_on.name.lower()} and above ({len(report.failing)} finding(s))")
+    if report.suppressions:
+        table.add_row("Suppressed", f"{len(report.suppressed)} finding(s) accepted by reviewed suppressions")
     word = verdict(report)
     table.add_row("Verdict", Text(word, style=VERDICT_STYLE[word]))
     table.add_row("Duration", format_duration(report.duration))
@@ -177,6 +189,10 @@ def render(report: ScanReport, *, color: bool = False, verbose: bool = False, wi
 
     if not report.files:
         console.print(Text("No files were scanned.", style="bold"))
+        console.print()
+    for warning in report.suppression_warnings:
+        console.print(Text(f"warning: {clean(warning)}", style="yellow"), soft_wrap=True)
+    if report.suppression_warnings:
         console.print()
     console.print(_summary(report))
     text = buffer.getvalue()

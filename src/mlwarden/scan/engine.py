@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,8 +15,10 @@ from mlwarden.artifacts.artifact import Artifact
 from mlwarden.core.errors import UsageError
 from mlwarden.core.findings import Finding
 from mlwarden.core.policy import Policy
+from mlwarden.core.suppressions import Suppression, SuppressionUse, today
 from mlwarden.scan.context import INCOMPLETE, ScanContext
 from mlwarden.scan.result import FileResult, ScanReport
+from mlwarden.scan.suppressions import apply_suppressions, identities
 
 if TYPE_CHECKING:
     from mlwarden.scan.dynamic.engine import DynamicResult
@@ -189,11 +191,13 @@ def scan_paths(
     jobs: int | None = None,
     progress: Progress | None = None,
     modes: tuple[str, ...] = ("static",),
+    suppressions: Sequence[Suppression] = (),
 ) -> ScanReport:
     """Scan files and directories and return the report (see :func:`mlwarden.scan`).
 
     ``modes`` holds ``"static"`` and/or ``"dynamic"``. With ``"dynamic"`` the sandbox is probed once up front:
     :class:`~mlwarden.scan.dynamic.sandbox.SandboxUnavailable` is raised before any file is touched.
+    ``suppressions`` (reviewed, see ``mlwarden/scan/suppressions.py``) mark findings after the analysis.
     """
     if "dynamic" in modes:
         from mlwarden.scan.dynamic.sandbox import check_available_cached
@@ -203,6 +207,7 @@ def scan_paths(
     started_at = datetime.now(UTC)
     t0 = time.monotonic()
     files = expand(paths)
+    before = identities(files) if any(s.digest is not None for s in suppressions) else {}
     jobs = jobs if jobs and jobs > 0 else (os.cpu_count() or 1)
     results: list[FileResult] = []
     if "dynamic" in modes and len(files) >= POOL_MIN_FILES:
@@ -215,4 +220,7 @@ def scan_paths(
             results.append(result)
             if progress is not None:
                 progress(result)
-    return ScanReport(tuple(results), policy.fail_on, started_at, time.monotonic() - t0, __version__, modes)
+    uses: tuple[SuppressionUse, ...] = ()
+    if suppressions:
+        results, uses = apply_suppressions(results, suppressions, today(), before)
+    return ScanReport(tuple(results), policy.fail_on, started_at, time.monotonic() - t0, __version__, modes, uses)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from mlwarden.core.findings import Finding, Severity
+from mlwarden.core.suppressions import SuppressionUse
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +42,8 @@ class ScanReport:
     duration: float
     tool_version: str
     modes: tuple[str, ...] = field(default=("static",))
+    #: What each reviewed suppression did (empty when no suppressions were given); see core/suppressions.py.
+    suppressions: tuple[SuppressionUse, ...] = ()
 
     @property
     def findings(self) -> tuple[Finding, ...]:
@@ -54,8 +57,18 @@ class ScanReport:
 
     @property
     def failing(self) -> tuple[Finding, ...]:
-        """Findings at or above the failing severity."""
-        return tuple(f for f in self.findings if f.severity >= self.fail_on)
+        """Findings at or above the failing severity that no reviewed suppression accepts."""
+        return tuple(f for f in self.findings if f.severity >= self.fail_on and f.suppressed is None)
+
+    @property
+    def suppressed(self) -> tuple[Finding, ...]:
+        """Findings a reviewed suppression accepts (still reported, not counted toward the verdict)."""
+        return tuple(f for f in self.findings if f.suppressed is not None)
+
+    @property
+    def suppression_warnings(self) -> tuple[str, ...]:
+        """One line per suppression that expired or matched nothing."""
+        return tuple(w for u in self.suppressions if (w := u.warning()) is not None)
 
     def exit_code(self) -> int:
         """0 nothing at or above ``fail_on``; 1 findings at or above it; 2 a file could not be scanned."""
