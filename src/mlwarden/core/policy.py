@@ -36,6 +36,9 @@ class Limits:
     max_member_size: int = 16 * GiB  # uncompressed bytes read from one member
     max_total_uncompressed: int = 64 * GiB  # per top-level file, all layers
     max_compression_ratio: float = 250.0
+    # The ratio limit applies only above this expanded size: sparse arrays legitimately compress 300:1, and a
+    # few megabytes of zeros exhaust nothing; a bomb is a large absolute expansion.
+    min_bomb_size: int = 64 * MiB
     max_pickle_opcodes: int = 20_000_000
     max_pickle_memo: int = 5_000_000
     max_pickle_depth: int = 10_000  # nesting of MARK frames / containers
@@ -68,6 +71,7 @@ _BOUNDS: dict[str, tuple[float, float | None]] = {
             "max_members",
             "max_member_size",
             "max_total_uncompressed",
+            "min_bomb_size",
             "max_pickle_opcodes",
             "max_pickle_memo",
             "max_pickle_depth",

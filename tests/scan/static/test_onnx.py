@@ -169,10 +169,75 @@ def test_custom_domain_operator_is_medium(tmp_path: Path) -> None:
     assert "relu" in hits[0].evidence
 
 
-@pytest.mark.parametrize("domain", ["ai.onnx.ml", "com.microsoft", "ai.onnx"])
-def test_standard_domains_are_not_custom(tmp_path: Path, domain: str) -> None:
+@pytest.mark.parametrize(
+    "domain",
+    [
+        "ai.onnx",
+        "ai.onnx.ml",
+        "ai.onnx.training",
+        "ai.onnx.preview.training",
+        "com.microsoft",
+        "com.microsoft.nchwc",
+        "com.microsoft.experimental",
+    ],
+)
+def test_standard_domains_are_not_reported(tmp_path: Path, domain: str) -> None:
     result = scan_one(_write(tmp_path / "std.onnx", _mlp(domain=domain)))
+    assert not rule_ids(result) & {"MLW-ONNX-003", "MLW-ONNX-005"}
+
+
+def _tokenizer(domain: str, ops: list[str]) -> Any:
+    """A string pre-processing graph as onnxruntime-extensions builds them (string in, string out)."""
+    names = ["text", *(f"t{i}" for i in range(len(ops)))]
+    nodes = [
+        helper.make_node(op, [names[i]], [names[i + 1]], name=f"{op.lower()}_{i}", domain=domain)
+        for i, op in enumerate(ops)
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "pre",
+        [helper.make_tensor_value_info("text", TensorProto.STRING, [None])],
+        [helper.make_tensor_value_info(names[-1], TensorProto.STRING, [None])],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid(domain, 1)]
+    return helper.make_model(graph, producer_name="mlwarden-test", opset_imports=opsets)
+
+
+@pytest.mark.parametrize(
+    ("domain", "ops", "library"),
+    [
+        ("ai.onnx.contrib", ["StringLower", "StringRegexReplace", "StringLower"], "onnxruntime-extensions"),
+        ("com.microsoft.extensions", ["DecodeImage"], "onnxruntime-extensions"),
+        ("org.pytorch.aten", ["ATen"], "PyTorch ATen"),
+    ],
+)
+def test_extension_library_domain_is_info_naming_the_library(
+    tmp_path: Path, domain: str, ops: list[str], library: str
+) -> None:
+    # Regression: these domains were reported as unknown custom ops (MLW-ONNX-003, medium).
+    result = scan_one(_write(tmp_path / "pre.onnx", _tokenizer(domain, ops)))
     assert "MLW-ONNX-003" not in rule_ids(result)
+    assert failing(result) == []
+    [hit] = [f for f in result.findings if f.rule_id == "MLW-ONNX-005"]
+    assert hit.severity is Severity.INFO
+    assert library in hit.detail("library")
+    assert library in hit.evidence
+    assert hit.detail("domain") == domain
+    assert hit.detail("op_types") == tuple(sorted(set(ops)))
+    assert hit.detail("count") == len(ops)
+
+
+def test_unshipped_domain_stays_medium_next_to_a_library_domain(tmp_path: Path) -> None:
+    extra = [
+        helper.make_node("StringLower", ["Y"], ["S"], name="lower", domain="ai.onnx.contrib"),
+        helper.make_node("Exfil", ["Y"], ["Z"], name="exfil", domain="com.acme.native"),
+    ]
+    result = scan_one(_write(tmp_path / "mixed.onnx", _mlp(extra_nodes=extra)))
+    [custom] = failing(result)
+    assert custom.rule_id == "MLW-ONNX-003"
+    assert custom.severity is Severity.MEDIUM
+    assert custom.detail("domain") == "com.acme.native"
+    assert [f.detail("domain") for f in result.findings if f.rule_id == "MLW-ONNX-005"] == ["ai.onnx.contrib"]
 
 
 def test_model_local_function_is_not_a_custom_op(tmp_path: Path) -> None:

@@ -157,10 +157,26 @@ def test_compressed_pickles(tmp_path: Path, wrap) -> None:  # type: ignore[no-un
 
 
 def test_unknown_global_is_medium_and_policy_can_allow_it(tmp_path: Path) -> None:
-    data = b"\x80\x02cmycompany.models\nTinyNet\n)\x81}b."
-    result = scan_bytes(tmp_path, data)
-    [finding] = result.findings
+    # An installed module's function that no list knows: medium, and the policy can allow it.
+    data = b"\x80\x02cemail.utils\nformatdate\n)R."
+    [finding] = scan_bytes(tmp_path, data).findings
     assert (finding.rule_id, finding.severity) == ("MLW-PKL-110", Severity.MEDIUM)
+    allowed = Policy(pickle=PickleRules(allow=("email.utils.formatdate",)))
+    assert scan_bytes(tmp_path, data, policy=allowed).findings == ()
+
+
+def test_custom_class_of_the_saving_code_has_its_own_rule(tmp_path: Path) -> None:
+    # A class of the model's own (not installed) package, or of the training script: its own rule, low, and a
+    # remediation that says how to allow it.
+    for module in (b"mycompany.models", b"__main__"):
+        data = b"\x80\x02c" + module + b"\nTinyNet\n)\x81}b."
+        [finding] = scan_bytes(tmp_path, data).findings
+        assert (finding.rule_id, finding.severity) == ("MLW-PKL-118", Severity.LOW)
+        assert "[pickle] allow" in finding.remediation
+    # Names of classes that run processes or connections are not "custom", wherever they come from.
+    [finding] = scan_bytes(tmp_path, b"\x80\x02c__main__\nPopen\n)R.").findings
+    assert finding.severity >= Severity.MEDIUM
+    data = b"\x80\x02cmycompany.models\nTinyNet\n)\x81}b."
     allowed = Policy(pickle=PickleRules(allow=("mycompany.models.TinyNet",)))
     assert scan_bytes(tmp_path, data, policy=allowed).findings == ()
     prefix = Policy(pickle=PickleRules(allow=("mycompany.*",)))
@@ -173,10 +189,10 @@ def test_policy_deny_and_severity_override(tmp_path: Path) -> None:
     denied = Policy(pickle=PickleRules(deny=("collections.OrderedDict",)))
     assert rule_ids(scan_bytes(tmp_path, data, policy=denied)) == {"MLW-PKL-114"}
     relaxed = Policy(rules={"MLW-PKL-110": RuleOverride(severity=Severity.LOW)})
-    unknown = scan_bytes(tmp_path, b"\x80\x02cmypkg\nThing\n)R.", policy=relaxed)
+    unknown = scan_bytes(tmp_path, b"\x80\x02cemail.utils\nformatdate\n)R.", policy=relaxed)
     assert [f.severity for f in unknown.findings] == [Severity.LOW]
     off = Policy(rules={"MLW-PKL-110": RuleOverride(enabled=False)})
-    assert scan_bytes(tmp_path, b"\x80\x02cmypkg\nThing\n)R.", policy=off).findings == ()
+    assert scan_bytes(tmp_path, b"\x80\x02cemail.utils\nformatdate\n)R.", policy=off).findings == ()
 
 
 def test_build_on_imported_object(tmp_path: Path) -> None:

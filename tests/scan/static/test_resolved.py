@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import pickle
 import sys
 import types
 from pathlib import Path
@@ -108,9 +109,9 @@ def test_table_entries_are_admitted_spellings_and_resolve_to_themselves() -> Non
     t = table()
     assert t.entries
     assert t.modules
-    for full, entry in list(t.entries.items())[::97]:  # a spread sample: every entry is a family spelling
-        module, _, name = full.rpartition(".")
-        assert allowlist.prefix_admits(module, name), full
+    for full, entry in list(t.entries.items())[::97]:  # a spread sample: every entry is a family spelling,
+        module, _, name = full.rpartition(".")  # or a class judged by what unpickling can make it do
+        assert allowlist.prefix_admits(module, name) or entry in allowlist.DATA_KINDS, full
         if isinstance(entry, list):
             assert entry[0] == "alias"
             assert entry[1] != full
@@ -188,3 +189,43 @@ def test_restricted_loader_refuses_a_wildcard_reexport(tmp_path: Path, monkeypat
     assert model.a == (1,)
     with pytest.raises(UnsafeModelError, match="tempfile"):
         restricted_loads(b"ccanarypkg\nSpool\n)R.", policy)
+
+
+@pytest.mark.parametrize(
+    ("module", "name"),
+    [("http", "HTTPStatus"), ("re", "RegexFlag"), ("inspect", "_ParameterKind"), ("uuid", "SafeUUID")],
+)
+def test_stdlib_enums_are_data_whatever_their_module_does(tmp_path: Path, module: str, name: str) -> None:
+    # Severity by the object's capability, not by its module's name: http.HTTPStatus is not network access.
+    value = getattr(importlib.import_module(module), name)
+    member = next(iter(value))
+    data = pickle.dumps({"status": member}, protocol=2)
+    assert failing(scan_bytes(tmp_path, data, "model.pkl")) == []
+    assert restricted_loads(data)["status"] is member
+
+
+@pytest.mark.parametrize(
+    ("module", "name", "why"),
+    [
+        ("collections", "ChainMap", "data-class"),
+        ("http.client", "HTTPConnection", "construction reaches"),
+        ("logging", "FileHandler", "construction reaches"),
+        ("threading", "Thread", "construction reaches"),
+        ("asyncio.base_events", "Server", "in asyncio"),
+    ],
+)
+def test_stdlib_classes_are_judged_by_what_unpickling_can_make_them_do(module: str, name: str, why: str) -> None:
+    t = table()
+    full = f"{module}.{name}"
+    if why == "data-class":
+        assert t.kind(full) == "data-class"
+        assert rules.judge(module, name, frozenset(), frozenset()).verdict is rules.Verdict.ALLOWED
+    else:
+        assert t.kind(full) is None
+        assert t.excluded[full][0].startswith(why)
+        assert rules.judge(module, name, frozenset(), frozenset()).verdict is not rules.Verdict.ALLOWED
+
+
+def test_pure_builtins_kept_as_values_are_allowed(tmp_path: Path) -> None:
+    data = b"\x80\x02}X\x08\x00\x00\x00hashfxn\x94cbuiltins\nhash\ns."  # gensim Word2Vec keeps builtins.hash
+    assert failing(scan_bytes(tmp_path, data, "w2v.pkl")) == []

@@ -54,8 +54,9 @@ BOMB = rule(
     "Archive member compression ratio is suspicious",
     Severity.MEDIUM,
     cwe=409,
-    description="The member expands far more than model data does (decompression bomb); it was not decompressed.",
-    remediation="Raise [limits].max_compression_ratio if this archive is legitimate.",
+    description="The member expands to more than [limits].min_bomb_size at a ratio far above what model data "
+    "reaches (decompression bomb); it was not decompressed.",
+    remediation="Raise [limits].max_compression_ratio or [limits].min_bomb_size if this archive is legitimate.",
 )
 UNREADABLE = rule(
     "MLW-ARC-004",
@@ -179,7 +180,7 @@ class ZipHandler(Handler):
             return
         if info.compress_type != zipfile.ZIP_STORED:
             ratio = info.file_size / max(info.compress_size, 1)
-            if ratio > ctx.limits.max_compression_ratio and info.file_size > 1 << 20:
+            if ratio > ctx.limits.max_compression_ratio and info.file_size > ctx.limits.min_bomb_size:
                 ctx.report(
                     BOMB.finding(
                         loc,

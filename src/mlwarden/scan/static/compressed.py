@@ -210,7 +210,9 @@ class CompressedHandler(Handler):
         decode = _decoder(fmt, artifact)
         errors: list[str] = []
         compressed = artifact.size or 0
-        limit = min(ctx.limits.max_member_size, max(int(compressed * ctx.limits.max_compression_ratio), 64 << 20))
+        limits = ctx.limits
+        # The ratio bounds the layer only above min_bomb_size: a bomb is a large absolute expansion.
+        limit = min(limits.max_member_size, max(int(compressed * limits.max_compression_ratio), limits.min_bomb_size))
 
         def opener() -> BinaryIO:
             return _Guarded(decode, limit, errors.append)  # type: ignore[return-value]

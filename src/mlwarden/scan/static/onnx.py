@@ -9,12 +9,23 @@ ONNX itself has no code-execution construct; the two ways an ONNX file reaches o
   (``SessionOptions.register_custom_ops_library``) or a Python op (onnxruntime-extensions ``PyOp``) —
   code that is not in the model and must be trusted separately.
 
-The standard domains (no extra library needed) are the ONNX ones (``""``, ``ai.onnx``, ``ai.onnx.ml``,
-``ai.onnx.training``, ``ai.onnx.preview.training``) and those built into ONNX Runtime
-(``com.microsoft``, ``com.microsoft.nchwc``, ``com.microsoft.experimental``, ``com.ms.internal.nhwc``).
+Operator domains fall in three groups:
+
+* **standard** (:data:`STANDARD_DOMAINS`, not reported): the ONNX ones (``""``, ``ai.onnx``, ``ai.onnx.ml``,
+  ``ai.onnx.training``, ``ai.onnx.preview.training``) and those built into ONNX Runtime (``com.microsoft``,
+  ``com.microsoft.nchwc``, ``com.microsoft.experimental``, ``com.ms.internal.nhwc``) — the runtime that loads
+  the model implements them.
+* **extension libraries** (:data:`LIBRARY_DOMAINS`, INFO naming the library): domains implemented by a
+  well-known library the user installs and registers, not by the file — ``ai.onnx.contrib`` and
+  ``com.microsoft.extensions`` (onnxruntime-extensions), ``org.pytorch.aten`` (PyTorch's ATen fallback) and
+  kin. The model cannot bring that code along; whoever runs it already chose the library.
+* **custom** (MEDIUM): any other domain. Nobody ships it, so running the model needs a native library or
+  Python callback from the publisher, which is not analysed.
+
 A node whose ``(domain, op_type)`` names a function defined in the model itself (``functions``, as the
-PyTorch exporter writes) is not custom either. Everything else — including ``ai.onnx.contrib``
-(onnxruntime-extensions) and ``org.pytorch.aten`` — is reported.
+PyTorch exporter writes) is neither. onnxruntime-extensions also lets users register their own Python ops
+in ``ai.onnx.contrib`` (``@onnx_op``); those cannot be told from the library's own ops by name, which is
+why the INFO finding lists the op types.
 
 The graph is walked with :mod:`mlwarden.scan.static.protobuf`: tensor payloads are skipped by seeking,
 subgraphs (``If``/``Loop``/``Scan`` bodies, function bodies, training graphs) are followed to a bounded
@@ -50,6 +61,16 @@ STANDARD_DOMAINS = frozenset(
         "com.ms.internal.nhwc",
     }
 )
+# Domains implemented by a library the user installs and registers, never by the model file.
+LIBRARY_DOMAINS: dict[str, str] = {
+    "ai.onnx.contrib": "onnxruntime-extensions",
+    "com.microsoft.extensions": "onnxruntime-extensions",
+    "org.pytorch.aten": "PyTorch ATen fallback (ONNX Runtime's ATen executor with torch, or Caffe2)",
+    "org.pytorch._caffe2": "Caffe2 (PyTorch)",
+    "com.microsoft.mlfeaturizers": "ONNX Runtime built with ML.NET featurizers",
+    "com.microsoft.dml": "ONNX Runtime DirectML execution provider",
+    "trt.plugins": "TensorRT plugins (ONNX Runtime TensorRT execution provider)",
+}
 MAX_GRAPH_DEPTH = 64
 _EXAMPLES = 5
 
@@ -85,6 +106,16 @@ CUSTOM_DOMAIN = rule(
     remediation="Only run the model with a custom-op library you obtained from and trust the publisher of; "
     "review that library separately.",
     confidence=Confidence.MEDIUM,
+)
+LIBRARY_DOMAIN = rule(
+    "MLW-ONNX-005",
+    "Operators implemented by an extension library",
+    Severity.INFO,
+    cwe=None,
+    description="Nodes use an operator domain that a well-known library implements (onnxruntime-extensions, "
+    "PyTorch's ATen fallback ...). The model only runs where the user installed and registered that library; "
+    "the file brings no code of its own.",
+    remediation="None needed if you use the named library from its official source.",
 )
 MALFORMED = rule(
     "MLW-ONNX-004",
@@ -211,7 +242,7 @@ def relative_path_problem(location: str) -> str | None:
     return None
 
 
-def _disk_problem(base: Path, location: str) -> tuple[str, bool] | None:
+def disk_problem(base: Path, location: str) -> tuple[str, bool] | None:
     """``(problem, is_traversal)`` for a lexically clean location checked against the model's folder."""
     target = base / location
     try:
@@ -252,8 +283,12 @@ class OnnxHandler(Handler):
         self._report(artifact, ctx, walker.s)
 
     def _report(self, artifact: Artifact, ctx: ScanContext, s: _State) -> None:
+        by_library: dict[str, list[tuple[str, list[tuple[str, int]]]]] = {}
         for (domain, op_type), nodes in sorted(s.custom.items()):
             if (domain, op_type) in s.functions:
+                continue
+            if domain in LIBRARY_DOMAINS:
+                by_library.setdefault(domain, []).append((op_type, nodes))
                 continue
             ctx.report(
                 CUSTOM_DOMAIN.finding(
@@ -263,6 +298,23 @@ class OnnxHandler(Handler):
                     op_type=op_type,
                     count=len(nodes),
                     nodes=_examples(nodes),
+                )
+            )
+        for domain, ops in by_library.items():
+            library = LIBRARY_DOMAINS[domain]
+            op_types = [op_type for op_type, _ in ops]
+            count = sum(len(nodes) for _, nodes in ops)
+            shown = ", ".join(op_types[:_EXAMPLES])
+            if len(op_types) > _EXAMPLES:
+                shown += f" and {len(op_types) - _EXAMPLES} more op types"
+            ctx.report(
+                LIBRARY_DOMAIN.finding(
+                    artifact.location(ops[0][1][0][1]),
+                    f"{count} node(s) in domain {domain!r}, implemented by {library}: {shown}",
+                    domain=domain,
+                    library=library,
+                    op_types=op_types,
+                    count=count,
                 )
             )
         base = artifact.fs_path.parent if artifact.fs_path is not None else None
@@ -279,7 +331,7 @@ class OnnxHandler(Handler):
                 continue
             if base is None:
                 continue
-            found = _disk_problem(base, location)
+            found = disk_problem(base, location)
             if found is None:
                 continue
             problem, traversal = found

@@ -76,6 +76,14 @@ EXACT: frozenset[str] = frozenset(
         "enum.Enum",
         "ipaddress.IPv4Address",
         "zoneinfo.ZoneInfo",
+        # Pure builtin functions kept as values (gensim's Word2Vec stores builtins.hash as its hash function).
+        *(
+            f"builtins.{n}"
+            for n in (
+                "hash len abs min max sum sorted round divmod repr ascii ord chr isinstance issubclass iter zip "
+                "enumerate reversed any all bin hex oct format callable"
+            ).split()
+        ),
         # math functions that take constant time on floats (not comb/perm/factorial/prod/gcd on huge integers).
         *(
             f"math.{n}"
@@ -107,6 +115,11 @@ EXACT: frozenset[str] = frozenset(
         "numpy.matrix",
         "numpy.matrixlib.defmatrix.matrix",
         "numpy.random._pickle.__randomstate_ctor",
+        "numpy.random.__RandomState_ctor",  # numpy < 1.17 pickled RandomState through this helper
+        "numpy.core.records.recarray",
+        "numpy._core.records.recarray",
+        "numpy.core.records.record",
+        "numpy.rec.recarray",
         "numpy.random._pickle.__bit_generator_ctor",
         "numpy.random._pickle.__generator_ctor",
         "numpy.random.mtrand.RandomState",
@@ -171,10 +184,18 @@ EXACT: frozenset[str] = frozenset(
             ).split()
         ),
         # joblib's array wrappers (the array bytes are analysed separately by the emulator).
+        # sklearn's Bunch (a dict with attribute access) under the paths older versions pickled it from.
+        "sklearn.datasets.base.Bunch",
+        "sklearn.datasets._base.Bunch",
+        "sklearn.utils.Bunch",
+        "sklearn.utils._bunch.Bunch",
         "joblib.numpy_pickle.NumpyArrayWrapper",
         "joblib.numpy_pickle_compat.NDArrayWrapper",
         "joblib.numpy_pickle_compat.ZNDArrayWrapper",
         "sklearn.externals.joblib.numpy_pickle.NumpyArrayWrapper",
+        # joblib < 0.10 spelled the legacy wrappers here; joblib_legacy checks the file each one names.
+        "joblib.numpy_pickle.NDArrayWrapper",
+        "joblib.numpy_pickle.ZNDArrayWrapper",
         # pandas containers re-exported at top level (not HDFStore/ExcelFile etc., which open files or URLs).
         *(
             f"pandas.{n}"
@@ -303,8 +324,12 @@ def is_allowed(module: str, name: str, extra: frozenset[str] = frozenset()) -> b
         return True
     if module.split(".")[0] == "__torch__":
         return prefix_admits(module, name)  # TorchScript classes compiled from the archive's code/, never imported
-    if not prefix_admits(module, name):
-        return False
     from mlwarden.scan.static.pickle.resolved import table
 
-    return table().resolve(full).admitted
+    if table().kind(full) in DATA_KINDS:
+        return True
+    return prefix_admits(module, name) and table().resolve(full).admitted
+
+
+#: Resolved-table kinds admitted without a family rule: classes judged by what unpickling can make them do.
+DATA_KINDS = frozenset({"enum", "data-class"})

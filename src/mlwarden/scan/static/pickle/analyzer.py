@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from mlwarden.artifacts.artifact import HEAD_SIZE, SliceReader, skip
 from mlwarden.core.errors import LimitExceeded
 from mlwarden.core.findings import Confidence, Finding, Rule
-from mlwarden.scan.static.pickle import allowlist, rules
+from mlwarden.scan.static.pickle import allowlist, joblib_legacy, rules
 from mlwarden.scan.static.pickle.emulator import Call, Container, Emulator, Ext, Global, Hooks, Opaque, render
 from mlwarden.scan.static.pickle.opcodes import Blob, PickleFormatError, ReaderLimit, ReadersDiffer, looks_like_pickle
 from mlwarden.scan.static.pickle.rules import Verdict
@@ -120,6 +120,8 @@ class PickleAnalyzer(Hooks):
             )
         elif isinstance(target, Call) and isinstance(target.func, Global) and target.func.full in _JOBLIB_WRAPPERS:
             self._joblib_array(state, pos, stream)
+        elif joblib_legacy.wrapper_class(target) is not None:  # joblib < 0.10: the file it names is loaded
+            joblib_legacy.check(self, target, state, pos)
 
     def on_differ(self, pos: int, message: str) -> None:
         """A parse differential between CPython's unpicklers is a finding of its own."""

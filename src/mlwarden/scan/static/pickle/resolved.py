@@ -50,6 +50,13 @@ class ResolvedTable:
             )
         return Resolution(False, f"module {module} is not in the framework versions resolved ({self.built_from})", None)
 
+    def kind(self, full: str) -> str | None:
+        """The entry's kind (``class``, ``function``, ``value``, ``enum``, ``data-class``, ``alias``) or None."""
+        entry = self.entries.get(full)
+        if entry is None:
+            return None
+        return entry if isinstance(entry, str) else entry[0]
+
     @property
     def built_from(self) -> str:
         """The framework versions the table was built from, for messages."""

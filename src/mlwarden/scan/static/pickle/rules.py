@@ -182,6 +182,18 @@ NOT_RESOLVED = rule(
     "trusted code, add it to [pickle].allow in the policy.",
     confidence=Confidence.MEDIUM,
 )
+CUSTOM_CLASS = rule(
+    "MLW-PKL-118",
+    "Pickle references a custom class of the code that saved it",
+    Severity.LOW,
+    cwe=502,
+    description="A class-like name from the training script (__main__) or from a package that is not installed "
+    "here (the model's own code). Loading needs that code, and runs it: the class is only as trustworthy as the "
+    "code the loading process imports. Without it, loading fails with an import error before anything runs.",
+    remediation='If the class is your own trusted code, allow it: [pickle] allow = ["module.Class"] (or '
+    '"package.*" for a package\'s classes) in the policy; mlwarden.load then checks it is defined there.',
+    confidence=Confidence.MEDIUM,
+)
 EXHAUSTION = rule(
     "MLW-PKL-117",
     "Pickle asks an allowed callable for a huge allocation",
@@ -268,6 +280,8 @@ def judge(module: str, name: str, allow: frozenset[str], deny: frozenset[str]) -
         return Judgement(Verdict.ALLOWED, None, full)
     if full in CONDITIONAL:
         return Judgement(Verdict.CONDITIONAL, None, full)
+    if "." not in name and _data_class(full):
+        return Judgement(Verdict.ALLOWED, None, full)  # by what it can do, not by its module (http.HTTPStatus)
     hit = denylist.lookup(module, name)
     if hit is not None:
         category, matched = hit
@@ -284,7 +298,41 @@ def judge(module: str, name: str, allow: frozenset[str], deny: frozenset[str]) -
         return Judgement(Verdict.ALLOWED, None, full)
     if allowlist.prefix_admits(module, name):
         return _unresolved_family_member(full)
+    if _custom_class(module, name):
+        return Judgement(Verdict.UNKNOWN, CUSTOM_CLASS, full)
     return Judgement(Verdict.UNKNOWN, UNKNOWN_GLOBAL, full)
+
+
+# Class names whose objects run processes, threads, connections or files wherever they are imported from.
+_CAPABILITY_CLASS_NAMES = frozenset(
+    "Popen Thread Timer Process Pool ThreadPool ProcessPoolExecutor ThreadPoolExecutor Client Listener Connection "
+    "Manager SyncManager NamedTemporaryFile TemporaryFile SpooledTemporaryFile TemporaryDirectory FileHandler "
+    "RotatingFileHandler ZipFile TarFile Path PosixPath FileIO BufferedWriter TextIOWrapper CDLL PyDLL SSHClient "
+    "Telnet FTP SMTP HTTPConnection HTTPSConnection Session Shelf Pickler Unpickler".split()
+)
+
+
+def _custom_class(module: str, name: str) -> bool:
+    """A class-like name from ``__main__`` or from a package not installed here (the saver's own code)."""
+    if not name.isidentifier() or not name[:1].isupper() or name in _CAPABILITY_CLASS_NAMES:
+        return False
+    top = module.split(".")[0]
+    if top == "__main__":
+        return True
+    if not all(part.isidentifier() for part in module.split(".")):
+        return False
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(top) is None
+    except (ImportError, ValueError):
+        return False
+
+
+def _data_class(full: str) -> bool:
+    from mlwarden.scan.static.pickle.resolved import table
+
+    return table().kind(full) in allowlist.DATA_KINDS
 
 
 def _unresolved_family_member(full: str) -> Judgement:
