@@ -220,11 +220,15 @@ NON_MODELING_API = rule(
 CUSTOM_OBJECT = rule(
     "MLW-KERAS-005",
     "Custom object needs user code",
-    Severity.MEDIUM,
+    Severity.LOW,
     cwe=829,
-    description="The model uses a custom layer, function or other object that only loads if its Python "
-    "code is registered by the user; that code is not in the model and is not analysed.",
-    remediation="Load the model only with custom-object code you obtained from a trusted source and reviewed.",
+    description="The model uses a custom layer, function or other object of its author's own code. Keras in "
+    "safe mode only builds it if the loading program registers that code (custom_objects or "
+    "register_keras_serializable); without it, loading fails before anything runs. The file itself carries no "
+    "code for it (Lambda bytecode and foreign imports have rules of their own), so the risk is the code the "
+    "loading program registers.",
+    remediation="Register only custom-object code you obtained from a trusted source and reviewed; to accept the "
+    "finding for this model, add a reviewed suppression (mlwarden suppress add MLW-KERAS-005 --digest ...).",
 )
 TORCH_PICKLE = rule(
     "MLW-KERAS-006",
