@@ -11,6 +11,7 @@ import pytest
 from mlwarden.core.policy import SandboxSettings
 from mlwarden.scan.dynamic import engine as dyn
 from mlwarden.scan.dynamic.pool import WarmPool, analyse_many
+from mlwarden.scan.dynamic.sandbox import SANDBOX_TMP
 from tests.scan.dynamic.conftest import PROBE_TAG, needs_sandbox, no_survivors, probe_pickle
 
 pytestmark = needs_sandbox
@@ -49,7 +50,7 @@ raise RuntimeError({PROBE_TAG!r} + json.dumps({{
     'leak': hasattr(builtins, 'MLW_LEAK'),
     'cwd': os.getcwd(),
     'cwd_entries': os.listdir('.'),
-    'tmp_entries': sorted(os.listdir('/sandbox/tmp')),
+    'tmp_entries': sorted(os.listdir(os.path.dirname(os.getcwd()))),
     'sleepers': [cmd for cmd in others if 'sleep' in cmd],
 }}))
 """
@@ -95,8 +96,8 @@ def test_malicious_then_benign_leaks_nothing(tmp_path: Path) -> None:
         "import builtins, os\n"
         "builtins.MLW_LEAK = 1\n"
         "open('in-cwd.txt', 'w').write('x')\n"
-        "open('/sandbox/tmp/shared.txt', 'w').write('x')\n"
-        "os.system('touch /sandbox/tmp/from-shell')\n"
+        f"open('{SANDBOX_TMP}/shared.txt', 'w').write('x')\n"
+        f"os.system('touch {SANDBOX_TMP}/from-shell')\n"
     )
     bad = probe_pickle(tmp_path / "m", payload, "bad.pkl")
     good = benign_pickle(tmp_path / "m")

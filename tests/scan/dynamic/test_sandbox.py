@@ -17,7 +17,7 @@ import pytest
 from mlwarden.cli.main import main as cli_main
 from mlwarden.core.policy import Policy, SandboxSettings
 from mlwarden.scan.dynamic import sandbox
-from mlwarden.scan.dynamic.sandbox import SANDBOX_DIR, SANDBOX_TMP, SandboxUnavailable
+from mlwarden.scan.dynamic.sandbox import SANDBOX_HOME, SANDBOX_TMP, SandboxUnavailable
 from tests.scan.dynamic.conftest import (
     PROBE_TAG,
     Listener,
@@ -81,13 +81,15 @@ def test_no_network_host_loopback_unreachable(tmp_path: Path, listener: Listener
 def test_root_read_only_only_private_tmpfs_writable(tmp_path: Path) -> None:
     host_tmp_file = tmp_path / "host-visible.txt"
     host_tmp_file.write_text("host\n")
+    model = tmp_path / "model"
+    model_dir = str(model.resolve())
     body = (
         "def w(p):\n"
         "    with open(p, 'w') as fh:\n"
         "        fh.write('x')\n"
         "    return 'written'\n"
         f"attempt('sandbox_tmp', lambda: w({SANDBOX_TMP + '/probe.txt'!r}))\n"
-        f"attempt('model_dir', lambda: w({SANDBOX_DIR + '/probe.txt'!r}))\n"
+        f"attempt('model_dir', lambda: w({model_dir + '/probe.txt'!r}))\n"
         "attempt('tmp', lambda: w('/tmp/probe.txt'))\n"
         "attempt('usr', lambda: w('/usr/probe.txt'))\n"
         "attempt('etc', lambda: w('/etc/probe.txt'))\n"
@@ -96,23 +98,26 @@ def test_root_read_only_only_private_tmpfs_writable(tmp_path: Path) -> None:
         f"attempt('host_tmp_file', lambda: open({str(host_tmp_file)!r}).read())\n"
         "attempt('home', lambda: os.environ.get('HOME'))\n"
     )
-    model = tmp_path / "model"
     result, seen = run_probe(model, _script(body))
     assert seen is not None, result.phases
     assert seen["sandbox_tmp"] == "written"
-    for place in ("model_dir", "tmp", "usr", "etc", "root"):
+    assert seen["tmp"] == "written"  # /tmp is an ordinary writable tmpfs inside (a read-only /tmp gives it away)
+    for place in ("model_dir", "usr", "etc", "root"):
         assert seen[place] == "EROFS", (place, seen[place])
-    # The host's /tmp (pytest's tmp_path, the canaries) is not there; only the mount points of Python roots that
-    # happen to live under /tmp (a CI clone in /tmp/...) may appear.
+    # The host's /tmp (pytest's tmp_path, the canaries) is not there: only the scratch space and the mount points
+    # of folders bound at their own paths (the model's, Python roots that happen to live under /tmp).
     from mlwarden.scan.dynamic.sandbox import python_roots
 
-    mount_points = {Path(r).parts[2] for r in python_roots() if r.startswith("/tmp/")}
+    mount_points = {Path(r).parts[2] for r in [*python_roots(), model_dir] if r.startswith("/tmp/")}
+    mount_points |= {"user", "probe.txt"}  # the scratch space's parent, and what the probe itself wrote
     assert set(seen["tmp_listing"]) <= mount_points, seen["tmp_listing"]  # type: ignore[arg-type]
     assert seen["host_tmp_file"] == "ENOENT"
-    assert seen["home"] == SANDBOX_TMP
+    assert seen["home"] == SANDBOX_HOME
     assert sorted(p.name for p in model.iterdir()) == ["probe.pkl"]  # the model folder is unchanged
     writes = {e.target for e in result.events if e.kind == "file.write"}
-    assert {"/tmp/probe.txt", f"{SANDBOX_DIR}/probe.txt"} <= writes  # refused writes are still reported
+    assert {"/tmp/probe.txt", "{model}/probe.txt"} <= writes  # refused writes are still reported
+    # a write outside the scratch space is a deviation even where it succeeded
+    assert [f for f in result.findings if f.rule_id == "MLW-DYN-003" and "/tmp/probe.txt" in f.evidence]
 
 
 def test_environment_emptied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -124,19 +129,8 @@ def test_environment_emptied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert isinstance(env, dict)
     assert "MLWARDEN_SECRET" not in env
     assert not [k for k, v in env.items() if "xyz-secret-value" in v]
-    # only what bwrap sets (--clearenv + --setenv), plus what the frameworks add for themselves
-    allowed = {
-        "PATH",
-        "HOME",
-        "TMPDIR",
-        "PYTHONDONTWRITEBYTECODE",
-        "KERAS_BACKEND",
-        "OMP_NUM_THREADS",
-        "KERAS_HOME",
-        "MPLCONFIGDIR",
-        "LC_CTYPE",
-        "PWD",
-    }
+    # only what bwrap sets (--clearenv + --setenv: an ordinary login environment), plus what Python adds
+    allowed = set(sandbox.sandbox_env()) | {"LC_CTYPE"}
     assert set(env) - allowed == set(), set(env) - allowed
     assert os.environ["MLWARDEN_SECRET"] == "xyz-secret-value"  # the host's own environment is intact
 

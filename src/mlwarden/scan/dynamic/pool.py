@@ -25,6 +25,7 @@ import json
 import os
 import re
 import resource
+import secrets
 import select
 import signal
 import subprocess
@@ -41,13 +42,14 @@ from mlwarden.scan.dynamic import engine as dyn
 from mlwarden.scan.dynamic import sandbox as sb
 from mlwarden.scan.dynamic.adapters import REQUIRES
 from mlwarden.scan.dynamic.profiles import load_profile
+from mlwarden.scan.dynamic.records import Verifier, derive
 
 _PID = re.compile(r"^(\d+)\s")
 _POOL_MARK = re.compile(r'mkdir(?:at)?\((?:AT_FDCWD, )?"/\.mlwarden-pool/(ready|\d+/start|\d+/end)"')
 _RESUMED = re.compile(r"^(\d+)\s+<\.\.\. (\w+) resumed>(.*)$")
 _UNFINISHED = " <unfinished ...>"
 _CLONE = re.compile(r"\b(?:clone3?|v?fork)\b.*\)\s+=\s+(\d+)\s*$")
-_EXTRA_TRACED = "clone,clone3,fork,vfork"  # so strace prints the pid of every new process
+_EXTRA_TRACED = ("clone", "clone3", "fork", "vfork")  # so strace prints the pid of every new process
 _MAX_RECORDS = 64 << 20  # bytes of audit records kept per request (a flooding model is cut off, not obeyed)
 _GRACE = 30.0  # seconds the host waits beyond the per-request wall clock before declaring the pool dead
 _STRAY = -1
@@ -133,6 +135,7 @@ class _Request:
     size: int = 0
     done: dict[str, object] | None = None
     child_pid: int | None = None
+    verifier: Verifier | None = None
 
 
 def _preexec(limits: sb.SandboxLimits) -> None:
@@ -151,9 +154,10 @@ class WarmPool:
         with WarmPool("torch", models_dir, policy.sandbox) as pool:
             result = pool.analyse(models_dir / "a.pt")
 
-    ``root_dir`` is bound read-only at the sandbox's model folder; with a sequence of folders each one is
-    bound at ``<model folder>/<index>``. Every analysed file must lie under one of them. If the server dies
-    (a payload killed it, or something outlived its request) the pool restarts for the next file.
+    ``root_dir`` (or each folder of a sequence) is bound read-only at its own path, as in a cold run. Every
+    analysed file must lie under one of them. If the server dies (a payload killed it, or something outlived
+    its request) the pool restarts for the next file. With ``traced=False`` no tracer runs (the second,
+    untraced pass of :func:`analyse_many`).
     """
 
     def __init__(
@@ -162,15 +166,15 @@ class WarmPool:
         root_dir: Path | Sequence[Path],
         limits: sb.SandboxLimits,
         profile_dir: Path | None = None,
+        *,
+        traced: bool = True,
     ) -> None:
         roots = [Path(root_dir)] if isinstance(root_dir, str | os.PathLike) else [Path(r) for r in root_dir]
         if not roots:
             raise ValueError("WarmPool needs at least one folder to bind")
         resolved = [r.resolve() for r in roots]
-        if len(resolved) == 1:
-            self.binds = [(resolved[0], sb.SANDBOX_DIR)]
-        else:
-            self.binds = [(r, f"{sb.SANDBOX_DIR}/{i}") for i, r in enumerate(resolved)]
+        self.binds = [(Path(host), inside) for host, inside in sb.model_binds(resolved)]
+        self.traced = traced
         self.framework = framework
         self.limits = limits
         self.profile = load_profile(framework, profile_dir)
@@ -197,38 +201,54 @@ class WarmPool:
         """
         self.close()
         events_r, events_w = os.pipe()
-        trace_r, trace_w = os.pipe()
+        trace_r, trace_w = os.pipe() if self.traced else (None, None)
         control_r, control_w = os.pipe()
+        self._master = secrets.token_bytes(32)
+        key_r = sb.key_pipe(self._master)
+        seccomp_r = sb.key_pipe(sb.seccomp_program())
+        quiesce = getattr(self.limits, "quiesce_seconds", sb.QUIESCE_SECONDS)
         argv = [sys.executable, "-I", "-m", "mlwarden.scan.dynamic.pool_runner", "--framework", self.framework]
-        argv += ["--events-fd", str(events_w), "--control-fd", str(control_r), "--trace-fd", str(trace_w)]
-        cmd = self._command(argv, events_w, trace_w)
+        argv += ["--events-fd", str(events_w), "--control-fd", str(control_r), "--key-fd", str(key_r)]
+        argv += ["--quiesce-seconds", str(quiesce)]
+        if trace_w is not None:
+            argv += ["--trace-fd", str(trace_w)]
+        binds = [(str(host), inside) for host, inside in self.binds]
+        cmd = sb.build_command(binds, argv, trace_w, self.limits, extra_traced=_EXTRA_TRACED, seccomp_fd=seccomp_r)
+        passed = tuple(fd for fd in (events_w, trace_w, control_r, key_r, seccomp_r) if fd is not None)
         try:
             self.proc = subprocess.Popen(
                 cmd,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
-                pass_fds=(events_w, trace_w, control_r),
+                pass_fds=passed,
                 preexec_fn=lambda: _preexec(self.limits),
             )  # noqa: PLW1509
         except OSError as exc:
-            for fd in (events_r, events_w, trace_r, trace_w, control_r, control_w):
-                os.close(fd)
+            for fd in (events_r, trace_r, control_w, *passed):
+                if fd is not None:
+                    os.close(fd)
             raise sb.SandboxUnavailable(f"cannot start bubblewrap: {exc}") from exc
-        for fd in (events_w, trace_w, control_r):
+        for fd in passed:
             os.close(fd)
         assert self.proc.stderr is not None
         self._events, self._trace, self._control = events_r, trace_r, control_w
         self._err_fd = self.proc.stderr.fileno()
-        self._open = [events_r, trace_r, self._err_fd]
-        self._buf: dict[int, bytes] = {events_r: b"", trace_r: b""}
+        self._buf: dict[int, bytes] = {events_r: b""}
+        if trace_r is not None:
+            self._buf[trace_r] = b""
+        self._open = [*self._buf, self._err_fd]
         self._stderr = b""
         self._router = _TraceRouter()
+        self._server_chain = Verifier(derive(self._master, "server"))
         self._import_records: list[dict[str, object]] = []
         self._ready: bool | None = None
         self._request: _Request | None = None
         self.starts += 1
-        self._pump(lambda: self._ready is not None and self._router.ready, time.monotonic() + self.limits.wall_seconds)
+        self._pump(
+            lambda: self._ready is not None and (self._router.ready or not self.traced),
+            time.monotonic() + self.limits.wall_seconds,
+        )
         if self._ready is None:
             tail = self._stderr.decode(errors="replace").strip()[-500:]
             self.close()
@@ -240,6 +260,8 @@ class WarmPool:
         if proc is None:
             return
         for fd in (self._control, self._events, self._trace):
+            if fd is None:
+                continue
             try:
                 os.close(fd)
             except OSError:
@@ -251,14 +273,6 @@ class WarmPool:
         proc.wait()
         if proc.stderr is not None:
             proc.stderr.close()
-
-    def _command(self, argv: list[str], events_fd: int, trace_fd: int) -> list[str]:
-        cmd = sb.build_command(self.binds[0][0], argv, events_fd, trace_fd, self.limits)
-        i = next(i for i, a in enumerate(cmd) if a.startswith("trace="))
-        cmd[i] += "," + _EXTRA_TRACED
-        j = next(j for j in range(len(cmd) - 2) if cmd[j] == "--ro-bind" and cmd[j + 2] == sb.SANDBOX_DIR)
-        binds = [x for host, inside in self.binds for x in ("--ro-bind", str(host), inside)]
-        return cmd[:j] + binds + cmd[j + 3 :]
 
     # --- reading the sandbox's output ---------------------------------------------------------------
 
@@ -289,14 +303,23 @@ class WarmPool:
             if fd == self._trace:
                 self._router.feed(raw.decode(errors="replace"))
                 continue
-            try:
-                record = json.loads(raw)
-            except ValueError:
+            if not raw.strip():
                 continue
-            if isinstance(record, dict):
-                self._record(record, len(raw))
+            record = self._server_chain.check(raw)
+            req = self._request
+            if record is None and req is not None and req.verifier is not None:
+                record = req.verifier.check(raw)
+                if record is None:
+                    req.verifier.reject(raw)  # forged, replayed or out of order: counted against the request
+                    continue
+                if record.get("req") != req.id:
+                    continue
+                self._child_record(req, record, len(raw))
+            elif record is not None:
+                self._record(record)
 
-    def _record(self, record: dict[str, object], size: int) -> None:
+    def _record(self, record: dict[str, object]) -> None:
+        """A genuine record of the server itself."""
         kind = record.get("type")
         req = self._request
         if self._ready is None:  # starting: the import phase, reported once by the server
@@ -305,13 +328,15 @@ class WarmPool:
             elif kind == "phase":
                 self._import_records.append(record)
             return
-        if req is None or record.get("req") != req.id:
-            return  # not the request in flight: a stray or forged record is never attributed
-        if kind == "pool.done":
+        if kind == "pool.done" and req is not None and record.get("req") == req.id:
             req.done = record  # the server's comes last: the child is dead when it is written
-        elif kind == "pool.child":
+
+    def _child_record(self, req: _Request, record: dict[str, object], size: int) -> None:
+        """A genuine record of the request's child."""
+        kind = record.get("type")
+        if kind == "pool.child":
             req.child_pid = record.get("pid") if isinstance(record.get("pid"), int) else None  # type: ignore[assignment]
-        elif kind in ("phase", "event", "done") and req.size < _MAX_RECORDS:
+        elif kind != "pool.done" and req.size < _MAX_RECORDS:
             req.size += size
             req.records.append(record)
 
@@ -339,6 +364,7 @@ class WarmPool:
             return dyn.judge_run(run, self.framework, chain, self.limits, self.profile)
         self._next_id += 1
         req = self._request = _Request(self._next_id, Path(path))
+        req.verifier = Verifier(derive(self._master, f"req:{req.id}"))
         limits = self.limits
         message = {
             "req": req.id,
@@ -352,14 +378,21 @@ class WarmPool:
             os.write(self._control, (json.dumps(message) + "\n").encode())
         except OSError:
             pass  # the server is gone: reported below as an incomplete run
+        quiesce = getattr(limits, "quiesce_seconds", sb.QUIESCE_SECONDS)
         finished = self._pump(
-            lambda: req.done is not None and req.id in self._router.ended,
-            started + limits.wall_seconds + _GRACE,
+            lambda: req.done is not None and (req.id in self._router.ended or not self.traced),
+            started + limits.wall_seconds + quiesce + _GRACE,
         )
         self._request = None
         done = req.done or {}
         run.records = self._import_records + req.records
-        run.trace = self._router.prefix + self._router.take(req.id)
+        run.verified = list(run.records)  # both chains were checked as they arrived
+        run.key = b"pool"  # (so the record chain is judged like a cold run's)
+        run.traced = self.traced
+        run.binds = [(str(host), inside) for host, inside in self.binds]
+        if req.verifier is not None:
+            run.forged, run.forged_samples = req.verifier.forged, req.verifier.samples
+        run.trace = self._router.prefix + self._router.take(req.id) if self.traced else []
         run.seconds = time.monotonic() - started
         rc = done.get("returncode")
         run.returncode = rc if isinstance(rc, int) else None
@@ -383,6 +416,8 @@ def analyse_many(
     limits: sb.SandboxLimits,
     profile_dir: Path | None = None,
     chains: dict[Path, tuple[str, ...]] | None = None,
+    *,
+    untraced: bool = True,
 ) -> dict[Path, dyn.DynamicResult]:
     """Analyse many files of one framework in one warm pool (their folders bound read-only).
 
@@ -394,10 +429,19 @@ def analyse_many(
     if not files:
         return {}
     if not dyn.framework_installed(framework) or REQUIRES.get(framework) is None:
-        return {p: dyn.analyse(p, framework, chains.get(p, (str(p),)), limits, profile_dir) for p in files}
+        return {
+            p: dyn.analyse(p, framework, chains.get(p, (str(p),)), limits, profile_dir, untraced=untraced)
+            for p in files
+        }
     folders = list(dict.fromkeys(p.resolve().parent for p in files))
     out: dict[Path, dyn.DynamicResult] = {}
     with WarmPool(framework, folders[0] if len(folders) == 1 else folders, limits, profile_dir) as pool:
         for p in files:
             out[p] = pool.analyse(p, chains.get(p, (str(p),)))
+    if not untraced:
+        return out
+    # The second pass without a tracer: a payload that checks TracerPid acts here (see engine.analyse).
+    with WarmPool(framework, folders[0] if len(folders) == 1 else folders, limits, profile_dir, traced=False) as pool:
+        for p in files:
+            out[p] = dyn.merge_untraced(out[p], pool.analyse(p, chains.get(p, (str(p),))))
     return out

@@ -6,15 +6,19 @@ server reports the framework's import phase once (exactly as :mod:`~mlwarden.sca
 reads one JSON request per line from the control descriptor. For each it forks a child that starts from the
 pristine post-import state, so nothing one model did in Python can be seen by the next:
 
-* the child gets a new session (its own process group), a private working/``TMPDIR``/``HOME`` folder under
-  the sandbox's tmpfs, fresh rlimits (CPU time counts from zero after ``fork``), no access to the control
+* the child gets a new session (its own process group), a private working/``TMPDIR`` folder under the
+  sandbox's scratch space, fresh rlimits (CPU time counts from zero after ``fork``), no access to the control
   descriptor, and the audit hook (installed in the child only: a hook can never be removed);
-* its records go straight to the events descriptor, tagged with the request id, so a payload that kills the
-  server cannot swallow what it already did;
+* its records go straight to the events descriptor, tagged with the request id and authenticated with a key
+  derived for that request only (the server's own key chain is dropped in the child before the model is
+  touched), so a payload that kills the server cannot swallow what it already did, and cannot forge the server's
+  ``pool.done``;
+* after the last phase the child watches for deferred work exactly as a cold run does (``teardown``);
 * the server waits with the per-request wall clock, SIGKILLs the child's process group, then sweeps the pid
   namespace for anything else (a payload's daemon that called ``setsid``) until only the server and its
-  ancestors are left, restores the tmpfs to its post-import content, reports ``pool.done`` and touches the
-  marker ``/.mlwarden-pool/<id>/end`` that tells the host every syscall of that request has been traced.
+  ancestors are left, restores the writable mounts to their post-import content, reports ``pool.done`` and
+  touches the marker ``/.mlwarden-pool/<id>/end`` that tells the host every syscall of that request has been
+  traced.
 
 Modules the server imports for its own bookkeeping after the import phase are dropped from ``sys.modules`` in
 the child, so a model importing them is seen exactly as in a cold run.
@@ -29,9 +33,9 @@ import sys
 import time
 from typing import Any
 
-from mlwarden.scan.dynamic.runner import Reporter, _phase, install_hook
+from mlwarden.scan.dynamic.records import Signer, derive, read_key
+from mlwarden.scan.dynamic.runner import Reporter, _phase, _writable_mounts, fs_state, install_hook, teardown
 
-SANDBOX_TMP = "/sandbox/tmp"  # same as sandbox.SANDBOX_TMP; not imported so the server stays small
 POOL_MARK = "/.mlwarden-pool"
 _SNAPSHOT_CAP = 32 << 20  # bytes of post-import tmpfs content kept for restoring it after each request
 _EXIT = {"deserialize": 4, "instantiate": 5, "infer": 6}
@@ -40,8 +44,8 @@ _EXIT = {"deserialize": 4, "instantiate": 5, "infer": 6}
 class TaggedReporter(Reporter):
     """A :class:`Reporter` whose records carry the request id they belong to."""
 
-    def __init__(self, fd: int, prefixes: tuple[str, ...], request: int) -> None:
-        super().__init__(fd, prefixes)
+    def __init__(self, fd: int, prefixes: tuple[str, ...], request: int, signer: Signer | None = None) -> None:
+        super().__init__(fd, prefixes, signer)
         self.request = request
 
     def send(self, record: dict[str, Any]) -> None:
@@ -105,12 +109,26 @@ def sweep(keep: set[int], signal_kill: int, rounds: int = 400) -> int:
 
 
 def snapshot(root: str) -> dict[str, bytes | None]:
-    """Relative path -> content (None for folders) of the tmpfs after the import phase."""
+    """Relative path -> content (None for folders) of a writable mount after the import phase.
+
+    Folders on another device (bound model folders, Python roots under it) are not entered.
+    """
     out: dict[str, bytes | None] = {}
     total = 0
+    try:
+        dev = os.lstat(root).st_dev
+    except OSError:
+        return out
     for dirpath, dirs, files in os.walk(root):
         rel = os.path.relpath(dirpath, root)
-        for d in dirs:
+        for d in list(dirs):
+            try:
+                if os.lstat(os.path.join(dirpath, d)).st_dev != dev:
+                    dirs.remove(d)
+                    out[os.path.normpath(os.path.join(rel, d))] = None
+                    continue
+            except OSError:
+                continue
             out[os.path.normpath(os.path.join(rel, d))] = None
         for f in files:
             path = os.path.join(dirpath, f)
@@ -140,12 +158,24 @@ def _remove(path: str) -> None:
 
 
 def restore(root: str, snap: dict[str, bytes | None]) -> None:
-    """Bring the tmpfs back to ``snap``: remove what a request added, rewrite what it changed."""
+    """Bring a writable mount back to ``snap``: remove what a request added, rewrite what it changed."""
+    try:
+        dev = os.lstat(root).st_dev
+    except OSError:
+        return
     for dirpath, dirs, files in os.walk(root, topdown=True):
         rel = os.path.relpath(dirpath, root)
         for name in list(dirs) + files:
             relname = os.path.normpath(os.path.join(rel, name))
             path = os.path.join(dirpath, name)
+            try:
+                other_device = os.lstat(path).st_dev != dev
+            except OSError:
+                continue
+            if other_device:  # a mount point (a bound folder): never touched
+                if name in dirs:
+                    dirs.remove(name)
+                continue
             if relname not in snap or (snap[relname] is None) != (os.path.isdir(path) and not os.path.islink(path)):
                 _remove(path)
                 if name in dirs:
@@ -171,21 +201,32 @@ def restore(root: str, snap: dict[str, bytes | None]) -> None:
 class Server:
     """The fork server's state: the adapter, the descriptors and what a child must start from."""
 
-    def __init__(self, framework: str, events_fd: int, control_fd: int, quiet: tuple[str, ...]) -> None:
+    def __init__(
+        self, framework: str, events_fd: int, control_fd: int, quiet: tuple[str, ...], reporter: Reporter
+    ) -> None:
         from mlwarden.scan.dynamic.adapters import ADAPTERS
 
         self.adapter = ADAPTERS[framework]
         self.events_fd = events_fd
         self.control_fd = control_fd
         self.quiet = quiet
+        self.reporter = reporter  # the server's own (signed) records
+        self.master: bytes | None = None  # the run's key: request keys are derived from it
+        self.quiesce = 3.0
+        self.threads: set[int] = set()
         self.baseline: set[str] = set()
-        self.snap: dict[str, bytes | None] = {}
+        self.snap: dict[str, dict[str, bytes | None]] = {}
         self.keep: set[int] = set()
         self.limits: tuple[int, int, int] = (0, 0, 0)  # CPU seconds, address space, file size of each child
 
-    def child(self, req: int, model: str, private: str, err_w: int) -> None:
-        """The forked child: isolate, hook, run the three model phases; never returns."""
+    def child(
+        self, req: int, model: str, private: str, err_w: int, key: bytes, before: dict[str, tuple[int, int, int]]
+    ) -> None:
+        """The forked child: isolate, hook, run the three model phases and the teardown watch; never returns."""
         code = 70
+        self.master = None  # the child signs with its request's key only
+        self.reporter._signer.forget()  # (still reachable through the server's frames otherwise)
+        self.reporter = None  # type: ignore[assignment]
         try:
             import resource  # imported by the server after the import phase; dropped from sys.modules below
 
@@ -194,7 +235,7 @@ class Server:
             os.dup2(err_w, 2)
             os.close(err_w)
             os.chdir(private)
-            os.environ.update(HOME=private, TMPDIR=private)
+            os.environ.update(TMPDIR=private, PWD=private)
             tempfile = sys.modules.get("tempfile")
             if tempfile is not None:
                 tempfile.tempdir = private  # type: ignore[attr-defined]
@@ -205,7 +246,8 @@ class Server:
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
             for name in set(sys.modules) - self.baseline:
                 del sys.modules[name]  # the server's own imports: a model importing them must be seen
-            reporter = TaggedReporter(self.events_fd, self.quiet, req)
+            reporter = TaggedReporter(self.events_fd, self.quiet, req, Signer(key))
+            del key
             reporter.send({"type": "pool.child", "pid": os.getpid()})
             install_hook(reporter)
             adapter = self.adapter
@@ -217,8 +259,9 @@ class Server:
             if ok:
                 code = _EXIT["infer"]
                 ok, _ = _phase(reporter, "infer", lambda: adapter.infer(obj))
-                reporter.send({"type": "done", "status": "ok" if ok else "error"})
-                code = 0 if ok else code
+            teardown(reporter, self.threads, self.quiesce, before)
+            reporter.send({"type": "done", "status": "ok" if ok else "error"})
+            code = 0 if ok else code
         except BaseException:  # noqa: BLE001 - anything escaping must still end in os._exit below
             pass
         finally:
@@ -238,14 +281,18 @@ class Server:
         wall = float(request["wall"])
         self.limits = (int(request["cpu"]), int(request["memory"]), int(request["fsize"]))
         _mark(f"{req}/start")
-        private = f"{SANDBOX_TMP}/mlwarden-request-{req}"
+        private = f"{os.environ.get('TMPDIR', '/tmp')}/tmp{os.urandom(4).hex()}"
         os.mkdir(private, 0o700)
         err_r, err_w = os.pipe()
+        key = derive(self.master or b"", f"req:{req}")
+        before = fs_state(_writable_mounts(), private)  # by the server: not the request's doing
+        wall += self.quiesce
         started = time.monotonic()
         pid = os.fork()
         if pid == 0:
             os.close(err_r)
-            self.child(req, model, private, err_w)
+            self.child(req, model, private, err_w, key, before)
+        del key
         os.close(err_w)
         pidfd = os.pidfd_open(pid)
         err = bytearray()
@@ -281,7 +328,8 @@ class Server:
         except OSError:
             pass
         os.close(err_r)
-        restore(SANDBOX_TMP, self.snap)
+        for root, snap in self.snap.items():
+            restore(root, snap)
         returncode = os.waitstatus_to_exitcode(status)
         record = {
             "type": "pool.done",
@@ -292,7 +340,7 @@ class Server:
             "stderr": err.decode(errors="replace")[-4000:],
             "survivors": survivors,
         }
-        os.write(self.events_fd, (json.dumps(record) + "\n").encode())
+        self.reporter.send(record)
         _mark(f"{req}/end")
         if survivors:
             raise SystemExit(9)  # something outlived its request: this pool can no longer be trusted
@@ -304,8 +352,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--framework", required=True)
     parser.add_argument("--events-fd", type=int, required=True)
     parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("--key-fd", type=int, default=None)
     parser.add_argument("--trace-fd", type=int, default=None)
+    parser.add_argument("--quiesce-seconds", type=float, default=3.0)
     args = parser.parse_args(argv)
+    master = read_key(args.key_fd) if args.key_fd is not None else b""
     if args.trace_fd is not None:
         try:  # strace writes through its own descriptor; without this a model could forge trace lines
             os.close(args.trace_fd)
@@ -317,18 +368,22 @@ def main(argv: list[str] | None = None) -> int:
             | {p for p in sys.path if p and os.path.isdir(p)}
         )
     )
-    reporter = Reporter(args.events_fd, quiet)
+    reporter = Reporter(args.events_fd, quiet, Signer(derive(master, "server")))
     reporter.send({"type": "pool.hello", "pid": os.getpid()})
-    server = Server(args.framework, args.events_fd, args.control_fd, quiet)
+    server = Server(args.framework, args.events_fd, args.control_fd, quiet, reporter)
+    server.master, server.quiesce = master, args.quiesce_seconds
+    del master
     ok, _ = _phase(reporter, "import", server.adapter.import_framework)
     _mark("ready")  # the host's trace prefix (interpreter start-up and import phase) ends here
     server.baseline = set(sys.modules)
     import resource  # noqa: F401 - imported now so every child forks with the same modules
     import select  # noqa: F401
     import signal  # noqa: F401
+    import threading
 
     server.keep = _ancestors()
-    server.snap = snapshot(SANDBOX_TMP)
+    server.threads = {t.ident for t in threading.enumerate() if t.ident is not None}
+    server.snap = {root: snapshot(root) for root in _writable_mounts()}
     reporter.send({"type": "pool.ready", "ok": ok})
     if not ok:
         return 3

@@ -4,12 +4,15 @@ A profile is a readable TOML file (``profiles/<framework>.toml``, shipped, revie
 learn their own with ``mlwarden profile learn``). For every phase it lists allowed event keys
 ``kind:target`` as shell-style patterns over *normalised* targets: ``{python}`` stands for the interpreter's
 installation and package directories, ``{model}`` for the model's folder, ``{tmp}`` for the sandbox's private
-tmpfs. An event no pattern allows is a deviation.
+scratch folder (``TMPDIR``), ``{home}`` for the home directory inside the sandbox. An event no pattern allows is
+a deviation. Code evaluation (``code.exec``/``code.compile``) is allowed only from named call sites of the
+framework's own machinery (``... by {python}/<file>:<function>``), never from "anything installed".
 """
 
 from __future__ import annotations
 
 import fnmatch
+import posixpath
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -17,7 +20,7 @@ from pathlib import Path
 
 from mlwarden.core.errors import UsageError
 from mlwarden.scan.dynamic.events import PHASES, Event
-from mlwarden.scan.dynamic.sandbox import SANDBOX_DIR, SANDBOX_TMP, python_roots
+from mlwarden.scan.dynamic.sandbox import SANDBOX_DIR, SANDBOX_HOME, SANDBOX_TMP, python_roots
 
 PROFILE_DIR = Path(__file__).with_name("profiles")
 _TOML_KEY = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -38,6 +41,7 @@ BASELINE: tuple[str, ...] = (
     "file.read:/dev/*",
     "file.read:/etc/ld.so.cache",
     "file.read:/etc/localtime",
+    "file.read:/etc/locale.alias",
     "file.read:/etc/nsswitch.conf",
     "file.read:/etc/passwd",
     "file.read:/etc/group",
@@ -67,6 +71,26 @@ BASELINE: tuple[str, ...] = (
     "process.env:*",
     "file.write:/dev/null",
     "file.write:/dev/shm/*",
+    # the home directory is writable inside; caches and framework settings are where frameworks write
+    "file.read:{home}/.cache/*",
+    "file.write:{home}/.cache/*",
+    "file.modify:{home}/.cache*",
+    "file.read:{home}/.keras/*",
+    "file.write:{home}/.keras/*",
+    "file.modify:{home}/.keras*",
+    "file.read:{home}/.config/matplotlib/*",
+    "file.write:{home}/.config/matplotlib/*",
+    "file.modify:{home}/.config",
+    "file.modify:{home}/.config/matplotlib*",
+)
+
+
+#: also allowed after the last phase: the runner reading the writable mounts to see what changed in them (they
+#: hold nothing of the host's: only what the run created, and bound folders, which are {model}/{python})
+TEARDOWN: tuple[str, ...] = tuple(
+    f"{kind}:{where}"
+    for kind in ("file.read", "file.list")
+    for where in ("/tmp", "/tmp/*", "{home}", "{home}/*", "/dev/shm", "/dev/shm/*")
 )
 
 
@@ -85,6 +109,8 @@ def normalise(target: str) -> str:
     if " by " in target:  # code events name their calling file: normalise both halves
         what, _, caller = target.rpartition(" by ")
         return f"{normalise(what)} by {normalise(caller)}"
+    if target.startswith("/") and ("/." in target or "//" in target):
+        target = posixpath.normpath(target)  # "{tmp}/../x" is not in the scratch space
     if target == _MLWARDEN or target.startswith(_MLWARDEN + "/"):
         return "{mlwarden}" + target[len(_MLWARDEN) :]
     if target.startswith(SANDBOX_DIR):
@@ -94,6 +120,8 @@ def normalise(target: str) -> str:
             return "{python}" + target[len(root.rstrip("/")) :]
     if target == SANDBOX_TMP or target.startswith(SANDBOX_TMP + "/"):
         return "{tmp}" + target[len(SANDBOX_TMP) :]
+    if target == SANDBOX_HOME or target.startswith(SANDBOX_HOME + "/"):
+        return "{home}" + target[len(SANDBOX_HOME) :]
     return target
 
 
@@ -117,7 +145,10 @@ class Profile:
     def allows(self, event: Event) -> bool:
         """Whether ``event`` matches the baseline or the profile's patterns for its phase."""
         k = key(event)
-        patterns = (*BASELINE, *self.phases.get(event.phase, ()))
+        if event.phase == "teardown":  # deferred work: whatever some phase of the framework may do
+            patterns = (*BASELINE, *TEARDOWN, *(p for allowed in self.phases.values() for p in allowed))
+        else:
+            patterns = (*BASELINE, *self.phases.get(event.phase, ()))
         if event.phase == "setup":
             return True  # the runner itself starting up, before the framework is touched
         return any(k == p or fnmatch.fnmatchcase(k, p) for p in patterns)
@@ -177,9 +208,10 @@ COLLAPSE_IMPORTS = 4
 def generalise(keys: Iterable[str]) -> list[str]:
     """Patterns from observed keys, so a profile stays readable and is not tied to one model.
 
-    Package-internal file reads are covered by the baseline; executing installed modules collapses to one glob;
-    tmpfs activity collapses to ``{tmp}/*``; imports of a package collapse to ``import:<package>*`` once several of
-    its modules were seen (a lazily imported framework); everything else stays exact.
+    Package-internal file reads are covered by the baseline; code evaluation keeps its call site (file and
+    function) and drops only what was evaluated; tmpfs activity collapses to ``{tmp}/*``; imports of a package
+    collapse to ``import:<package>*`` once several of its modules were seen (a lazily imported framework);
+    everything else stays exact.
     """
     keys = list(keys)
     packages: dict[str, int] = {}
@@ -199,14 +231,13 @@ def generalise(keys: Iterable[str]) -> list[str]:
         kind, _, target = k.partition(":")
         if kind in ("file.read", "file.list", "native.load") and target.startswith("{python}/"):
             continue  # covered by the baseline
-        if kind in ("code.exec", "code.compile") and target.startswith("{python}/"):
-            out.add(f"{kind}:{{python}}/*")
-            continue
         if kind == "code.construct":
             out.add("code.construct:*")  # code objects built by libraries while unpickling (their effects are judged)
             continue
         if kind in ("code.exec", "code.compile") and " by {python}/" in target:
-            out.add(f"{kind}:* by {{python}}/*")  # code a framework library generates (namedtuple, dataclasses)
+            # code a framework library generates (namedtuple, dataclasses): allowed from that call site only
+            # (file and function), never "by anything installed" (timeit, runpy, code evaluate what they are given)
+            out.add(f"{kind}:* by {target.rpartition(' by ')[2]}")
             continue
         if kind in ("file.write", "file.modify", "file.read") and target.startswith("{tmp}/"):
             out.add(f"{kind}:{{tmp}}/*")
