@@ -97,7 +97,7 @@ def test_every_field_is_escaped(where: str) -> None:
     finding = GLOBAL_RULE.finding(Location((path, member), 1), evidence=evidence, message=message)
     if where == "remediation":
         finding = replace(finding, remediation=payload)
-    files = [FileResult(path, 1, ((path, "zip"),), (finding,), 0.0)]
+    files = [FileResult(path, 1, (((path,), "zip"),), (finding,), 0.0)]
     if where == "error":
         files.append(FileResult(payload, None, (), (), 0.0, error=payload))
     doc = parse(render(make_report(tuple(files)), "html", verbose=True))

@@ -87,7 +87,7 @@ def make_report(files: tuple[FileResult, ...], fail_on: Severity = Severity.MEDI
 
 
 def clean_file(path: str = "weights/clean.safetensors") -> FileResult:
-    return FileResult(path, 2048, ((path, "safetensors"),), (), 0.002)
+    return FileResult(path, 2048, (((path,), "safetensors"),), (), 0.002)
 
 
 def sample_report() -> ScanReport:
@@ -106,15 +106,15 @@ def sample_report() -> ScanReport:
             FileResult(
                 pt,
                 4096,
-                ((pt, "zip"), (f"{pt} ▸ archive/data.pkl", "pickle")),
+                (((pt,), "zip"), ((pt, "archive/data.pkl"), "pickle")),
                 (member, info),
                 0.031,
                 framework="torch",
                 timeline=TORCH_TIMELINE,
             ),
-            FileResult("données/modèle ✓.pkl", 77, (("données/modèle ✓.pkl", "pickle"),), (odd,), 0.001),
+            FileResult("données/modèle ✓.pkl", 77, ((("données/modèle ✓.pkl",), "pickle"),), (odd,), 0.001),
             FileResult(
-                "tokenizer_config.json", 300, (("tokenizer_config.json", "hf-tokenizer-config"),), (xss,), 0.004
+                "tokenizer_config.json", 300, ((("tokenizer_config.json",), "hf-tokenizer-config"),), (xss,), 0.004
             ),
             clean_file(),
             FileResult("secret/unreadable.bin", None, (), (), 0.0, error="secret/unreadable.bin: Permission denied"),
@@ -138,16 +138,18 @@ def dynamic_report() -> ScanReport:
         ("instantiate", "not-finished", 0.0, 0),
     )
     files = (
-        FileResult("evil.pkl", 60, (("evil.pkl", "pickle"),), (evil,), 0.4, framework="pickle", timeline=evil_timeline),
-        FileResult("good.pt", 900, (("good.pt", "zip"),), (), 2.1, framework="torch", timeline=TORCH_TIMELINE),
-        FileResult("model.onnx", 300, (("model.onnx", "onnx"),), (), 0.01, framework="onnx"),
+        FileResult(
+            "evil.pkl", 60, ((("evil.pkl",), "pickle"),), (evil,), 0.4, framework="pickle", timeline=evil_timeline
+        ),
+        FileResult("good.pt", 900, ((("good.pt",), "zip"),), (), 2.1, framework="torch", timeline=TORCH_TIMELINE),
+        FileResult("model.onnx", 300, ((("model.onnx",), "onnx"),), (), 0.01, framework="onnx"),
     )
     return ScanReport(files, Severity.MEDIUM, STARTED, 3.0, "0.1.0", modes=("static", "dynamic"))
 
 
 def single(finding: Finding, path: str | None = None) -> ScanReport:
     path = path or finding.location.path
-    return make_report((FileResult(path, 10, ((path, "pickle"),), (finding,), 0.001),))
+    return make_report((FileResult(path, 10, (((path,), "pickle"),), (finding,), 0.001),))
 
 
 # -- dispatch -------------------------------------------------------------------------------------------

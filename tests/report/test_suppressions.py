@@ -29,7 +29,7 @@ def suppressed_report(*, all_suppressed: bool = False) -> ScanReport:
     crit = GLOBAL_RULE.finding(Location(("a.pkl",), 0), evidence="os.system")
     files = [FileResult("tokenizer_config.json", 300, (), (replace(xss, suppressed=ACCEPTED),), 0.004)]
     if not all_suppressed:
-        files.append(FileResult("a.pkl", 30, (("a.pkl", "pickle"),), (crit,), 0.001))
+        files.append(FileResult("a.pkl", 30, ((("a.pkl",), "pickle"),), (crit,), 0.001))
     uses = (SuppressionUse(ACCEPTED, 1, False), SuppressionUse(LAPSED, 1, True), SuppressionUse(UNUSED, 0, False))
     return ScanReport(tuple(files), GLOBAL_RULE.severity, STARTED, 1.0, "0.1.0", ("static",), uses)
 

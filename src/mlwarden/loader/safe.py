@@ -43,11 +43,11 @@ def _policy(policy: Policy | str | os.PathLike[str] | None) -> Policy:
 
 
 def _formats(result: FileResult) -> list[tuple[tuple[str, ...], Format]]:
-    """Turn a FileResult's printable layer list back into the (chain, Format) pairs the engine works with."""
+    """A FileResult's layers as the (chain, Format) pairs the engine works with (unknown format names dropped)."""
     out = []
     for chain, value in result.formats:
         try:
-            out.append((tuple(chain.split(" ▸ ")), Format(value)))
+            out.append((chain, Format(value)))
         except ValueError:
             continue
     return out

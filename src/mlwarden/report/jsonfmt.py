@@ -118,7 +118,7 @@ def file_dict(result: FileResult) -> dict[str, Any]:
     return {
         "path": result.path,
         "size": result.size,
-        "formats": [{"location": where, "format": fmt} for where, fmt in result.formats],
+        "formats": [{"location": " ▸ ".join(chain), "format": fmt} for chain, fmt in result.formats],
         "duration": round(result.duration, 6),
         "error": result.error,
         "max_severity": None if worst is None else str(worst),

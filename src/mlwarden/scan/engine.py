@@ -101,7 +101,7 @@ def scan_file(path: Path, policy: Policy, modes: tuple[str, ...] = ("static",)) 
     timeline: tuple[tuple[str, str, float, int], ...] = ()
     if "dynamic" in modes and not too_big:
         framework, timeline = _dynamic(path, display, ctx, policy)
-    formats = tuple((" ▸ ".join(chain), fmt.value) for chain, fmt in ctx.formats)
+    formats = tuple((tuple(chain), fmt.value) for chain, fmt in ctx.formats)
     return FileResult(
         display,
         st.st_size,
@@ -169,7 +169,7 @@ def _scan_pooled(files: list[Path], policy: Policy, jobs: int, modes: tuple[str,
     for i, (path, result) in enumerate(zip(files, results, strict=True)):
         if result.error is not None or result.size is None or result.size > policy.limits.max_file_size:
             continue
-        formats = [(tuple(chain.split(" ▸ ")), Format(fmt)) for chain, fmt in result.formats]
+        formats = [(chain, Format(fmt)) for chain, fmt in result.formats]
         framework = dyn.choose_framework(path, formats)
         if framework is not None:
             groups.setdefault(framework, []).append(i)

@@ -19,7 +19,7 @@ class FileResult:
 
     path: str
     size: int | None
-    formats: tuple[tuple[str, str], ...]  # (location chain joined with " ▸ ", format) for every layer
+    formats: tuple[tuple[tuple[str, ...], str], ...]  # (location chain, format) for every layer: typed, never split
     findings: tuple[Finding, ...]
     duration: float
     error: str | None = None

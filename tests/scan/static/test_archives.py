@@ -269,3 +269,18 @@ class os_system_canary:  # noqa: N801 - reads as what it builds
         import os
 
         return os.system, (self.command,)
+
+
+def test_member_names_with_the_display_separator_keep_their_chain(tmp_path: Path) -> None:
+    # Chains are typed end to end: a member named with " ▸ " must not split into two links (it chose the framework).
+    import zipfile
+
+    from mlwarden.loader.safe import detect_framework
+
+    path = tmp_path / "model.bin"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("a ▸ b/data.pkl", b"\x80\x02}q\x00.")
+        zf.writestr("a ▸ b/version", b"3\n")
+    result = scan_one(path)
+    assert ((str(path), "a ▸ b/data.pkl"), "pickle") in result.formats
+    assert detect_framework(path, result) == "torch"

@@ -106,7 +106,7 @@ def test_benign_h5_model_is_clean(tmp_path: Path, benign_models: dict[str, Any],
     path = tmp_path / f"{name}.h5"
     benign_models[name].save(path)
     result = scan_one(path)
-    assert (str(path), "hdf5") in result.formats
+    assert ((str(path),), "hdf5") in result.formats
     assert failing(result) == []
     assert not any(f.rule_id.startswith("MLW-KERAS") for f in result.findings)
 

@@ -94,7 +94,7 @@ def _scan(tmp_path: Path, data: bytes) -> list[Finding]:
     path = tmp_path / "saved_model.pb"
     path.write_bytes(data)
     result = scan_one(path)
-    assert (str(path), "tf-savedmodel") in result.formats
+    assert ((str(path),), "tf-savedmodel") in result.formats
     return list(result.findings)
 
 

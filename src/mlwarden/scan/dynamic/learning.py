@@ -26,7 +26,7 @@ def files_for(framework: str, paths: Iterable[Path]) -> list[Path]:
     out = []
     for f in expand(paths):
         result = scan_file(f, Policy())
-        formats = [(tuple(chain.split(" ▸ ")), _fmt(fmt)) for chain, fmt in result.formats]
+        formats = [(chain, _fmt(fmt)) for chain, fmt in result.formats]
         if choose_framework(f, formats) == framework:
             out.append(f)
     return out
