@@ -97,12 +97,52 @@ def test_serve_runs_as_a_process_and_stops_cleanly(world: World, tmp_path: Path)
     assert [e.actor for e in world.registry.audit().entries() if e.action == "guard.predict"] == ["carol"]
 
 
+def _wait_healthy(proc: subprocess.Popen[bytes], url: str) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        assert time.monotonic() < deadline, "mlwarden serve did not start"
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+
+
+def test_serve_puts_metrics_on_their_own_listener(world: World, tmp_path: Path) -> None:
+    """Outside security review, item 10: /metrics (model, version, digest) was open on the public port."""
+    world.release("fraud", train_sklearn(tmp_path / "fraud.joblib", seed=1))
+    port, metrics_port = _free_port(), _free_port()
+    policy = tmp_path / "guard.yaml"
+    policy.write_text("connections:\n  max_connections_per_ip: 8\n  header_timeout_s: 5\n", encoding="utf-8")
+    env = {**os.environ, "MLWARDEN_TOKEN": world.tokens["dave"]}
+    env.pop("MLWARDEN_METRICS_TOKEN", None)
+    argv = [sys.executable, "-c", DRIVER, "serve", "--model", "fraud@production", "--port", str(port)]
+    argv += ["--metrics-port", str(metrics_port), "--policy", str(policy), *_registry_args(world)]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_healthy(proc, f"http://127.0.0.1:{port}/healthz")
+        public = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
+        private = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert public.status_code == 404
+    assert private.status_code == 200
+    assert "mlwarden_guard_serving_info" in private.text
+    assert proc.returncode == 0, err.decode()  # one Ctrl-C stops both listeners
+    assert f"metrics on 127.0.0.1:{metrics_port}" in err.decode()
+    assert "Traceback" not in err.decode()
+
+
 @pytest.mark.parametrize(
     ("extra", "env_token", "message"),
     [
         ([], None, "no API token for the service"),
         (["--policy", "/nonexistent/policy.yaml"], "dave", "cannot read it"),
         (["--poll", "0"], "dave", "--poll must be"),
+        (["--metrics-token", "short"], "dave", "a metrics token has"),
+        (["--port", "18080", "--metrics-port", "18080"], "dave", "--metrics-port must differ"),
     ],
 )
 def test_serve_refuses_bad_starts(

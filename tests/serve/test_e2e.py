@@ -22,7 +22,7 @@ from mlwarden.registry.states import State
 from mlwarden.serve.policy import parse_guard_policy
 from mlwarden.serve.service import ServiceOptions
 from tests.registry.conftest import db_url  # noqa: F401 - fixture used by name
-from tests.serve.world import World, bearer, opened_world, serve, tabular_data, train_sklearn
+from tests.serve.world import World, bearer, metrics_auth, opened_world, serve, tabular_data, train_sklearn
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -80,7 +80,7 @@ def test_serves_the_verified_version_and_audits_each_decision(world: World, tmp_
         assert "checks" not in body  # evidence goes to the audit log, not to the client
         served = http.get("/v1/models/fraud", headers=bearer(client)).json()
         assert served["digest"] == world.registry.resolve(world.principals["root"], ref).digest
-        metrics = http.get("/metrics").text
+        metrics = http.get("/metrics", headers=metrics_auth()).text
         assert 'mlwarden_guard_requests_total{decision="allowed",model="fraud",version="1"} 1.0' in metrics
         assert "openapi" in http.get("/openapi.json").json()
     events = _guard_events(world)
@@ -135,7 +135,7 @@ def test_refusals_get_their_status_and_no_traceback(world: World, tmp_path: Path
         assert_error(http.post("/v1/models/other/predict", json=good, headers=bearer(carol)), 404, "not_found")
         ok = http.post(url, json=good, headers=bearer(carol))
         assert ok.status_code == 200, ok.text
-        metrics = http.get("/metrics").text
+        metrics = http.get("/metrics", headers=metrics_auth()).text
     assert 'mlwarden_guard_rejections_total{model="fraud",reason="unauthenticated"} 2.0' in metrics
     refused = [e for e in _guard_events(world) if not e.allowed]
     assert any(e.actor == "eve" and "scope" in e.reason for e in refused)

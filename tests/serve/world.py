@@ -7,6 +7,7 @@ approve and deploy gates, and uvicorn listening on 127.0.0.1 on an ephemeral por
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,10 +23,11 @@ from mlwarden.integrity.signing import sign_model
 from mlwarden.registry.audit import CheckpointSigner
 from mlwarden.registry.roles import Principal
 from mlwarden.registry.service import Registry
-from mlwarden.serve.app import create_guard_app
+from mlwarden.serve.app import create_guard_app, create_metrics_app
 from mlwarden.serve.calibration import AdversarialSettings, capture
 from mlwarden.serve.policy import GuardPolicy
 from mlwarden.serve.servable import load_servable
+from mlwarden.serve.server import Listen, serve_all, uvicorn_config
 from mlwarden.serve.service import GuardService, ServiceOptions
 
 GATES = """
@@ -46,6 +48,8 @@ allowed_aliases = ["production", "staging"]
 """
 
 N_FEATURES = 8
+#: The metrics token the tests' guards are started with (``/metrics`` needs it on the public port).
+METRICS_TOKEN = "metrics-token-for-tests-0123456789"
 
 
 def tabular_data(n: int, seed: int, shift: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
@@ -165,10 +169,11 @@ def opened_world(db_url: str, tmp_path: Path) -> Iterator[World]:
 
 @dataclass
 class Live:
-    """A guard service and the uvicorn server in front of it."""
+    """A guard service and the uvicorn server in front of it (and the metrics listener's, when asked for)."""
 
     service: GuardService
     url: str
+    metrics_url: str | None = None
 
 
 @contextmanager
@@ -179,14 +184,24 @@ def serve(
     *,
     options: ServiceOptions | None = None,
     before_start: Callable[[GuardService], None] | None = None,
+    metrics_token: str | None = METRICS_TOKEN,
+    metrics_listener: bool = False,
 ) -> Iterator[Live]:
-    """Run ``GuardService`` for ``model`` behind uvicorn on 127.0.0.1 (ephemeral port) for the block."""
+    """Run ``GuardService`` for ``model`` behind uvicorn on 127.0.0.1 (ephemeral port) for the block.
+
+    The server is configured as ``mlwarden serve`` configures it (the policy's connection limits); with
+    ``metrics_listener`` a second listener on another ephemeral port serves ``/metrics`` (``Live.metrics_url``).
+    """
     service = GuardService(world.registry, world.principals["dave"], model, policy, options or ServiceOptions())
     if before_start is not None:
         before_start(service)
-    config = uvicorn.Config(create_guard_app(service), host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
+    app = create_guard_app(service, metrics_token=metrics_token)
+    server = uvicorn.Server(uvicorn_config(app, Listen("127.0.0.1", 0), policy.connections))
+    side = None
+    if metrics_listener:
+        side_app = create_metrics_app(service, token=metrics_token)
+        side = uvicorn.Server(uvicorn_config(side_app, Listen("127.0.0.1", 0), policy.connections))
+    thread = threading.Thread(target=asyncio.run, args=(serve_all(server, side),), daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
     try:
@@ -195,12 +210,20 @@ def serve(
             assert time.monotonic() < deadline, "uvicorn did not start"
             time.sleep(0.02)
         port = server.servers[0].sockets[0].getsockname()[1]
-        yield Live(service, f"http://127.0.0.1:{port}")
+        metrics_url = None
+        if side is not None:
+            metrics_url = f"http://127.0.0.1:{side.servers[0].sockets[0].getsockname()[1]}"
+        yield Live(service, f"http://127.0.0.1:{port}", metrics_url)
     finally:
         server.should_exit = True
         thread.join(timeout=20)
         service.close()
         assert not thread.is_alive(), "uvicorn did not shut down"
+
+
+def metrics_auth() -> dict[str, str]:
+    """The Authorization header of :data:`METRICS_TOKEN`."""
+    return bearer(METRICS_TOKEN)
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -2,7 +2,10 @@
 
 The service authenticates to the registry with its own token (``--token`` / ``$MLWARDEN_TOKEN``: a user with
 read, quarantine and rollback rights, e.g. a deployer, so playbooks can act); clients call it with their own
-registry tokens. Everything the guard does is set in the guard policy file (``--policy``, see docs/guard.md).
+registry tokens. Everything the guard does is set in the guard policy file (``--policy``, see docs/guard.md),
+including the connection limits of the listener (``connections``). ``/metrics`` names the model, its version and
+digest: it is served on the public port only with ``--metrics-token`` (scrapers send it as a bearer token), and
+on a listener of its own with ``--metrics-port`` (default address: loopback).
 """
 
 from __future__ import annotations
@@ -14,12 +17,14 @@ import os
 import sys
 from pathlib import Path
 
-from mlwarden.cli.api_cmd import _database_url, _port, serve_http, warn_if_plain_http
+from mlwarden.cli.api_cmd import _database_url, _is_loopback, _port, warn_if_plain_http
 from mlwarden.cli.registry_cmd import TOKEN_ENV
 from mlwarden.core.errors import UsageError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
+#: Where the metrics token is read from when ``--metrics-token`` is not given (a flag shows in ``ps``).
+METRICS_TOKEN_ENV = "MLWARDEN_METRICS_TOKEN"
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -43,6 +48,23 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     serve.add_argument("--signing-key", metavar="KEY", help="ECDSA private key (PEM) signing forensics bundles")
     serve.add_argument("--dynamic", action="store_true", help="also run the sandboxed dynamic analysis on load")
     serve.add_argument("--poll", type=float, default=5.0, metavar="S", help="registry poll period (default: 5)")
+    serve.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="PORT",
+        help="serve /metrics on a listener of its own at --metrics-host:PORT (default: no such listener)",
+    )
+    serve.add_argument(
+        "--metrics-host",
+        default=DEFAULT_HOST,
+        help=f"address of the metrics listener (default: {DEFAULT_HOST})",
+    )
+    serve.add_argument(
+        "--metrics-token",
+        metavar="TOKEN",
+        help=f"bearer token scrapers must send for /metrics; with it /metrics is also on the public port "
+        f"(default: ${METRICS_TOKEN_ENV}; without one, /metrics is only on the metrics listener)",
+    )
     serve.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate chain")
     serve.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
     serve.add_argument(
@@ -67,7 +89,8 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn  # noqa: F401 - checked here, so a missing extra is a clear error before anything loads
 
-        from mlwarden.serve.app import create_guard_app
+        from mlwarden.serve import server
+        from mlwarden.serve.app import check_metrics_token, create_guard_app, create_metrics_app
         from mlwarden.serve.policy import load_guard_policy
         from mlwarden.serve.service import GuardService, ServiceOptions
     except ImportError as exc:
@@ -81,6 +104,15 @@ def run_serve(args: argparse.Namespace) -> int:
         raise UsageError("--tls-cert and --tls-key go together")
     if args.poll <= 0:
         raise UsageError("--poll must be a positive number of seconds")
+    metrics_token = check_metrics_token(args.metrics_token or os.environ.get(METRICS_TOKEN_ENV))
+    if args.metrics_port is not None and args.metrics_port == args.port and args.metrics_host == args.host:
+        raise UsageError("--metrics-port must differ from --port (the metrics listener is a server of its own)")
+    if args.metrics_port is not None and metrics_token is None and not _is_loopback(args.metrics_host):
+        print(
+            f"mlwarden: warning: /metrics on {args.metrics_host} without --metrics-token: anyone who reaches that "
+            "address sees the model's name, version and digest",
+            file=sys.stderr,
+        )
     policy = load_guard_policy(args.policy)
     signer = _signer(args.signing_key)
     token = args.token or os.environ.get(TOKEN_ENV)
@@ -109,8 +141,19 @@ def run_serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
+    listen = server.Listen(args.host, args.port, args.tls_cert, args.tls_key, args.log_level)
+    main_config = server.uvicorn_config(
+        create_guard_app(service, metrics_token=metrics_token), listen, policy.connections
+    )
+    metrics_config = None
+    if args.metrics_port is not None:
+        metrics_listen = server.Listen(args.metrics_host, args.metrics_port, log_level=args.log_level)
+        metrics_config = server.uvicorn_config(
+            create_metrics_app(service, token=metrics_token), metrics_listen, policy.connections
+        )
+        print(f"mlwarden: metrics on {args.metrics_host}:{args.metrics_port}", file=sys.stderr, flush=True)
     try:
-        serve_http(create_guard_app(service), args, access_log=False)
+        server.run(main_config, metrics_config)
     finally:
         service.close()
         registry.close()

@@ -1,14 +1,17 @@
 """The guard's HTTP face: a FastAPI app over one :class:`~mlwarden.serve.service.GuardService`.
 
 Endpoints: ``POST /v1/models/{name}/predict``, ``GET /v1/models/{name}`` (what is served), ``GET
-/v1/models/{name}/monitor`` (the monitor's state), ``GET /healthz``, ``GET /metrics`` (Prometheus) and the
-OpenAPI document at ``/openapi.json`` with docs at ``/docs``. Errors share the registry API's shape
+/v1/models/{name}/monitor`` (the monitor's state), ``GET /healthz`` and the OpenAPI document at ``/openapi.json``
+with docs at ``/docs``. ``GET /metrics`` (Prometheus) names the model, its version and digest, so it is on this
+app only behind a metrics token; :func:`create_metrics_app` serves it on a listener of its own (``mlwarden serve
+--metrics-port``). Errors share the registry API's shape
 ``{"error": {"code", "message"}}`` and its handlers: no traceback ever reaches a client, body sizes are
 enforced while the bytes arrive (413), malformed JSON is a 422 that never echoes the input.
 """
 
 from __future__ import annotations
 
+import hmac
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Security
@@ -23,6 +26,7 @@ from mlwarden.api.deps import MAX_TOKEN_LENGTH, bearer
 from mlwarden.api.errors import CHALLENGE, CHALLENGE_INVALID, ApiError
 from mlwarden.api.limits import BodyLimit, Limits
 from mlwarden.api.routes import errors as error_responses
+from mlwarden.core.errors import UsageError
 from mlwarden.registry.errors import AuthError
 from mlwarden.registry.roles import Permission, Principal
 from mlwarden.serve.requests import PredictRequest, PredictResponse, handle_predict, settle
@@ -149,14 +153,74 @@ def healthz(service: ServiceDep) -> JSONResponse:
     return JSONResponse(body)
 
 
-@health.get("/metrics", summary="Prometheus metrics", response_class=Response)
-def metrics(service: ServiceDep) -> Response:
-    """Requests, decisions, check outcomes, latency, drift statistics, control charts, alerts, playbook steps."""
-    return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+#: Shortest metrics token accepted (a guessable one would put the model's identity back in the open).
+MIN_METRICS_TOKEN = 16
 
 
-def create_guard_app(service: GuardService) -> FastAPI:
-    """The HTTP app over ``service`` (serve it with uvicorn; ``mlwarden serve`` does)."""
+def check_metrics_token(token: str | None) -> str | None:
+    """``token`` stripped, or ``None``; raises :class:`UsageError` when it is too short to be a secret."""
+    if token is None or not token.strip():
+        return None
+    token = token.strip()
+    if len(token) < MIN_METRICS_TOKEN or len(token) > MAX_TOKEN_LENGTH:
+        raise UsageError(f"a metrics token has {MIN_METRICS_TOKEN} to {MAX_TOKEN_LENGTH} characters")
+    return token
+
+
+def _metrics_router(token: str | None) -> APIRouter:
+    """``GET /metrics``, requiring ``Authorization: Bearer <token>`` when ``token`` is set."""
+
+    async def authorize(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
+    ) -> None:
+        if token is None:
+            return
+        given = (credentials.credentials if credentials is not None else "").strip().encode("utf-8", "replace")
+        if not hmac.compare_digest(given, token.encode("utf-8")):  # constant time: the token is a secret
+            raise ApiError(401, "unauthenticated", "the metrics token is missing or wrong", CHALLENGE_INVALID)
+
+    router = APIRouter(tags=["health"])
+
+    @router.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=Response,
+        dependencies=[Depends(authorize)],
+        responses=error_responses(401),
+    )
+    def metrics(service: ServiceDep) -> Response:
+        """Requests, decisions, check outcomes, latency, drift statistics, control charts, alerts, playbook steps."""
+        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+def create_metrics_app(service: GuardService, *, token: str | None = None) -> FastAPI:
+    """Only ``GET /metrics`` of ``service``, for a listener of its own (e.g. on an internal address).
+
+    Args:
+        service: the guard service whose metrics are served.
+        token: when set, scrapers must send ``Authorization: Bearer <token>``.
+    """
+    app = FastAPI(title=f"mlwarden guard metrics: {service.name}", openapi_url=None, docs_url=None, redoc_url=None)
+    app.state.service = service
+    errors.install(app)
+    app.include_router(_metrics_router(check_metrics_token(token)))
+    app.add_middleware(errors.CatchAll)
+    app.add_middleware(BodyLimit, limits=Limits(max_body_bytes=1024, max_upload_bytes=1))
+    return app
+
+
+def create_guard_app(service: GuardService, *, metrics_token: str | None = None) -> FastAPI:
+    """The HTTP app over ``service`` (serve it with uvicorn; ``mlwarden serve`` does).
+
+    Args:
+        service: the guard service.
+        metrics_token: serve ``GET /metrics`` here too, to scrapers sending ``Authorization: Bearer <token>``.
+            Without it this app has no ``/metrics``: the series name the model, its version and digest, which
+            an anonymous client must not learn (serve them with :func:`create_metrics_app` instead).
+    """
+    metrics_token = check_metrics_token(metrics_token)
     app = FastAPI(
         title=f"mlwarden guard: {service.name}",
         version=__version__,
@@ -169,6 +233,8 @@ def create_guard_app(service: GuardService) -> FastAPI:
     app.state.service = service
     errors.install(app)
     app.include_router(health)
+    if metrics_token is not None:
+        app.include_router(_metrics_router(metrics_token))
     app.include_router(router)
     limits = Limits(max_body_bytes=service.policy.limits.max_body_bytes, max_upload_bytes=1)
     app.add_middleware(errors.CatchAll)

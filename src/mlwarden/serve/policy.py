@@ -143,6 +143,34 @@ class LimitSettings(_Section):
     records_kept: int = Field(default=1000, ge=0, le=1_000_000)
 
 
+class ConnectionSettings(_Section):
+    """Limits of the listening socket, against slowloris and connection floods (``serve/connections.py``).
+
+    Found by a security review: about 20,000 connections holding partial headers made ``/healthz`` fail for 15 s.
+
+    Attributes:
+        max_connections: open connections at most; a new one beyond it is closed at accept. uvicorn's
+            ``limit_concurrency`` is set one above, so it bounds requests in flight without refusing requests on
+            connections already admitted.
+        max_connections_per_ip: open connections from one client address (an IPv6 client: its /64) at most;
+            ``0`` turns the cap off — do that behind a reverse proxy, where every client has the proxy's address.
+        header_timeout_s: time a request's line and headers may take, counted from the connection's opening or
+            from the first byte of a later request on it; beyond it: 408 and the connection closed.
+        body_timeout_s: time the body may take after the headers; beyond it: 408 (if no answer started) and closed.
+        keep_alive_s: idle time allowed between requests on one connection.
+        max_header_bytes: request line and headers at most (431 and closed beyond it).
+        backlog: connections the kernel queues before they are accepted.
+    """
+
+    max_connections: int = Field(default=1024, ge=1, le=1_000_000)
+    max_connections_per_ip: int = Field(default=64, ge=0, le=1_000_000)
+    header_timeout_s: float = Field(default=10.0, gt=0.0, le=3600.0)
+    body_timeout_s: float = Field(default=30.0, gt=0.0, le=3600.0)
+    keep_alive_s: int = Field(default=5, ge=1, le=3600)
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024)
+    backlog: int = Field(default=1024, ge=1, le=65_535)
+
+
 class GuardPolicy(_Section):
     """Everything the guard does for one served model (see the module docstring)."""
 
@@ -154,6 +182,7 @@ class GuardPolicy(_Section):
     output: OutputSettings = Field(default_factory=OutputSettings)
     extraction: ExtractionSettings = Field(default_factory=ExtractionSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    connections: ConnectionSettings = Field(default_factory=ConnectionSettings)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     playbooks: tuple[Playbook, ...] = ()
 

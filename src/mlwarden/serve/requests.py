@@ -3,12 +3,15 @@
 The order is fixed and each step can end the request: scope (403) → rate (429) → shape against the served
 version's signature (422) → input checks (403 when blocked) → model → per-client extraction check (429/403,
 the answer withheld) → output filtering (masking, or 403 when PII blocks) → monitor, audit, reply. A refused
-request is audited like an allowed one; blocked and flagged ones before the reply is sent.
+request is audited like an allowed one; blocked and flagged ones before the reply is sent. A refused client gets
+a stable code (guard decisions add a ``reason``, see :data:`REFUSALS`) and a generic message; the evidence behind
+it goes to the audit log only.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from collections.abc import Mapping
@@ -16,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag
+from pydantic_core import PydanticCustomError
 
 from mlwarden.core.errors import MlwardenError
 from mlwarden.monitor.alerts import Alert
@@ -32,7 +36,40 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mlwarden.serve")
 
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+def _strict_number(value: Any) -> float:
+    """A feature value: a JSON number and nothing else, finite.
+
+    Found by a security review: lax parsing accepted ``"0.5"``, ``"1_000"`` and ``true`` as numbers, so what the
+    guard checked was not what the client sent.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PydanticCustomError("strict_number", "must be a JSON number (not a string, boolean or null)")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise PydanticCustomError("finite_number", "must be a finite number (too large)") from None
+    if not math.isfinite(number):
+        raise PydanticCustomError("finite_number", "must be a finite number (NaN and Infinity are refused)")
+    return number
+
+
+#: A feature value: strict (see :func:`_strict_number`), finite.
+FiniteFloat = Annotated[float, BeforeValidator(_strict_number), Field(allow_inf_nan=False)]
+
+
+def _input_kind(value: Any) -> str:
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return "texts"
+    return "rows"
+
+
+#: ``inputs``: rows of numbers or texts; errors are located as ``inputs.rows.I.J`` or ``inputs.texts.I``.
+Inputs = Annotated[
+    Annotated[list[list[FiniteFloat]], Field(min_length=1), Tag("rows")]
+    | Annotated[list[str], Field(min_length=1), Tag("texts")],
+    Discriminator(_input_kind),
+]
 #: Inputs kept per forensics record (a request of many rows is summarised).
 MAX_RECORD_ROWS = 16
 
@@ -42,13 +79,13 @@ class PredictRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"inputs": [[0.1, 2.0, 3.5]]}]})
 
-    inputs: list[list[FiniteFloat]] | list[str] | None = Field(
-        default=None, min_length=1, description="Tabular rows (numbers in the model's feature order) or texts."
+    inputs: Inputs | None = Field(
+        default=None, description="Tabular rows (JSON numbers in the model's feature order) or texts."
     )
     instances: list[dict[str, FiniteFloat]] | None = Field(
         default=None,
         min_length=1,
-        description="Tabular rows as {feature name: value} (names from the model's baseline).",
+        description="Tabular rows as {feature name: JSON number} (names from the model's baseline).",
     )
 
 
@@ -97,14 +134,53 @@ def settle(service: GuardService, reply: Reply) -> Reply:
     return Reply(reply.status, reply.body, reply.headers)
 
 
+#: What a client is told when a check refuses its request: a stable reason code and a generic message. The
+#: evidence (scores, thresholds, distances, detector names) goes to the audit log only: a client that saw it could
+#: tune its inputs against the detectors (found by a security review: ``prada: Shapiro-Wilk W=... < delta=...``
+#: and Mahalanobis distances reached clients).
+REFUSALS: dict[str, tuple[str, str]] = {
+    "range": ("out_of_range", "an input value is outside the baseline range"),
+    "ood": ("out_of_distribution", "the input is unlike the data this model was approved for"),
+    "adversarial": ("adversarial_suspected", "the input was refused as a likely adversarial example"),
+    "prompt": ("prompt_injection", "the text was refused as a likely prompt injection or jailbreak"),
+    "output_pii": ("output_withheld", "the answer was withheld: it contained personal data or secrets"),
+    "extraction": ("extraction_suspected", "the query pattern of this client suggests model extraction"),
+}
+#: The reason of a block no check claimed (a policy the table above does not know yet).
+GENERIC_REFUSAL = ("blocked", "the request was refused by the guard policy")
+
+
 class _Refused(Exception):
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+    """A refusal: ``message`` goes to the client, ``detail`` (default: the message) to the audit log."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        *,
+        reason: str | None = None,
+        detail: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+        self.reason = reason
+        self.detail = detail if detail is not None else message
 
 
-def _error(status: int, code: str, message: str, request_id: str, headers: dict[str, str] | None = None) -> Reply:
-    return Reply(status, {"error": {"code": code, "message": message, "request_id": request_id}}, headers or {})
+def _error(
+    status: int,
+    code: str,
+    message: str,
+    request_id: str,
+    headers: dict[str, str] | None = None,
+    reason: str | None = None,
+) -> Reply:
+    error: dict[str, Any] = {"code": code, "message": message, "request_id": request_id}
+    if reason is not None:
+        error["reason"] = reason
+    return Reply(status, {"error": error}, headers or {})
 
 
 def _rows(deployment: Deployment, payload: Mapping[str, Any], max_rows: int, max_chars: int) -> np.ndarray | list[str]:
@@ -181,31 +257,35 @@ def handle_predict(service: GuardService, principal: Principal, name: str, paylo
         return _error(404, "not_found", f"this service serves {model!r}, not {name!r}", request_id)
     if service.halted:
         metrics.rejections.labels(model, "halted").inc()
-        return _error(503, "unavailable", f"not serving: {service.halted}", request_id, {"Retry-After": "30"})
+        log.warning("request %s refused: not serving: %s", request_id, service.halted)
+        return _error(503, "unavailable", "the model is not being served right now", request_id, {"Retry-After": "30"})
     checks: list[CheckResult] = []
     n_rows = 0
     try:
         why = may_predict(principal, f"model:{deployment.info.ref}")
         if why:
-            raise _Refused(403, "forbidden", why)
+            raise _Refused(403, "forbidden", "this token may not call this model", detail=why)
         rate = service.rates.take(principal.username)
         if not rate.allowed:
             retry = str(max(1, int(rate.retry_after_s + 0.999)))
-            raise _Refused(429, "rate_limited", "too many requests for this client", {"Retry-After": retry})
+            raise _Refused(
+                429, "rate_limited", "too many requests for this client", {"Retry-After": retry}, reason="rate_limited"
+            )
         limits = service.policy.input
         rows = _rows(deployment, payload, limits.max_rows, limits.max_text_chars)
         n_rows = len(rows)
         checks.extend(deployment.guard.check_input(rows))
         if decide(checks) == "blocked":
-            raise _Refused(403, "blocked_by_guard", _worst(checks))
+            raise _blocked(checks)
         model_started = time.perf_counter()
         try:
             prediction = deployment.servable.predict(rows)
         except Exception as exc:  # the model's own failure: recorded, never shown to the client
-            reference = uuid.uuid4().hex[:12]
-            log.error("model %s failed on request %s (%s): %r", deployment.info.ref, request_id, reference, exc)
+            log.error("model %s failed on request %s: %r", deployment.info.ref, request_id, exc)
             service.monitor.observe(features=None, confidence=None, latency_s=time.perf_counter() - started, error=True)
-            raise _Refused(500, "model_error", f"the model failed (reference {reference})") from None
+            raise _Refused(
+                500, "model_error", "the model failed; quote the request_id", detail="the model failed (service log)"
+            ) from None
         metrics.model_seconds.labels(model).observe(time.perf_counter() - model_started)
         if isinstance(rows, np.ndarray):
             client = deployment.guard.check_client(principal.username, rows, prediction, time.time())
@@ -214,18 +294,19 @@ def handle_predict(service: GuardService, principal: Principal, name: str, paylo
                 if client.outcome in ("throttle", "block"):
                     service.alert(_extraction_alert(principal, client))
                     status = 429 if client.outcome == "throttle" else 403
-                    raise _Refused(status, "extraction_suspected", client.detail)
+                    reason, message = REFUSALS["extraction"]
+                    raise _Refused(status, reason, message, reason=reason, detail=client.detail)
         outputs, output_checks = deployment.guard.filter_output(prediction)
         checks.extend(output_checks)
         if decide(checks) == "blocked":
-            raise _Refused(403, "blocked_by_guard", "the response was withheld: " + _worst(checks))
+            raise _blocked(checks, prefix="the response was withheld: ")
     except _Refused as refused:
         decision: Decision = "throttled" if refused.status == 429 else "blocked"
         if refused.status in (404, 413, 422):
             decision = "blocked"
         return _finish_refusal(service, principal, deployment, request_id, refused, checks, n_rows, started, decision)
     except MlwardenError as exc:  # e.g. non-finite scores, a detector's limit: refuse, never serve unchecked
-        invalid = _Refused(422, "invalid_input", str(exc))
+        invalid = _Refused(422, "invalid_input", "the input could not be checked", detail=str(exc))
         return _finish_refusal(service, principal, deployment, request_id, invalid, checks, n_rows, started, "blocked")
     decision = decide(checks)
     elapsed = time.perf_counter() - started
@@ -258,9 +339,12 @@ def handle_predict(service: GuardService, principal: Principal, name: str, paylo
     return Reply(200, body, audit=pending, audit_required=True)
 
 
-def _worst(checks: list[CheckResult]) -> str:
+def _blocked(checks: list[CheckResult], prefix: str = "") -> _Refused:
+    """The refusal of a blocked request: the first blocking check's reason; every blocking check's detail audited."""
     blocking = [c for c in checks if c.outcome in ("block", "throttle")]
-    return "; ".join(c.detail for c in blocking) or "blocked by the guard policy"
+    reason, message = REFUSALS.get(blocking[0].check, GENERIC_REFUSAL) if blocking else GENERIC_REFUSAL
+    detail = prefix + ("; ".join(c.detail for c in blocking) or "blocked by the guard policy")
+    return _Refused(403, "blocked_by_guard", message, reason=reason, detail=detail)
 
 
 def _finish_refusal(
@@ -283,11 +367,13 @@ def _finish_refusal(
         service.metrics.rejections.labels(service.name, reason_label.get(refused.status, "other")).inc()
     for check in checks:
         service.metrics.checks.labels(service.name, check.check, check.outcome).inc()
-    event = _event(service, principal, deployment, request_id, decision, checks, n_rows, refused.message)
+    event = _event(service, principal, deployment, request_id, decision, checks, n_rows, refused.detail)
     # Guard blocks are evidence: written before the reply. Rate and schema refusals are batched (a flood of
     # them must not turn into a flood of synchronous writes).
-    _record(service, principal, request_id, decision, None, None, refused.message)
-    reply = _error(refused.status, refused.code, refused.message, request_id, refused.headers)
+    _record(service, principal, request_id, decision, None, None, refused.detail)
+    reply = _error(refused.status, refused.code, refused.message, request_id, refused.headers, refused.reason)
+    if service.policy.output.expose_evidence and checks:  # for testing a policy, never in production
+        reply.body["error"]["checks"] = [c.to_dict() for c in checks]
     if refused.code in ("blocked_by_guard", "extraction_suspected", "forbidden"):
         return Reply(reply.status, reply.body, reply.headers, audit=event)  # the refusal stands either way
     try:
