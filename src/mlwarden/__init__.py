@@ -10,9 +10,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-__version__ = "0.1.0"
-
-from mlwarden.core.errors import (  # noqa: E402
+from mlwarden._version import __version__
+from mlwarden.core.errors import (
     LimitExceeded,
     MlwardenError,
     PolicyError,

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlwarden import __version__
+from mlwarden._version import __version__
 from mlwarden.core.errors import MlwardenError, UsageError
 from mlwarden.core.findings import Severity
 
@@ -38,6 +38,7 @@ COMMAND_MODULES = (
     "monitor_cmd",
     "forensics_cmd",
     "suppress_cmd",
+    "datacheck_cmd",  # extends `data` (declared by provenance_cmd) with `check`
 )
 FORMATS = ("text", "json", "sarif", "html")
 

@@ -44,7 +44,7 @@ from cyclonedx.model.license import DisjunctiveLicense, License, LicenseExpressi
 from cyclonedx.output.json import JsonV1Dot6
 from packageurl import PackageURL
 
-from mlwarden import __version__
+from mlwarden._version import __version__
 from mlwarden.core.errors import UsageError
 from mlwarden.integrity.hashing import ModelManifest, hash_model
 from mlwarden.integrity.keys import PublicKey

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlwarden import __version__
+from mlwarden._version import __version__
 from mlwarden.artifacts.artifact import Artifact
 from mlwarden.core.errors import UsageError
 from mlwarden.core.findings import Finding

@@ -1,0 +1,135 @@
+"""``mlwarden data check DATA`` and ``mlwarden data manifest … --check REPORT.json``.
+
+``data check`` always exits 0 when the report was produced: its results are numbers, and what rate is too high
+is the registry gates' decision, not this command's. Exit 2 (one line on stderr) for a missing or corrupt file,
+an unknown column or a wrong argument. ``data manifest --check`` fills the manifest's ``pii_scan`` field with the
+report's summary before signing (:mod:`mlwarden.datacheck.attach`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mlwarden.core.errors import UsageError
+
+EXIT_OK = 0
+
+
+def _data_actions(sub: Any) -> Any:
+    """The ``data`` command's sub-command action (``data`` itself is declared in ``provenance_cmd``)."""
+    data = sub.choices.get("data")
+    if data is None:
+        raise RuntimeError("datacheck_cmd must be registered after provenance_cmd (it extends `data`)")
+    return next(a for a in data._actions if isinstance(a, argparse._SubParsersAction))
+
+
+def add_parser(sub: Any) -> None:
+    """Add ``data check`` and ``data manifest --check`` to the ``data`` command."""
+    from mlwarden.datacheck.model import CHECKS
+
+    actions = _data_actions(sub)
+    check = actions.add_parser(
+        "check",
+        help="check a dataset: label errors, duplicates, outliers, class balance, personal data, backdoors",
+        description="Stream DATA (CSV, Parquet, JSON Lines, NPY/NPZ, or a folder of images with one sub-folder "
+        "per class) and report numbers with confidence intervals. See docs/data-checks.md.",
+    )
+    check.add_argument("data", metavar="DATA", help="data file or image folder")
+    check.add_argument("--label", metavar="COL", help="the label column (NPZ: the label array)")
+    check.add_argument("--sensitive", metavar="COL", help="a sensitive attribute: rates are broken down by group")
+    check.add_argument("--format", "-f", choices=("text", "json", "html"), default="text")
+    check.add_argument("--output", "-o", metavar="FILE", help="write the report to FILE instead of stdout")
+    check.add_argument("--model", metavar="MODEL", help="model trained on DATA (image folders: backdoor check)")
+    check.add_argument("--checks", nargs="+", metavar="ID", choices=sorted(CHECKS), help="checks to run")
+    check.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    check.add_argument("--chunk-rows", type=int, default=50_000, metavar="N", help="rows per streamed chunk")
+    check.add_argument("--folds", type=int, default=5, metavar="K", help="cross-validation folds (default 5)")
+    check.add_argument("--max-model-rows", type=int, default=200_000, metavar="N",
+                       help="rows sampled for the model-based checks (default 200000)")  # fmt: skip
+    check.add_argument("--near-tolerance", type=float, default=0.05, metavar="SD",
+                       help="near-duplicate bin width in standard deviations (default 0.05)")  # fmt: skip
+    check.set_defaults(run=_check)
+
+    manifest = actions.choices["manifest"]
+    manifest.add_argument("--check", metavar="REPORT", help="data-check JSON report to record in the manifest")
+    manifest.set_defaults(run=functools.partial(_manifest_with_check, manifest.get_default("run")))
+
+
+def _check(args: argparse.Namespace) -> int:
+    from mlwarden.datacheck import DEFAULT_CHECKS, CheckOptions, check_dataset
+    from mlwarden.datacheck.render import render
+
+    if args.output and not Path(args.output).resolve().parent.is_dir():
+        raise UsageError(f"--output: folder {Path(args.output).resolve().parent} does not exist")
+    checks = tuple(args.checks) if args.checks else DEFAULT_CHECKS + (("backdoor",) if args.model else ())
+    options = CheckOptions(
+        label=args.label,
+        sensitive=args.sensitive,
+        checks=checks,
+        seed=args.seed,
+        chunk_rows=args.chunk_rows,
+        folds=args.folds,
+        max_model_rows=args.max_model_rows,
+        near_tolerance=args.near_tolerance,
+        model=args.model,
+    )
+    report = check_dataset(args.data, options)
+    text = render(report, args.format)
+    if args.output:
+        try:
+            Path(args.output).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"--output: cannot write {args.output}: {exc.strerror or exc}") from None
+        print(f"wrote {args.format} data-check report {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    for result in report.checks:
+        if result.status == "error":
+            print(f"mlwarden: error: check {result.id} could not run: {result.reason}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _manifest_with_check(original: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """``data manifest`` as usual; with ``--check``, its ``pii_scan`` holds the report's summary."""
+    if not args.check:
+        return original(args)
+    import dataclasses
+
+    from mlwarden.cli.provenance_cmd import _inside, _write
+    from mlwarden.datacheck.attach import manifest_summary, read_report
+    from mlwarden.integrity.dataset import build_dataset_manifest, dataset_statement, sign_dataset_manifest
+
+    report, report_sha256 = read_report(args.check)
+    ignore = []
+    for raw in [*args.ignore_paths, args.output, args.check]:
+        relative = _inside(Path(raw), Path(args.dir))
+        if relative is None and raw in args.ignore_paths:
+            raise UsageError(f"--ignore-paths: {raw} is not inside the dataset folder {args.dir}")
+        if relative is not None and relative not in ignore:
+            ignore.append(relative)  # the manifest and the report do not list themselves
+    manifest = build_dataset_manifest(
+        args.dir,
+        name=args.name,
+        source=args.source,
+        license=args.license,
+        collected_at=args.collected_at,
+        description=args.description,
+        ignore_paths=ignore,
+    )
+    manifest = dataclasses.replace(manifest, pii_scan=manifest_summary(report, report_sha256, manifest))
+    _write(
+        dataset_statement(manifest),
+        lambda key, password: sign_dataset_manifest(manifest, key, password=password),
+        args,
+    )
+    state = "unsigned" if args.unsigned else "signed"
+    print(
+        f"{state} dataset manifest {args.output}: {manifest.name}, {manifest.file_count} file(s), "
+        f"{manifest.total_size:,} bytes, digest sha256:{manifest.digest}; data check {report_sha256[:12]} recorded"
+    )
+    return EXIT_OK
