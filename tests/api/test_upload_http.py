@@ -107,9 +107,15 @@ def test_signature_of_other_bytes_is_refused(
     sign_model(signed, keys[0], tmp_path / "weights.sig")
     (tmp_path / "other").mkdir()
     other = make_model(tmp_path / "other" / "weights.npy", seed=2)
-    _post_signed(signed_client, signed_users, other, tmp_path / "weights.sig")
-    refused = signed_client.post("/v1/models/fraud/versions/1/approve", headers=signed_users.approver)
-    assert_error(refused, 409, "gate_refused")
+    files = [
+        ("model", (other.name, other.read_bytes(), "application/octet-stream")),
+        ("signature", ("weights.sig", (tmp_path / "weights.sig").read_bytes(), "application/json")),
+    ]
+    refused = signed_client.post("/v1/models/fraud/versions", files=files, headers=signed_users.submitter)
+    error = assert_error(refused, 422, "invalid_input")
+    assert "signs other bytes" in error["message"]
+    assert "mlwarden-upload" not in error["message"]
+    assert "/tmp" not in error["message"]
 
 
 def test_a_bad_signature_file_is_422_without_server_paths(

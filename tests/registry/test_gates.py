@@ -12,7 +12,7 @@ import pytest
 from mlwarden.core.errors import PolicyError
 from mlwarden.registry import _lifecycle
 from mlwarden.registry.db import Database
-from mlwarden.registry.errors import GateRefused
+from mlwarden.registry.errors import BadInput, GateRefused
 from mlwarden.registry.gates import Evidence, Gates, evaluate_approve, load_gates
 from mlwarden.registry.models import utcnow
 from mlwarden.registry.states import State
@@ -150,13 +150,12 @@ def test_approve_requires_a_signature(w: World) -> None:
     assert _refusal(lambda: w.registry.approve(BOB, v.ref)) == ("signature_required",)
 
 
-def test_approve_refuses_a_signature_over_other_bytes(w: World) -> None:
+def test_a_signature_over_other_bytes_is_refused_at_registration(w: World) -> None:
     path, _ = w.model(seed=1)
     other, _ = w.model(seed=2)
-    v = w.registry.register(ALICE, "fraud", path, signature=sign(other, w.keys), dataset_manifests=[w.manifest])
-    w.registry.scan(ALICE, v.ref, modes=STATIC)
-    with pytest.raises(GateRefused, match="file changed"):
-        w.registry.approve(BOB, v.ref)
+    with pytest.raises(BadInput, match="signs other bytes than this version's"):
+        w.registry.register(ALICE, "fraud", path, signature=sign(other, w.keys), dataset_manifests=[w.manifest])
+    assert w.registry.list_models(VIC) == []
 
 
 def test_approve_requires_a_dataset_manifest(w: World) -> None:
@@ -205,8 +204,7 @@ def test_deploy_refuses_corrupted_stored_bytes(w: World) -> None:
 def test_deploy_re_verifies_the_signature(w: World) -> None:
     v = w.approved()
     rogue = make_keys(w.root / "rogue", "rogue")
-    path, _ = w.model(seed=0)
-    w.registry.attach(ALICE, v.ref, "signature", sign(path, rogue, w.root / "rogue.sig"))
+    _with_gates(w, deploy_trusted_keys=(str(rogue.public),))  # the approved signature is not by a deploy key
     assert _refusal(lambda: w.registry.deploy(CAROL, v.ref, "production")) == ("signature_required",)
 
 

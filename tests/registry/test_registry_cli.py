@@ -21,11 +21,14 @@ class Cli:
     def __init__(self, db_url: str, root: Path, capsys: pytest.CaptureFixture[str]) -> None:
         self.base = ["--db", db_url, "--home", str(root / "home"), "--gates", str(root / "gates.toml")]
         self.capsys = capsys
+        self.token_file = root / "cli-token"
 
     def __call__(self, *argv: str, token: str | None = None) -> tuple[int, str, str]:
         self.capsys.readouterr()
         # the common options belong to the leaf command: append them after the command words
-        extra = [*self.base, *(["--token", token] if token else [])]
+        if token:  # a file, not --token: a token on the command line is visible in ps (and warned about)
+            self.token_file.write_text(token)
+        extra = [*self.base, *(["--token-file", str(self.token_file)] if token else [])]
         code = cli.main([*argv, *extra])
         out, err = self.capsys.readouterr()
         return code, out, err
@@ -134,3 +137,23 @@ def test_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     code, _, err = empty("models", token="mlw_" + "x" * 43)
     assert code == 2
     assert "mlwarden registry init" in err
+
+
+def test_tokens_come_from_the_environment_or_a_file_and_argv_warns(
+    setup: tuple[Cli, dict[str, str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Security review 2027-01, item 6: ``--token`` on a command line is visible to every local user in ``ps``."""
+    run, tokens, root = setup
+    code, _, err = run("models", "--token", tokens["root"])
+    assert code == 0
+    assert "--token puts the token on the command line" in err
+    token_file = root / "token"
+    token_file.write_text(tokens["root"] + "\n")
+    token_file.chmod(0o600)
+    code, _, err = run("models", "--token-file", str(token_file))
+    assert code == 0
+    assert "warning" not in err
+    monkeypatch.setenv("MLWARDEN_TOKEN", tokens["root"])
+    code, _, err = run("models")
+    assert code == 0
+    assert "warning" not in err

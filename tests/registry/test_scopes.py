@@ -315,7 +315,8 @@ def test_cli_issues_lists_and_enforces_scoped_tokens(
 
     def run(*argv: str, token: str) -> tuple[int, str, str]:
         capsys.readouterr()
-        code = cli.main([*argv, *base, "--token", token])
+        monkeypatch.setenv("MLWARDEN_TOKEN", token)  # not --token: the command line is visible in ps (warned)
+        code = cli.main([*argv, *base])
         out, err = capsys.readouterr()
         return code, out, err
 

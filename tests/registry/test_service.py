@@ -210,9 +210,11 @@ def test_separation_of_duties_even_for_admin(w: World) -> None:
 def _call(w: World, action: str, who: Principal) -> object:
     r = w.registry
     path, signature = w.model(seed=3)
+    report = w.root / "tests.json"  # evidence is attached before approval, bound to the version's digest
+    report.write_text(json.dumps({"model_digest": r.resolve(VIC, "fraud:4").digest, "passed": 10}))
     calls = {
         "register": lambda: r.register(who, "other", path),
-        "attach": lambda: r.attach(who, "fraud:1", "test_report", signature),
+        "attach": lambda: r.attach(who, "fraud:4", "test_report", report),
         "scan": lambda: r.scan(who, "fraud:1", modes=STATIC),
         "approve": lambda: r.approve(who, "fraud:4"),
         "release": lambda: r.release(who, "fraud:3"),
@@ -374,9 +376,9 @@ def test_retire_hook_failure_rolls_everything_back(w: World) -> None:
 
 
 def test_attach_adds_evidence_but_not_to_retired(w: World) -> None:
-    w.register()
+    v = w.register()
     report = w.root / "tests.json"
-    report.write_text('{"passed": 10}')
+    report.write_text(json.dumps({"model_digest": v.digest, "passed": 10}))
     info = w.registry.attach(ALICE, "fraud:1", "test_report", report)
     assert info.latest(AttachmentKind.TEST_REPORT) is not None
     with pytest.raises(BadInput, match="unknown attachment kind"):

@@ -13,7 +13,7 @@ from fastapi import APIRouter, FastAPI
 
 from mlwarden import __version__
 from mlwarden.api import errors
-from mlwarden.api.deps import RegistryDep
+from mlwarden.api.deps import AuthenticateFirst, RegistryDep
 from mlwarden.api.limits import BodyLimit, Limits
 from mlwarden.api.routes import admin, lifecycle, models, retire
 from mlwarden.api.routes import errors as error_responses
@@ -72,6 +72,9 @@ def create_app(
     app.include_router(admin.router)
     # Middleware order: the last added runs first. BodyLimit sees the raw stream before any handler reads it;
     # CatchAll sits inside Starlette's own error middleware so it answers unexpected errors itself.
+    # AuthenticateFirst runs before any route reads or parses the body: an anonymous caller learns nothing from
+    # a 422 and streams nothing to disk.
     app.add_middleware(errors.CatchAll)
+    app.add_middleware(AuthenticateFirst, registry=registry)
     app.add_middleware(BodyLimit, limits=app.state.limits)
     return app

@@ -34,6 +34,7 @@ from mlwarden.registry.errors import (
     NotFound,
     PermissionDenied,
     RegistryError,
+    scrub_paths,
 )
 
 log = logging.getLogger("mlwarden.api")
@@ -86,7 +87,7 @@ def error_response(
     status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any
 ) -> JSONResponse:
     """The one shape of every error body."""
-    detail: dict[str, Any] = {"code": code, "message": message}
+    detail: dict[str, Any] = {"code": code, "message": scrub_paths(message)}
     detail.update({k: v for k, v in extra.items() if v is not None})
     return JSONResponse({"error": detail}, status_code=status, headers=headers)
 
@@ -143,7 +144,7 @@ def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     problems = [
         {
             "location": [str(p) if not isinstance(p, int) else p for p in e.get("loc", ())],
-            "message": e.get("msg", ""),
+            "message": scrub_paths(str(e.get("msg", ""))),
             "type": e.get("type", ""),
         }
         for e in exc.errors()

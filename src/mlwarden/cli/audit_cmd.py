@@ -8,6 +8,7 @@ no key, bad arguments). Keys default to ``<mlwarden home>/keys/audit.key`` (priv
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -51,8 +52,29 @@ def add_parser(sub: Any) -> None:
     verify.add_argument("--quick", action="store_true", help="trust the stored leaf hashes (cannot name edited rows)")
     verify.add_argument("--jobs", "-j", type=int, metavar="N", help="worker processes for big logs (default: cores)")
     verify.add_argument("--format", "-f", choices=("text", "json"), default="text")
+    verify.add_argument(
+        "--against", metavar="FILE|URL", help="also check consistency with a checkpoint saved elsewhere (a witness)"
+    )
+    verify.add_argument(
+        "--max-unsigned",
+        type=int,
+        metavar="N",
+        help="fail when more than N entries are unsigned (default: $MLWARDEN_AUDIT_MAX_UNSIGNED or 1000); "
+        "a log with entries and no checkpoint always fails",
+    )
+    verify.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds for an http(s) witness")
     verify.set_defaults(run=_verify)
 
+    publish = actions.add_parser(
+        "publish",
+        help="write the latest signed checkpoint outside the registry (a witness)",
+        description="Write the latest signed checkpoint to FILE (atomically) or POST it to an http(s) URL, "
+        "where the registry's own administrators cannot rewrite it; verify later with --against.",
+    )
+    publish.add_argument("--to", required=True, metavar="FILE|URL")
+    publish.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds for an http(s) witness")
+    db_option(publish)
+    publish.set_defaults(run=_publish)
     checkpoint = actions.add_parser(
         "checkpoint",
         help="sign the current tree head",
@@ -96,12 +118,23 @@ def _verify(args: argparse.Namespace) -> int:
 
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
+    from mlwarden.registry.audit.witness import check_against, load_witness, max_unsigned, tail_problems
+
     public_key = load_public_key(args.public_key or _default_key("audit.pub"))
+    bound = max_unsigned(args.max_unsigned)
+    if bound < 0:
+        raise UsageError("--max-unsigned must be 0 or more")
+    witness = load_witness(args.against, timeout=args.timeout) if args.against else None
     log = _open(args)
     try:
         report = log.verify(public_key, full=not args.quick, jobs=args.jobs)
+        extra = tail_problems(report, bound)
+        if witness is not None:
+            extra.extend(check_against(log, witness, public_key))
     finally:
         log.database.dispose()
+    if extra:
+        report = dataclasses.replace(report, problems=(*report.problems, *extra))
     if args.format == "json":
         doc = {
             "ok": report.ok,
@@ -124,6 +157,22 @@ def _verify(args: argparse.Namespace) -> int:
         if report.unsigned_tail and report.ok:
             print("note: run `mlwarden audit checkpoint` to sign the unsigned entries", file=sys.stderr)
     return EXIT_OK if report.ok else EXIT_TAMPERED
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from mlwarden.registry.audit import AuditError
+    from mlwarden.registry.audit.witness import publish
+
+    log = _open(args)
+    try:
+        checkpoint = log.latest_checkpoint()
+    finally:
+        log.database.dispose()
+    if checkpoint is None:
+        raise AuditError("no checkpoint to publish: run `mlwarden audit checkpoint` first")
+    publish(checkpoint, args.to, timeout=args.timeout)
+    print(f"published checkpoint of size {checkpoint.tree_size} to {args.to}")
+    return EXIT_OK
 
 
 def _checkpoint(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ from mlwarden.core.errors import UsageError
 
 def add_parser(sub: Any) -> None:
     """Register ``mlwarden baseline``."""
-    from mlwarden.cli.registry_cmd import TOKEN_ENV
+    from mlwarden.cli.registry_cmd import add_token_options
 
     baseline = sub.add_parser("baseline", help="capture the guard's baseline of a version on reference data")
     actions = baseline.add_subparsers(
@@ -36,7 +36,7 @@ def add_parser(sub: Any) -> None:
     capture.add_argument("--db", metavar="URL", help="database URL (default: $MLWARDEN_DB_URL or the home's)")
     capture.add_argument("--home", metavar="DIR", help="mlwarden home (default: $MLWARDEN_HOME)")
     capture.add_argument("--gates", metavar="FILE", help="gates TOML file")
-    capture.add_argument("--token", metavar="TOKEN", help=f"API token (default: ${TOKEN_ENV})")
+    add_token_options(capture)
     capture.set_defaults(run=run_capture)
     show = actions.add_parser("show", help="summarise a baseline file")
     show.add_argument("path", metavar="FILE")

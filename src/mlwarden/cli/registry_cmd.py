@@ -36,7 +36,7 @@ def add_parser(sub: Any) -> None:
     common.add_argument("--db", metavar="URL", help="database URL (default: $MLWARDEN_DB_URL or SQLite in the home)")
     common.add_argument("--home", metavar="DIR", help="mlwarden home: blobs, gates.toml (default: $MLWARDEN_HOME)")
     common.add_argument("--gates", metavar="FILE", help="gates TOML file (default: <home>/gates.toml, else built in)")
-    common.add_argument("--token", metavar="TOKEN", help=f"API token (default: ${TOKEN_ENV})")
+    add_token_options(common)
 
     def command(parent: Any, name: str, run: Any, help_text: str) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = parent.add_parser(
@@ -54,6 +54,9 @@ def add_parser(sub: Any) -> None:
     scan = command(actions, "scan", _scan, "scan a stored version with mlwarden's scanner (received -> scanned)")
     scan.add_argument("ref", metavar="REF", help="NAME:VERSION or NAME@ALIAS")
     scan.add_argument("--static-only", action="store_true", help="static analysis only (default: static + dynamic)")
+    fsck = command(actions, "fsck", _fsck, "check blobs against rows: missing, orphan, corrupt, staging leftovers")
+    fsck.add_argument("--repair", action="store_true", help="restore from staging, delete old orphans and leftovers")
+    fsck.add_argument("--format", "-f", choices=("text", "json"), default="text")
     suppress = command(
         actions, "suppress", _suppress, "accept a rule's findings on a version until a date (approver; not yours)"
     )
@@ -142,14 +145,46 @@ def open_registry(args: argparse.Namespace, *, upgrade: bool = False) -> Registr
     )
 
 
-def caller(registry: Registry, args: argparse.Namespace) -> Principal:
-    """Authenticate ``--token`` or ``$MLWARDEN_TOKEN``."""
+def add_token_options(parser: Any) -> None:
+    """``--token-file`` (preferred) and ``--token`` (deprecated: visible to every local user in ``ps``)."""
+    parser.add_argument("--token-file", metavar="FILE", help=f"read the API token from FILE (default: ${TOKEN_ENV})")
+    parser.add_argument("--token", metavar="TOKEN", help="API token on the command line: avoid, `ps` shows it")
+
+
+def read_token(args: argparse.Namespace) -> str:
+    """The caller's token: ``--token-file``, else ``$MLWARDEN_TOKEN``, else ``--token`` (with a warning).
+
+    Raises:
+        AuthError: none given, or the file cannot be read.
+    """
     from mlwarden.registry.errors import AuthError
 
-    token = args.token or os.environ.get(TOKEN_ENV)
+    path = getattr(args, "token_file", None)
+    if path:
+        try:
+            token = Path(path).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise AuthError(f"cannot read the token file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        if not token:
+            raise AuthError(f"the token file {path} is empty")
+        return token
+    given = getattr(args, "token", None)
+    if given:
+        print(
+            f"mlwarden: warning: --token puts the token on the command line, where any local user can read it "
+            f"(ps, /proc); use ${TOKEN_ENV} or --token-file",
+            file=sys.stderr,
+        )
+        return str(given).strip()
+    token = os.environ.get(TOKEN_ENV, "").strip()
     if not token:
-        raise AuthError(f"no API token: pass --token or set {TOKEN_ENV}")
-    return registry.authenticate(token.strip())
+        raise AuthError(f"no API token: set {TOKEN_ENV} or pass --token-file")
+    return token
+
+
+def caller(registry: Registry, args: argparse.Namespace) -> Principal:
+    """Authenticate the token :func:`read_token` finds."""
+    return registry.authenticate(read_token(args))
 
 
 def _session(args: argparse.Namespace, action: Any) -> int:
@@ -194,6 +229,21 @@ def _scan(args: argparse.Namespace) -> int:
         counts = ", ".join(f"{n} {s}" for s, n in details.get("by_severity", {}).items() if n) or "no findings"
         print(f"{info.ref}: {details.get('verdict', '?')} ({counts}); state {info.state}")
         return EXIT_OK if details.get("verdict") == "PASS" else EXIT_REFUSED
+
+    return _session(args, run)
+
+
+def _fsck(args: argparse.Namespace) -> int:
+    def run(registry: Registry, who: Principal) -> int:
+        report = registry.fsck(who, repair=args.repair)
+        if args.format == "json":
+            print(json.dumps(report.to_dict(), indent=2))
+        else:
+            for p in report.problems:
+                print(f"{p.kind:<8} {p.subject}: {p.detail}{' [repaired]' if p.repaired else ''}")
+            state = "clean" if report.clean else "problems found"
+            print(f"{report.blobs} blob(s), {report.rows} reference(s): {state}")
+        return EXIT_OK if report.clean else EXIT_REFUSED
 
     return _session(args, run)
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mlwarden.cli.registry_cmd import _session
+from mlwarden.cli.registry_cmd import _session, add_token_options
 
 EXIT_OK, EXIT_BAD = 0, 1
 
@@ -37,9 +37,9 @@ def add_parser(sub: Any) -> None:
         ("--db", "URL", "database URL (default: $MLWARDEN_DB_URL or SQLite in the home)"),
         ("--home", "DIR", "mlwarden home (default: $MLWARDEN_HOME)"),
         ("--gates", "FILE", "gates TOML file"),
-        ("--token", "TOKEN", "API token (default: $MLWARDEN_TOKEN)"),
     ):
         retire.add_argument(option, metavar=meta, help=text)
+    add_token_options(retire)
     retire.set_defaults(run=_retire)
 
     archive = sub.add_parser("archive", help="custodian keys, and opening retirement archives and certificates")

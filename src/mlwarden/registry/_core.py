@@ -20,14 +20,24 @@ from sqlalchemy.orm import Session
 from mlwarden.core.errors import MlwardenError
 from mlwarden.integrity.hashing import FileDigest
 from mlwarden.registry.db import DatabaseError
-from mlwarden.registry.errors import GateRefused, NotFound, PermissionDenied
+from mlwarden.registry.errors import GateRefused, NotFound, PermissionDenied, scrub_paths
 from mlwarden.registry.models import AliasRow, ModelRow, TokenRow, UserRow, VersionRow
 from mlwarden.registry.roles import Permission, Principal, Role
 from mlwarden.registry.states import State
-from mlwarden.registry.values import AttachmentInfo, AttachmentKind, Ref, TokenInfo, UserInfo, VersionInfo, parse_ref
+from mlwarden.registry.values import (
+    AttachmentInfo,
+    AttachmentKind,
+    EvidenceRef,
+    Ref,
+    TokenInfo,
+    UserInfo,
+    VersionInfo,
+    parse_ref,
+)
 
 if TYPE_CHECKING:
     from mlwarden.core.policy import Policy
+    from mlwarden.registry._refusals import RefusalCounter
     from mlwarden.registry.audit import AuditEvent, AuditLog
     from mlwarden.registry.blobs import BlobStore
     from mlwarden.registry.db import Database
@@ -48,6 +58,7 @@ class Core:
     policy: Policy
     views: Path
     max_artifact_bytes: int | None = None
+    refusals: RefusalCounter | None = None
 
 
 @dataclass
@@ -120,7 +131,8 @@ def attempt(
         if isinstance(exc, PermissionDenied):
             details["roles_needed"] = list(exc.roles_needed)
         with contextlib.suppress(MlwardenError):  # the refusal itself must reach the caller even if this fails
-            core.audit.append_now(current.event(allowed=False, reason=str(exc), **details))
+            # server paths (staged blobs, uploads) never reach the log every viewer reads
+            core.audit.append_now(current.event(allowed=False, reason=scrub_paths(str(exc)), **details))
         raise
 
 
@@ -202,7 +214,37 @@ def version_info(session: Session, row: VersionRow) -> VersionInfo:
         framework=row.framework,
         description=row.description,
         state_changed_at=row.state_changed_at,
+        evidence=frozen_evidence(row.evidence),
     )
+
+
+def frozen_evidence(recorded: list[dict[str, Any]] | None) -> tuple[EvidenceRef, ...] | None:
+    """The evidence an approval recorded, as values (None: never approved); malformed entries are dropped."""
+    if recorded is None:
+        return None
+    refs: list[EvidenceRef] = []
+    for item in recorded:
+        try:
+            refs.append(EvidenceRef(int(item["id"]), AttachmentKind(item["kind"]), str(item["digest"])))
+        except (KeyError, TypeError, ValueError):
+            continue  # fail closed: an entry that cannot be read freezes nothing, so that evidence is missing
+    return tuple(refs)
+
+
+def evidence_record(info: VersionInfo) -> list[dict[str, Any]]:
+    """What an approval of ``info`` freezes, with the digest of each attachment's bytes.
+
+    A first approval freezes every attachment. A release (a re-approval) keeps what the last approval froze and
+    adds only the registry's own later scans: nothing a user attached after an approval ever becomes evidence.
+    """
+    from mlwarden.registry.gates import REGISTRY_SCAN
+
+    frozen = None if info.evidence is None else {e.id for e in info.evidence}
+    return [
+        {"id": a.id, "kind": a.kind.value, "digest": a.digest}
+        for a in info.attachments
+        if frozen is None or a.id in frozen or a.details.get("source") == REGISTRY_SCAN
+    ]
 
 
 def user_info(row: UserRow) -> UserInfo:
@@ -230,6 +272,17 @@ def view_path(core: Core, info: VersionInfo) -> Path:
     return core.blobs.materialize(
         info.files, core.views / info.model / str(info.version), info.artifact_name, is_file=info.is_file
     )
+
+
+def referenced(core: Core, digest: str) -> bool:
+    """Whether any version file or attachment row points at the blob ``digest`` (hex)."""
+    from mlwarden.registry.models import AttachmentRow, VersionFileRow
+
+    with core.database.reading() as session:
+        for column in (VersionFileRow.digest, AttachmentRow.digest):
+            if session.scalar(select(column).where(column == digest).limit(1)) is not None:
+                return True
+    return False
 
 
 def digest_ref(hex_digest: str) -> str:

@@ -22,6 +22,9 @@ from mlwarden.registry._core import (
     Attempt,
     Core,
     attempt,
+    digest_ref,
+    evidence_record,
+    frozen_evidence,
     model_row,
     other_alias_count,
     version_info,
@@ -33,7 +36,7 @@ from mlwarden.registry.gates import Evidence, GateCheck, GateResult, evaluate_ap
 from mlwarden.registry.models import AliasEventRow, AliasRow, VersionRow, utcnow
 from mlwarden.registry.roles import Permission, Principal
 from mlwarden.registry.states import TRANSITIONS, Action, State, check_transition
-from mlwarden.registry.values import VersionInfo, check_name, parse_ref
+from mlwarden.registry.values import VersionInfo, check_name, check_text, parse_ref
 
 #: Retirement hook: runs inside the retiring transaction with the version as it was; returns facts to audit.
 RetireHook = Callable[[Session, VersionInfo], Mapping[str, Any]]
@@ -43,6 +46,7 @@ _ROLLBACK_TARGETS = frozenset({State.APPROVED, State.DEPLOYED})
 def approve(core: Core, actor: Principal, ref: str, comment: str) -> VersionInfo:
     """``scanned -> approved`` through the approve gate; the submitter may never approve."""
     with attempt(core, actor, Action.APPROVE, f"model:{ref}", Permission.APPROVE) as act:
+        check_text("comment", comment, multiline=True)
         info = _start(core, act, ref, Action.APPROVE)
         _separation_of_duties(actor, info, "approve")
         check_transition(Action.APPROVE, info.state, info.ref)
@@ -50,6 +54,7 @@ def approve(core: Core, actor: Principal, ref: str, comment: str) -> VersionInfo
         with core.database.transaction() as session:
             row = _fresh(session, info)
             _set_state(row, State.APPROVED)
+            _freeze(act, row, info)
             core.audit.append(session, act.event(allowed=True, comment=comment))
             return version_info(session, row)
 
@@ -81,6 +86,7 @@ def quarantine(core: Core, actor: Principal, ref: str, reason: str) -> VersionIn
     with attempt(core, actor, Action.QUARANTINE, f"model:{ref}", Permission.QUARANTINE) as act:
         if not reason.strip():
             raise BadInput("a quarantine needs a reason (it is recorded in the audit log)")
+        check_text("reason", reason, multiline=True)
         act.details["reason"] = reason
         info = _start(core, act, ref, Action.QUARANTINE)
         check_transition(Action.QUARANTINE, info.state, info.ref)
@@ -94,6 +100,7 @@ def quarantine(core: Core, actor: Principal, ref: str, reason: str) -> VersionIn
 def release(core: Core, actor: Principal, ref: str, comment: str) -> VersionInfo:
     """``quarantined -> approved`` (``deployed`` when an alias still points at it), re-gated; not by its submitter."""
     with attempt(core, actor, Action.RELEASE, f"model:{ref}", Permission.RELEASE) as act:
+        check_text("comment", comment, multiline=True)
         info = _start(core, act, ref, Action.RELEASE)
         _separation_of_duties(actor, info, "release")
         check_transition(Action.RELEASE, info.state, info.ref)
@@ -107,6 +114,7 @@ def release(core: Core, actor: Principal, ref: str, comment: str) -> VersionInfo
         with core.database.transaction() as session:
             row = _fresh(session, info)
             _set_state(row, target)
+            _freeze(act, row, info)
             core.audit.append(session, act.event(allowed=True, comment=comment))
             return version_info(session, row)
 
@@ -171,6 +179,7 @@ def verify_copy(core: Core, actor: Principal, ref: str, copy: Path, signature_re
 def retire(core: Core, actor: Principal, ref: str, reason: str, hook: RetireHook | None) -> VersionInfo:
     """Mark a version retired (final), detach its aliases, and run ``hook`` in the same transaction."""
     with attempt(core, actor, Action.RETIRE, f"model:{ref}", Permission.RETIRE) as act:
+        check_text("reason", reason, multiline=True)
         act.details["reason"] = reason
         info = _start(core, act, ref, Action.RETIRE)
         check_transition(Action.RETIRE, info.state, info.ref)
@@ -238,9 +247,26 @@ def _check_dict(check: GateCheck) -> dict[str, Any]:
 def _fresh(session: Session, info: VersionInfo) -> VersionRow:
     """Re-read the version under a row lock; refuse if it changed since the gate looked at it."""
     row = version_row(session, info.ref, lock=True)
-    if row.state != info.state.value or len(row.attachments) != len(info.attachments):
+    seen = [(a.id, a.digest) for a in info.attachments]
+    if (
+        row.state != info.state.value
+        or [(a.id, a.digest) for a in row.attachments] != seen
+        or frozen_evidence(row.evidence) != info.evidence
+    ):
         raise Conflict(f"{info.ref} changed while it was being checked (now {row.state}); try again")
     return row
+
+
+def _freeze(act: Attempt, row: VersionRow, info: VersionInfo) -> None:
+    """Record on the version, and in the audit event, exactly the evidence this approval looked at.
+
+    Deploy, rollback, release and the serving guard then use these attachments (and only while their bytes
+    still have these digests); anything attached later needs a new approval.
+    """
+    row.evidence = evidence_record(info)
+    act.details["evidence"] = row.evidence
+    for item in row.evidence:
+        act.digests.setdefault(f"{item['kind']}#{item['id']}", digest_ref(item["digest"]))
 
 
 def _set_state(row: VersionRow, state: State) -> None:

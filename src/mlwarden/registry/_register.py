@@ -1,8 +1,9 @@
 """Adding to the registry: register a version, attach evidence, scan the stored bytes.
 
 Each of these stages its files in the blob store first (copied while hashed, outside any database lock), then
-writes the rows and the audit event in one transaction, and only then moves the blobs into place. A failure at
-any point leaves no row and no blob (see :mod:`mlwarden.registry.blobs`).
+writes the rows and the audit event in one transaction, moving the blobs into place (fsynced) just before that
+transaction commits: a row never points at missing bytes, even after a crash. A failure before the commit removes
+the blobs it stored unless another row references them (see :mod:`mlwarden.registry.blobs`).
 
 Version numbers are ``max + 1`` under a row lock on the model (PostgreSQL) or the database write lock (SQLite);
 the unique ``(model_id, number)`` constraint backs it up, and a writer that loses a race (two first versions of a
@@ -22,25 +23,29 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mlwarden.core.errors import MlwardenError
-from mlwarden.integrity.hashing import ModelManifest
+from mlwarden.integrity.hashing import FileDigest, ModelManifest
 from mlwarden.registry._core import (
     WRITE_RETRIES,
     Core,
     attempt,
     digest_ref,
+    referenced,
     version_info,
     version_row,
     view_path,
 )
+from mlwarden.registry._evidence import check_binding
 from mlwarden.registry.blobs import StagedFile
 from mlwarden.registry.errors import BadInput, Conflict, InvalidTransition, StorageError
 from mlwarden.registry.gates import REGISTRY_SCAN
 from mlwarden.registry.models import AttachmentRow, ModelRow, VersionFileRow, VersionRow, utcnow
 from mlwarden.registry.roles import Permission, Principal
 from mlwarden.registry.states import TRANSITIONS, Action, State, check_transition
-from mlwarden.registry.values import BASELINE_FORMAT, AttachmentKind, VersionInfo, check_name, parse_ref
+from mlwarden.registry.values import BASELINE_FORMAT, AttachmentKind, VersionInfo, check_name, check_text, parse_ref
 
 T = TypeVar("T")
+#: States evidence may be attached in: once approved it is frozen (a new approval needs a new version).
+_ATTACHABLE = frozenset({State.RECEIVED.value, State.SCANNED.value})
 SCAN_MODES = ("static", "dynamic")
 #: Largest attachment accepted (signatures, manifests, records, reports are documents, not models).
 MAX_ATTACHMENT_BYTES = 64 * 1024 * 1024
@@ -61,6 +66,11 @@ def register(
     """Store a new version of ``name`` (state ``received``); see :meth:`Registry.register`."""
     with attempt(core, actor, "register", f"model:{name}", Permission.REGISTER) as act:
         check_name("model", name)
+        check_text("description", description, multiline=True)
+        check_text("framework", framework or "", max_length=100)
+        for document in (signature, training_record, *dataset_manifests):
+            if document is not None:
+                check_text("file name", Path(document).name, max_length=255)
         act.to_state = State.RECEIVED.value
         evidence: list[tuple[AttachmentKind, Path]] = []
         if signature is not None:
@@ -70,11 +80,20 @@ def register(
             evidence.append((AttachmentKind.TRAINING_RECORD, Path(training_record)))
         for _, path in evidence:
             _check_attachment_file(path)
-        with core.blobs.staging() as stage:
+        with core.blobs.staging(in_use=functools.partial(referenced, core)) as stage:
             manifest = stage.add_model(Path(model_path), max_bytes=core.max_artifact_bytes)
             act.digests = {"artifact": digest_ref(manifest.digest)}
             staged = [(kind, path, stage.add_file(path)) for kind, path in evidence]
             datasets = [_validate(kind, item.temp, path) for kind, path, item in staged]
+            for kind, path, item in staged:
+                check_binding(
+                    kind,
+                    item.temp,
+                    path,
+                    digest=manifest.digest,
+                    files=manifest.files,
+                    is_file=manifest.is_file,
+                )
             framework = framework or _guess_framework(Path(model_path), manifest)
             packages = _packages(framework)
 
@@ -114,6 +133,7 @@ def register(
                 session.flush()
                 session.refresh(row)
                 core.audit.append(session, act.event(allowed=True, files=len(manifest.files), framework=framework))
+                stage.store()  # the bytes are in place (fsynced) before the rows pointing at them commit
                 return version_info(session, row)
 
             bom_slot: list[StagedFile] = []
@@ -128,7 +148,7 @@ def register(
 
 
 def attach(core: Core, actor: Principal, ref: str, kind: AttachmentKind | str, path: Path) -> VersionInfo:
-    """Attach a document to a version (any state but retired)."""
+    """Attach a document about exactly this version's bytes, before approval only (received or scanned)."""
     with attempt(core, actor, "attach", f"model:{ref}", Permission.ATTACH) as act:
         parsed = parse_ref(ref)
         try:
@@ -138,9 +158,10 @@ def attach(core: Core, actor: Principal, ref: str, kind: AttachmentKind | str, p
             raise BadInput(f"unknown attachment kind {kind!r} (expected one of: {kinds})") from None
         if kind is AttachmentKind.BOM:
             raise BadInput("the registry writes a version's ML-BOM itself at registration; it cannot be attached")
+        check_text("file name", Path(path).name, max_length=255)
         act.details = {"kind": kind.value, "filename": Path(path).name}
         _check_attachment_file(Path(path))
-        with core.blobs.staging() as stage:
+        with core.blobs.staging(in_use=functools.partial(referenced, core)) as stage:
             item = stage.add_file(Path(path))
             _validate(kind, item.temp, Path(path))
             act.digests = {kind.value: digest_ref(item.digest)}
@@ -151,11 +172,19 @@ def attach(core: Core, actor: Principal, ref: str, kind: AttachmentKind | str, p
                 act.from_state = act.to_state = row.state
                 if row.state == State.RETIRED.value:
                     raise InvalidTransition(f"cannot attach to {row.model.name}:{row.number}: it is retired")
+                if row.state not in _ATTACHABLE:
+                    raise InvalidTransition(
+                        f"cannot attach to {row.model.name}:{row.number}: it is {row.state} and its evidence was "
+                        "frozen when it was approved; register a new version to approve other evidence"
+                    )
+                files = [FileDigest(path=f.path, digest=f.digest, size=f.size) for f in row.files]
+                check_binding(kind, item.temp, Path(path), digest=row.digest, files=files, is_file=row.is_file)
                 details = {"source": "attached"} if kind is AttachmentKind.SCAN_REPORT else {}
                 session.add(_attachment(row.id, kind, Path(path).name, item, actor, details))
                 session.flush()
                 session.refresh(row)
                 core.audit.append(session, act.event(allowed=True))
+                stage.store()
                 return version_info(session, row)
 
             info = _with_retries(core, write)
@@ -205,7 +234,7 @@ def scan(core: Core, actor: Principal, ref: str, modes: Sequence[str]) -> Versio
             "failing": len(report.failing),
             "tool_version": report.tool_version,
         }
-        with core.blobs.staging() as stage:
+        with core.blobs.staging(in_use=functools.partial(referenced, core)) as stage:
             item = stage.add_bytes(render(report, "json").encode("utf-8"))
 
             def write(session: Session) -> VersionInfo:
@@ -228,6 +257,7 @@ def scan(core: Core, actor: Principal, ref: str, modes: Sequence[str]) -> Versio
                 session.flush()
                 session.refresh(row)
                 core.audit.append(session, act.event(allowed=True, verdict=details["verdict"], by_severity=counts))
+                stage.store()
                 return version_info(session, row)
 
             result = _with_retries(core, write)

@@ -21,7 +21,7 @@ from mlwarden.registry.errors import BadInput, Conflict, InvalidTransition
 from mlwarden.registry.models import SuppressionRow, utcnow
 from mlwarden.registry.roles import Permission, Principal
 from mlwarden.registry.states import State
-from mlwarden.registry.values import VersionInfo
+from mlwarden.registry.values import VersionInfo, check_text
 
 #: The action name in the audit log.
 ACTION = "suppress"
@@ -32,6 +32,7 @@ def suppress(core: Core, actor: Principal, ref: str, rule_id: str, reason: str, 
     from mlwarden.scan.suppressions import known_rules
 
     with attempt(core, actor, ACTION, f"model:{ref}", Permission.SUPPRESS) as act:
+        check_text("reason", reason, multiline=True)
         act.details = {"rule": rule_id, "reason": reason, "expires": str(expires)}
         with core.database.reading() as session:
             info = version_info(session, version_row(session, ref))

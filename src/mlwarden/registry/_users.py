@@ -17,7 +17,7 @@ from mlwarden.registry.auth import find_token, new_token
 from mlwarden.registry.errors import AuthError, BadInput, Conflict, NotFound
 from mlwarden.registry.models import TokenRow, UserRow, utcnow
 from mlwarden.registry.roles import Permission, Principal, Role, parse_roles
-from mlwarden.registry.values import IssuedToken, TokenInfo, UserInfo, check_name
+from mlwarden.registry.values import IssuedToken, TokenInfo, UserInfo, check_name, check_text
 
 #: PostgreSQL advisory-lock key serialising bootstraps (two "first admins" must not both succeed).
 _BOOTSTRAP_LOCK = 0x6D6C7762
@@ -44,8 +44,14 @@ def bootstrap(core: Core, username: str, expires_in: timedelta | None) -> Issued
         return issued
 
 
-def authenticate(core: Core, token: str) -> Principal:
-    """The principal a token stands for; a failure is audited and raised as :class:`AuthError`."""
+def authenticate(core: Core, token: str, client: str | None = None) -> Principal:
+    """The principal a token stands for; a failure is counted (and audited, aggregated) and raised as AuthError.
+
+    ``client`` (an address, for the HTTP API) is what refusals are counted per; see :mod:`._refusals`.
+    """
+    refusals = core.refusals
+    if refusals is not None:
+        refusals.tick()
     try:
         # A read first: most authentications change nothing, and a write transaction would take SQLite's writer
         # lock (BEGIN IMMEDIATE) on every request of a busy service.
@@ -59,10 +65,13 @@ def authenticate(core: Core, token: str) -> Principal:
                 session.execute(update(TokenRow).where(TokenRow.id == principal.token_id).values(last_used_at=now))
         return principal
     except AuthError as exc:
-        from mlwarden.registry.audit import AuditEvent
+        if refusals is not None:
+            refusals.record(client, str(exc))
+        else:
+            from mlwarden.registry.audit import AuditEvent
 
-        prefix = token[:12] if isinstance(token, str) and token.startswith("mlw_") else "?"
-        core.audit.append_now(AuditEvent("anonymous", "auth", f"token:{prefix}", False, reason=str(exc)))
+            prefix = token[:12] if isinstance(token, str) and token.startswith("mlw_") else "?"
+            core.audit.append_now(AuditEvent("anonymous", "auth", f"token:{prefix}", False, reason=str(exc)))
         raise
 
 
@@ -73,8 +82,10 @@ def create_user(core: Core, actor: Principal, username: str, roles: Iterable[Rol
         granted = parse_roles(roles)
         act.details = {"roles": sorted(granted)}
         with core.database.transaction() as session:
-            if session.scalar(select(UserRow.id).where(UserRow.username == username)) is not None:
-                raise Conflict(f"user {username!r} already exists")
+            clash = session.scalar(select(UserRow.username).where(func.lower(UserRow.username) == username.lower()))
+            if clash is not None:  # names are ASCII (check_name): lower() is their case fold
+                same = "already exists" if clash == username else f"differs only in case from user {clash!r}"
+                raise Conflict(f"user {username!r} {same}: user names are unique whatever their case")
             row = UserRow(username=username, roles=sorted(granted), created_by=actor.username)
             session.add(row)
             session.flush()
@@ -126,6 +137,7 @@ def issue_token(
     """
     with attempt(core, actor, "token.issue", f"user:{username}", Permission.MANAGE_TOKENS) as act:
         check_scope(scope)
+        check_text("token name", name)
         if len(name) > 200:
             raise BadInput("a token name is at most 200 characters")
         if expires_in is not None and expires_in <= timedelta(0):

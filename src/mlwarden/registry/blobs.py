@@ -22,7 +22,7 @@ import os
 import shutil
 import stat
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -39,12 +39,16 @@ from mlwarden.integrity.hashing import (
     path_key,
     walk_files,
 )
+from mlwarden.registry._fs import private_dir
 from mlwarden.registry.errors import StorageError
 
 __all__ = ["CHUNK_SIZE", "BlobStore", "Staging", "StagedFile"]
 
 CHUNK_SIZE = 1 << 20
+#: Stored blobs are read-only and owner-only (their folders are 0700: see :mod:`mlwarden.registry._fs`).
+BLOB_MODE = 0o400
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -78,9 +82,12 @@ class BlobStore:
         return self.path(digest).is_file()
 
     @contextlib.contextmanager
-    def staging(self) -> Iterator[Staging]:
-        """A staging area; its copies are deleted on exit unless :meth:`Staging.commit` ran."""
-        stage = Staging(self)
+    def staging(self, in_use: Callable[[str], bool] | None = None) -> Iterator[Staging]:
+        """A staging area; unless :meth:`Staging.commit` ran, its copies are deleted on exit.
+
+        So are the blobs it stored that ``in_use`` (the database) says no row references.
+        """
+        stage = Staging(self, in_use)
         try:
             yield stage
         finally:
@@ -122,15 +129,16 @@ class BlobStore:
         target = destination / name
         if self._view_is_current(files, target, is_file=is_file):
             return target
-        destination.mkdir(parents=True, exist_ok=True)
+        private_dir(destination)
         build = destination / f".build-{uuid.uuid4().hex}"
         try:
-            build.mkdir()
+            build.mkdir(mode=0o700)
+            os.chmod(build, 0o700)
             root = build / name
             for entry in files:
                 relative = _safe_relative(entry.path)
                 dest = root if is_file else root / relative
-                dest.parent.mkdir(parents=True, exist_ok=True)
+                private_dir(dest.parent)
                 blob = self.path(entry.digest)
                 try:
                     os.link(blob, dest)
@@ -138,9 +146,9 @@ class BlobStore:
                     raise StorageError(f"blob sha256:{entry.digest} of {entry.path} is missing") from None
                 except OSError:
                     shutil.copyfile(blob, dest)
-                    os.chmod(dest, 0o444)
+                    os.chmod(dest, BLOB_MODE)
             if not is_file:
-                root.mkdir(exist_ok=True)
+                private_dir(root)
             old = destination / f".old-{uuid.uuid4().hex}"
             with contextlib.suppress(FileNotFoundError):
                 os.rename(target, old)
@@ -176,11 +184,29 @@ class BlobStore:
 class Staging:
     """Files copied in but not yet stored; see :meth:`BlobStore.staging`."""
 
-    def __init__(self, store: BlobStore) -> None:
+    def __init__(self, store: BlobStore, in_use: Callable[[str], bool] | None = None) -> None:
         self._store = store
         self._folder = store.root / "tmp" / uuid.uuid4().hex
         self._files: list[StagedFile] = []
+        self._stored: dict[StagedFile, int | None] = {}  # stored blobs -> inode if this staging created them
+        self._in_use = in_use
+        self._lock: int | None = None
         self._committed = False
+
+    def _needed(self, digest: str) -> bool:
+        """Whether a row references ``digest``; when that cannot be asked (database down), keep the blob."""
+        if self._in_use is None:
+            return False
+        try:
+            return self._in_use(digest)
+        except Exception:  # noqa: BLE001 - cleaning up must not hide the error that made us clean up
+            return True
+
+    def _open(self) -> None:
+        """Create the private folder and hold a lock in it while alive: start-up clean-up skips live stagings."""
+        if self._lock is None:
+            private_dir(self._folder)
+            self._lock = _hold(self._folder / LOCK_NAME)
 
     def add_model(self, source: Path, *, max_bytes: int | None = None, workers: int | None = None) -> ModelManifest:
         """Copy a model file or folder in, hashing as it copies; returns the manifest of the copies.
@@ -222,7 +248,7 @@ class Staging:
 
     def add_file(self, source: Path) -> StagedFile:
         """Copy one regular file in while hashing it (never whole in memory); fsynced before returning."""
-        self._folder.mkdir(parents=True, exist_ok=True)
+        self._open()
         temp = self._folder / uuid.uuid4().hex
         digest = hashlib.sha256()
         size = 0
@@ -236,7 +262,7 @@ class Staging:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise ModelPathError(f"{source} is not a regular file")
             try:
-                with temp.open("xb") as writer:
+                with open(os.open(temp, _WRITE_FLAGS, 0o600), "wb") as writer:
                     buffer = bytearray(CHUNK_SIZE)
                     view = memoryview(buffer)
                     while n := reader.readinto(view):
@@ -248,24 +274,24 @@ class Staging:
             except OSError as exc:
                 temp.unlink(missing_ok=True)
                 raise StorageError(f"cannot copy {source} into the blob store: {exc.strerror or exc}") from None
-        os.chmod(temp, 0o444)
+        os.chmod(temp, BLOB_MODE)
         staged = StagedFile(temp, digest.hexdigest(), size)
         self._files.append(staged)
         return staged
 
     def add_bytes(self, data: bytes) -> StagedFile:
         """Stage a small generated document (a BOM, a scan report) given as bytes."""
-        self._folder.mkdir(parents=True, exist_ok=True)
+        self._open()
         temp = self._folder / uuid.uuid4().hex
         try:
-            with temp.open("xb") as writer:
+            with open(os.open(temp, _WRITE_FLAGS, 0o600), "wb") as writer:
                 writer.write(data)
                 writer.flush()
                 os.fsync(writer.fileno())
         except OSError as exc:
             temp.unlink(missing_ok=True)
             raise StorageError(f"cannot write into the blob store: {exc.strerror or exc}") from None
-        os.chmod(temp, 0o444)
+        os.chmod(temp, BLOB_MODE)
         staged = StagedFile(temp, hashlib.sha256(data).hexdigest(), len(data))
         self._files.append(staged)
         return staged
@@ -275,35 +301,68 @@ class Staging:
         if staged in self._files:
             self._files.remove(staged)
             staged.temp.unlink(missing_ok=True)
+        inode = self._stored.pop(staged, None)
+        if inode is not None:
+            final = self._store.path(staged.digest)
+            with contextlib.suppress(OSError):
+                if os.stat(final).st_ino == inode and not self._needed(staged.digest):
+                    final.unlink()
 
     @property
     def files(self) -> tuple[StagedFile, ...]:
         """Everything staged so far."""
         return tuple(self._files)
 
-    def commit(self) -> None:
-        """Rename every staged copy to its digest name; call after the database commit.
+    def store(self) -> None:
+        """Put every staged copy in place under its digest name, durably: call *before* the database commit.
 
-        An existing blob of the same digest is replaced by the fresh, just-hashed copy, which also repairs a
-        damaged one (views still linked to the old file are re-linked the next time they are laid out).
+        A row must never point at bytes that are not there: the blob is renamed into place and its folder fsynced
+        first (the copy itself was fsynced when staged), so a crash after the row's commit finds the bytes, and a
+        crash before it leaves at worst an unreferenced blob (``mlwarden registry fsck --repair`` removes it). An
+        existing blob of the same digest is replaced by the fresh, just-hashed copy, which also repairs a damaged
+        one. Idempotent: a retried write stores only what is new.
         """
         touched: set[Path] = set()
         try:
             for staged in self._files:
+                if staged in self._stored:
+                    continue
                 final = self._store.path(staged.digest)
-                final.parent.mkdir(parents=True, exist_ok=True)
+                private_dir(final.parent)
+                existed = final.exists()
                 os.replace(staged.temp, final)
+                self._stored[staged] = None if existed else os.stat(final).st_ino
                 touched.add(final.parent)
             for folder in touched:
                 _fsync_dir(folder)
         except OSError as exc:
             raise StorageError(f"cannot store blobs under {self._store.root}: {exc.strerror or exc}") from None
+
+    def commit(self) -> None:
+        """The rows are committed: keep the stored blobs (storing any not yet stored) and forget the staging."""
+        self.store()
         self._committed = True
         self._files.clear()
+        self._stored.clear()
 
     def discard(self) -> None:
-        """Delete the staged copies (no-op after :meth:`commit`)."""
+        """Delete the staged copies, and the blobs :meth:`store` created if no row references them.
+
+        A no-op after :meth:`commit`.
+        A blob is removed only while it is still the very file this staging put there (same inode: a concurrent
+        writer that stored the same bytes replaced it) and ``in_use`` (the database) says nothing points at it.
+        """
+        for staged, inode in list(self._stored.items()):
+            if inode is None:
+                continue
+            final = self._store.path(staged.digest)
+            with contextlib.suppress(OSError):
+                if os.stat(final).st_ino == inode and not self._needed(staged.digest):
+                    final.unlink()
+        self._stored.clear()
         self._files.clear()
+        _release(self._lock)
+        self._lock = None
         _remove_tree(self._folder)
 
 
@@ -336,6 +395,81 @@ def _remove_tree(path: Path) -> None:
     else:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+#: A staging folder without a lock file younger than this may be one being created: left alone.
+FRESH_SECONDS = 60.0
+#: Lock file inside a live staging folder (held with flock for the staging's life).
+LOCK_NAME = ".lock"
+
+
+def _hold(path: Path) -> int | None:
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+    except OSError:
+        return None
+    try:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except (ImportError, OSError):
+        pass
+    return fd
+
+
+def _age(path: Path) -> float:
+    import time
+
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _release(fd: int | None) -> None:
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def stale_stagings(root: Path) -> list[Path]:
+    """Staging folders under ``<root>/tmp`` no live process holds (a killed upload's or registration's)."""
+    tmp = root / "tmp"
+    if not tmp.is_dir():
+        return []
+    stale: list[Path] = []
+    for folder in sorted(tmp.iterdir()):
+        if not folder.is_dir() or folder.is_symlink():
+            stale.append(folder)
+            continue
+        lock = folder / LOCK_NAME
+        if not lock.exists() and _age(folder) < FRESH_SECONDS:
+            continue  # being created right now: its lock comes next
+        fd = _hold_if_free(lock)
+        if fd is not False:
+            _release(fd if isinstance(fd, int) else None)
+            stale.append(folder)
+    return stale
+
+
+def _hold_if_free(path: Path) -> int | None | bool:
+    """An fd holding the lock if nobody held it (None: no lock file), False when a live process holds it."""
+    try:
+        fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return None
+    try:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    except ImportError:
+        pass
+    return fd
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -83,8 +83,13 @@ class Database:
         self.dialect = parsed.get_backend_name()
         kwargs: dict[str, Any] = {"echo": echo}
         if self.dialect == "sqlite":
-            if parsed.database and parsed.database != ":memory:":
-                Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
+                from mlwarden.registry._fs import private_file
+
+                try:  # 0600 before SQLite opens it: its WAL and SHM files take the database file's mode
+                    private_file(Path(parsed.database).expanduser())
+                except OSError as exc:
+                    raise DatabaseError(f"cannot create {describe(url)}: {exc.strerror or exc}") from None
             kwargs["connect_args"] = {"timeout": lock_timeout}
         elif self.dialect == "postgresql":
             kwargs["connect_args"] = {"connect_timeout": max(1, int(lock_timeout))}

@@ -6,6 +6,7 @@ code, so both front ends tell the caller the same thing.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, ClassVar
 
 from mlwarden.core.errors import MlwardenError
@@ -23,7 +24,28 @@ __all__ = [
     "PermissionDenied",
     "RegistryError",
     "StorageError",
+    "scrub_paths",
 ]
+
+#: Absolute paths of the server's private working files: staged blobs and HTTP uploads (their folder names are
+#: random, but they tell any reader of a 422 or of the audit log where the registry lives).
+_PRIVATE_PATH = re.compile(
+    r"(?:[A-Za-z]:)?[/\\][^\s'\"]*?(?:blobs[/\\]tmp|mlwarden-upload-|mlwarden-serve-)[^\s'\":,;)]*"
+)
+
+
+def scrub_paths(text: str) -> str:
+    """``text`` with the server's staging and upload paths replaced by the file's own name (or ``<staged>``)."""
+
+    def short(match: re.Match[str]) -> str:
+        path = match.group(0).rstrip(".")
+        tail = path[len(path.rstrip("/\\")) :]
+        name = re.split(r"[/\\]", path.rstrip("/\\"))[-1]
+        hidden = "blobs" in path and ("tmp/" in path or "tmp\\" in path)
+        upload_dir = re.search(r"mlwarden-(?:upload|serve)-[^/\\]*$", path.rstrip("/\\")) is not None
+        return ("<staged>" if hidden or upload_dir or not name else name) + tail + match.group(0)[len(path) :]
+
+    return _PRIVATE_PATH.sub(short, text)
 
 
 class RegistryError(MlwardenError):

@@ -10,7 +10,21 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Date, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -59,9 +73,13 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 class UserRow(Base):
-    """A person or service account; ``roles`` is a sorted list of role names."""
+    """A person or service account; ``roles`` is a sorted list of role names.
+
+    Names are unique case-insensitively (``Alice`` and ``alice`` would read as one person in every log).
+    """
 
     __tablename__ = "users"
+    __table_args__ = (Index("ix_users_username_casefold", func.lower(text("username")), unique=True),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     username: Mapped[str] = mapped_column(String(NAME_LENGTH), unique=True)
@@ -123,6 +141,8 @@ class VersionRow(Base):
     submitted_by: Mapped[str] = mapped_column(String(NAME_LENGTH))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     state_changed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: The evidence the last approval froze, ``[{"id", "kind", "digest"}, ...]``; None before any approval.
+    evidence: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
 
     model: Mapped[ModelRow] = relationship()
     files: Mapped[list[VersionFileRow]] = relationship(order_by="VersionFileRow.id")

@@ -28,7 +28,9 @@ from sqlalchemy import func, select
 
 from mlwarden.registry import _lifecycle, _register, _suppress, _users
 from mlwarden.registry._core import Core, attempt, model_row, version_info, version_row, view_path
+from mlwarden.registry._fs import private_dir, tighten
 from mlwarden.registry._lifecycle import RetireHook
+from mlwarden.registry._refusals import RefusalCounter
 from mlwarden.registry.audit import AuditLog, CheckpointSigner
 from mlwarden.registry.blobs import BlobStore
 from mlwarden.registry.db import DEFAULT_LOCK_TIMEOUT, Database, home, open_database
@@ -62,6 +64,7 @@ from mlwarden.registry.values import (
 if TYPE_CHECKING:
     from mlwarden.core.policy import Policy
     from mlwarden.core.suppressions import Suppression
+    from mlwarden.registry.fsck import FsckReport
 
 __all__ = [
     "AttachmentInfo",
@@ -122,6 +125,7 @@ class Registry:
             views=home_dir / "artifacts",
             max_artifact_bytes=max_artifact_bytes,
         )
+        self._core.refusals = RefusalCounter(audit)
 
     @classmethod
     def open(
@@ -156,12 +160,16 @@ class Registry:
         from mlwarden.core.policy import load_policy
 
         home_dir = Path(home) if home is not None else _default_home()
+        private_dir(home_dir)  # 0700 whatever the umask: the database, blobs and keys live here
+        tighten(home_dir)
         if gates is None and (home_dir / GATES_FILE).is_file():
             gates = home_dir / GATES_FILE
         loaded = gates if isinstance(gates, Gates) else load_gates(gates)
         scan_policy = load_policy(policy)
         database = open_database(url, upgrade=upgrade, lock_timeout=lock_timeout)
-        return cls(
+        if audit_signer is None:
+            audit_signer = _home_signer(home_dir)
+        registry = cls(
             database,
             home_dir=home_dir,
             gates=loaded,
@@ -169,10 +177,60 @@ class Registry:
             policy=scan_policy,
             max_artifact_bytes=max_artifact_bytes,
         )
+        registry._recover()
+        return registry
+
+    def _recover(self) -> None:
+        """Start-up: staging folders of killed uploads restore blobs a crash lost, then go (never fatal)."""
+        import logging
+
+        from mlwarden.registry.fsck import recover_staging
+
+        try:
+            for done in recover_staging(self._core.blobs, self.database):
+                logging.getLogger("mlwarden.registry").warning("%s %s: %s", done.kind, done.subject, done.detail)
+        except (RegistryError, OSError) as exc:
+            logging.getLogger("mlwarden.registry").warning("staging clean-up failed: %s", exc)
+
+    def fsck(self, actor: Principal, *, repair: bool = False) -> FsckReport:
+        """Compare the blob store with the rows (admin); ``repair`` fixes what is safe (see :mod:`.fsck`). Audited."""
+        from mlwarden.registry.fsck import fsck
+
+        with attempt(self._core, actor, "registry.fsck", "blobs", Permission.RETIRE) as act:
+            report = fsck(self._core.blobs, self.database, repair=repair)
+            kinds: dict[str, int] = {}
+            for problem in report.problems:
+                kinds[problem.kind] = kinds.get(problem.kind, 0) + 1
+            act.details = {"repair": repair, "problems": kinds, "clean": report.clean}
+            self._core.audit.append_now(act.event(allowed=True))
+            return report
 
     def close(self) -> None:
-        """Release the database connections."""
-        self.database.dispose()
+        """Write the pending summary of failed authentications, sign the unsigned tail, release the database.
+
+        Every writer with the audit key (``audit_signer``, or ``<home>/keys/audit.key``) checkpoints on shutdown,
+        besides every 1000 entries while it runs, so what it wrote is covered by a signature.
+        """
+        import logging
+
+        refusals = self._core.refusals
+        try:
+            if refusals is not None:
+                refusals.flush()
+            audit = self._core.audit
+            if audit.signer is not None:
+                last = audit.latest_checkpoint()
+                if audit.size() > (last.tree_size if last is not None else 0):
+                    audit.checkpoint()
+        except Exception as exc:  # noqa: BLE001 - closing must release the database whatever happened
+            logging.getLogger("mlwarden.registry").warning("audit checkpoint on shutdown failed: %s", exc)
+        finally:
+            self.database.dispose()
+
+    @property
+    def refusals(self) -> RefusalCounter | None:
+        """Failed authentications, counted per client and reason (the HTTP API rate limits with it)."""
+        return self._core.refusals
 
     @property
     def gates(self) -> Gates:
@@ -194,9 +252,13 @@ class Registry:
         """Create the first admin and return their token (shown once); refused (AuthError) once any user exists."""
         return _users.bootstrap(self._core, username, expires_in)
 
-    def authenticate(self, token: str) -> Principal:
-        """The principal behind ``token``; AuthError when unknown, expired, revoked or its user is disabled."""
-        return _users.authenticate(self._core, token)
+    def authenticate(self, token: str, *, client: str | None = None) -> Principal:
+        """The principal behind ``token``; AuthError when unknown, expired, revoked or its user is disabled.
+
+        Failures are counted per ``client`` (an address; ``None``: local) and reason and audited aggregated: the
+        first of each in a window at once, then one summary row per window.
+        """
+        return _users.authenticate(self._core, token, client)
 
     def create_user(self, actor: Principal, username: str, roles: Iterable[Role | str]) -> UserInfo:
         """Add a user (admin)."""
@@ -409,3 +471,19 @@ class Registry:
 
 def _default_home() -> Path:
     return home()
+
+
+def _home_signer(home_dir: Path) -> CheckpointSigner | None:
+    """The home's audit key, when there is one (``mlwarden audit checkpoint`` creates it); unusable: None, warned."""
+    import logging
+
+    from mlwarden.registry.audit import AuditKeyError
+
+    key = home_dir / "keys" / "audit.key"
+    if not key.is_file():
+        return None
+    try:
+        return CheckpointSigner.load(key)
+    except AuditKeyError as exc:
+        logging.getLogger("mlwarden.registry").warning("audit key not used for checkpoints: %s", exc)
+        return None

@@ -26,11 +26,15 @@ __all__ = [
     "Ref",
     "TokenInfo",
     "UserInfo",
+    "EvidenceRef",
     "VersionInfo",
     "check_name",
+    "check_text",
     "parse_ref",
 ]
 
+#: Largest version number (and id) a reference may name: what every database's 32-bit integer holds.
+MAX_VERSION = 2**31 - 1
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
@@ -44,6 +48,33 @@ def check_name(kind: str, value: str) -> str:
         raise BadInput(
             f"invalid {kind} name {value!r}: use 1-100 characters A-Z a-z 0-9 . _ -, starting with a letter or digit"
         )
+    return value
+
+
+#: Unicode categories never accepted in names or free text: controls, format characters (U+202E RIGHT-TO-LEFT
+#: OVERRIDE, zero-width joiners...), private use, surrogates, unassigned code points, line/paragraph separators.
+_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Co", "Cs", "Cn", "Zl", "Zp"})
+
+
+def check_text(kind: str, value: str, *, multiline: bool = False, max_length: int = 10_000) -> str:
+    """Return ``value`` if it holds no control or format character (bidi overrides, zero-width...).
+
+    Such characters make an audit entry or a listing read differently from what it stores (a name rendered
+    right-to-left, an invisible suffix). ``multiline`` free text (reasons, descriptions) may keep newlines and tabs.
+
+    Raises:
+        BadInput: naming ``kind`` and the first offending code point.
+    """
+    import unicodedata
+
+    if not isinstance(value, str):
+        raise BadInput(f"invalid {kind}: not text")
+    if len(value) > max_length:
+        raise BadInput(f"invalid {kind}: longer than {max_length} characters")
+    allowed = {"\n", "\t"} if multiline else set()
+    for char in value:
+        if char not in allowed and unicodedata.category(char) in _FORBIDDEN_CATEGORIES:
+            raise BadInput(f"invalid {kind}: it contains the control or format character U+{ord(char):04X}")
     return value
 
 
@@ -89,8 +120,10 @@ def parse_ref(text: str | Ref) -> Ref:
         model, _, alias = text.partition("@")
         return Ref(check_name("model", model), alias=check_name("alias", alias))
     model, sep, number = text.rpartition(":")
-    if sep and number.isascii() and number.isdigit() and int(number) > 0:
+    if sep and number.isascii() and number.isdigit() and 0 < int(number) <= MAX_VERSION:
         return Ref(check_name("model", model), version=int(number))
+    if sep and number.isascii() and number.isdigit() and int(number) > MAX_VERSION:
+        raise BadInput(f"invalid version reference {text[:120]!r}: version numbers stop at {MAX_VERSION}")
     raise BadInput(f"invalid version reference {text!r}: expected NAME:VERSION (fraud:3) or NAME@ALIAS (fraud@prod)")
 
 
@@ -106,6 +139,15 @@ class AttachmentInfo:
     created_by: str
     created_at: datetime
     details: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class EvidenceRef:
+    """One attachment an approval froze: its id, kind and the SHA-256 (hex) of its bytes when approved."""
+
+    id: int
+    kind: AttachmentKind
+    digest: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +169,8 @@ class VersionInfo:
         framework: declared framework (``sklearn``, ``torch``...), if any.
         description: free text given at registration.
         state_changed_at: time of the last state change (UTC).
+        evidence: the attachments the last approval (or release) froze, ``None`` before any approval. Deploy,
+            serving and :meth:`latest` use exactly these.
     """
 
     model: str
@@ -143,6 +187,7 @@ class VersionInfo:
     framework: str | None = None
     description: str = ""
     state_changed_at: datetime | None = None
+    evidence: tuple[EvidenceRef, ...] | None = None
 
     @property
     def ref(self) -> str:
@@ -155,8 +200,19 @@ class VersionInfo:
         return sum(f.size for f in self.files)
 
     def latest(self, kind: AttachmentKind) -> AttachmentInfo | None:
-        """The newest attachment of ``kind``, or None."""
-        return next((a for a in reversed(self.attachments) if a.kind == kind), None)
+        """The attachment of ``kind`` in force, or None.
+
+        Before approval: the newest. Once approved: the newest of those the approval froze, and only while its
+        digest is still the one approved (an attachment whose row was changed since counts as missing: fail
+        closed). Evidence added after an approval never counts until a new approval.
+        """
+        if self.evidence is None:
+            return next((a for a in reversed(self.attachments) if a.kind == kind), None)
+        frozen = {e.id: e.digest for e in self.evidence if e.kind == kind}
+        for attachment in reversed(self.attachments):
+            if attachment.id in frozen:
+                return attachment if attachment.digest == frozen[attachment.id] else None
+        return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -99,7 +99,7 @@ class GuardService:
         self.tokens = TokenCache(registry, policy.limits.token_cache_s)
         self.rates = RateLimiter(policy.limits.rate_per_s, policy.limits.burst, max_clients=policy.limits.max_clients)
         self.records: deque[dict[str, Any]] = deque(maxlen=policy.limits.records_kept)
-        self._current = prepare(registry, actor, model, policy, dynamic=self.options.dynamic)
+        self._current = _bound(prepare(registry, actor, model, policy, dynamic=self.options.dynamic))
         self._standby: Deployment | None = None
         self._standby_checked = 0.0
         self._halt: _Halt | None = None
@@ -243,7 +243,7 @@ class GuardService:
     # -- background -----------------------------------------------------------------------------------------------
 
     def _prepare(self, ref: str) -> Deployment:
-        return prepare(self.registry, self.actor, ref, self.policy, dynamic=self.options.dynamic)
+        return _bound(prepare(self.registry, self.actor, ref, self.policy, dynamic=self.options.dynamic))
 
     def _loop(self) -> None:
         while not self._stop.wait(self.options.tick_s):
@@ -314,3 +314,18 @@ class GuardService:
         self._stop.set()
         self._thread.join(10)
         self.auditor.close()
+
+
+def _bound(deployment: Deployment) -> Deployment:
+    """Refuse a baseline that does not name exactly the served digest (an empty one included): fail closed.
+
+    The registry hands out only the baseline the approval froze (``VersionInfo.latest``) and refuses unbound
+    evidence at attach time; this catches what an older registry accepted.
+    """
+    baseline, info = deployment.baseline, deployment.info
+    if baseline is not None and baseline.model_digest != info.digest:
+        raise ServeError(
+            f"the baseline of {info.ref} names model digest {baseline.model_digest or '(none)'}, not {info.digest}: "
+            "not served; capture it again and approve a new version"
+        )
+    return deployment

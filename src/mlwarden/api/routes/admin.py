@@ -10,6 +10,7 @@ from fastapi import APIRouter, Path, Query, Response
 from mlwarden.api.deps import Actor, LimitsDep, RegistryDep
 from mlwarden.api.errors import ApiError
 from mlwarden.api.routes import errors
+from mlwarden.api.routes.models import MAX_ID
 from mlwarden.api.schemas import (
     AuditEntryOut,
     CheckpointOut,
@@ -92,7 +93,7 @@ def list_tokens(
 @router.delete(
     "/tokens/{token_id}", response_model=TokenOut, responses=_ADMIN, tags=["tokens"], summary="Revoke a token"
 )
-def revoke_token(token_id: Annotated[int, Path(ge=1)], registry: RegistryDep, actor: Actor) -> TokenOut:
+def revoke_token(token_id: Annotated[int, Path(ge=1, le=MAX_ID)], registry: RegistryDep, actor: Actor) -> TokenOut:
     """Revoke a token (admins: any; others: their own); it is refused from the next request on."""
     return TokenOut.of(registry.revoke_token(actor, token_id))
 
@@ -108,8 +109,10 @@ def audit_entries(
     registry: RegistryDep,
     actor: Actor,
     limits: LimitsDep,
-    limit: Annotated[int, Query(ge=1, description="most entries to return (capped by the server)")] = 100,
-    before: Annotated[int | None, Query(ge=0, description="only entries with seq below this (paging back)")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_ID, description="most entries to return (capped by the server)")] = 100,
+    before: Annotated[
+        int | None, Query(ge=0, le=2**63 - 1, description="only entries with seq below this (paging back)")
+    ] = None,
 ) -> list[AuditEntryOut]:
     """The newest entries first: who did what, from which state to which, allowed or refused (any role)."""
     actor.require(Permission.READ, "read the audit log")

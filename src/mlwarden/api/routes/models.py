@@ -25,7 +25,10 @@ router = APIRouter(prefix="/v1", tags=["models"])
 BOM_MEDIA_TYPE = "application/vnd.cyclonedx+json"
 
 Name = Annotated[str, Path(description="model name (1-100 characters A-Z a-z 0-9 . _ -)", max_length=100)]
-Version = Annotated[int, Path(description="version number", ge=1)]
+#: Largest id or number a path or query accepts: beyond it nothing can exist (and the database's integer would
+#: overflow: a 500 before this bound).
+MAX_ID = 2**31 - 1
+Version = Annotated[int, Path(description="version number", ge=1, le=MAX_ID)]
 Alias = Annotated[str, Path(description="alias name, e.g. `production`", max_length=100)]
 
 #: OpenAPI description of the multipart upload (the endpoint parses the stream itself, see api/upload.py).
@@ -152,7 +155,9 @@ def get_bom(name: Name, version: Version, registry: RegistryDep, actor: Actor) -
 def get_attachment(
     name: Name,
     version: Version,
-    attachment_id: Annotated[int, Path(ge=1, description="the attachment's id (see the version's attachments)")],
+    attachment_id: Annotated[
+        int, Path(ge=1, le=MAX_ID, description="the attachment's id (see the version's attachments)")
+    ],
     registry: RegistryDep,
     actor: Actor,
 ) -> FileResponse:
