@@ -138,7 +138,7 @@ def test_serve_puts_metrics_on_their_own_listener(world: World, tmp_path: Path) 
 @pytest.mark.parametrize(
     ("extra", "env_token", "message"),
     [
-        ([], None, "no API token for the service"),
+        ([], None, "no API token: set MLWARDEN_TOKEN"),
         (["--policy", "/nonexistent/policy.yaml"], "dave", "cannot read it"),
         (["--poll", "0"], "dave", "--poll must be"),
         (["--metrics-token", "short"], "dave", "a metrics token has"),

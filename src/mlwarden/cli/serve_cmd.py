@@ -1,6 +1,6 @@
 """``mlwarden serve --model NAME@ALIAS``: the guard service in front of a registry version.
 
-The service authenticates to the registry with its own token (``--token`` / ``$MLWARDEN_TOKEN``: a user with
+The service authenticates to the registry with its own token (``--token-file`` / ``$MLWARDEN_TOKEN``: a user with
 read, quarantine and rollback rights, e.g. a deployer, so playbooks can act); clients call it with their own
 registry tokens. Everything the guard does is set in the guard policy file (``--policy``, see docs/guard.md),
 including the connection limits of the listener (``connections``). ``/metrics`` names the model, its version and
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from mlwarden.cli.api_cmd import _database_url, _is_loopback, _port, warn_if_plain_http
-from mlwarden.cli.registry_cmd import TOKEN_ENV
+from mlwarden.cli.registry_cmd import add_token_options, read_token
 from mlwarden.core.errors import UsageError
 
 DEFAULT_HOST = "127.0.0.1"
@@ -42,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     serve.add_argument("--db", metavar="URL", help="registry database URL (default: $MLWARDEN_DB_URL or the home's)")
     serve.add_argument("--home", metavar="DIR", help="mlwarden home (default: $MLWARDEN_HOME)")
     serve.add_argument("--gates", metavar="FILE", help="gates TOML (deploy-trusted keys verify the signature)")
-    serve.add_argument("--token", metavar="TOKEN", help=f"the service's own registry token (default: ${TOKEN_ENV})")
+    add_token_options(serve)  # the service's own registry token: --token-file or $MLWARDEN_TOKEN (--token warns)
     serve.add_argument("--history-dir", metavar="DIR", help="keep the monitor history here (for `monitor report`)")
     serve.add_argument("--forensics-dir", metavar="DIR", default="forensics", help="where bundles go")
     serve.add_argument("--signing-key", metavar="KEY", help="ECDSA private key (PEM) signing forensics bundles")
@@ -97,7 +97,6 @@ def run_serve(args: argparse.Namespace) -> int:
         raise UsageError(
             f"mlwarden serve needs the server and guard extras: pip install 'mlwarden[server,guard]' ({exc})"
         ) from None
-    from mlwarden.registry.errors import AuthError
     from mlwarden.registry.service import Registry
 
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -115,9 +114,7 @@ def run_serve(args: argparse.Namespace) -> int:
         )
     policy = load_guard_policy(args.policy)
     signer = _signer(args.signing_key)
-    token = args.token or os.environ.get(TOKEN_ENV)
-    if not token:
-        raise AuthError(f"no API token for the service: pass --token or set {TOKEN_ENV}")
+    token = read_token(args)
     home = Path(args.home) if args.home else None
     registry = Registry.open(_database_url(args.db, home), home=home, gates=args.gates, upgrade=False)
     actor = registry.authenticate(token.strip())
