@@ -166,7 +166,7 @@ def main() -> int:
     scan = TOOLS[tool]()
     out = sys.stdout
     out.write(json.dumps({"import_seconds": time.perf_counter() - t0}) + "\n")
-    devnull = open(os.devnull, "w")  # noqa: SIM115 - some peers print per file; keep stdout JSON-only
+    devnull = open(os.devnull, "w")
     for path in paths:
         started = time.perf_counter()
         sys.stdout = devnull

@@ -18,9 +18,9 @@ from mlwarden.core.errors import (
     UnsafeModelError,
     UsageError,
 )
-from mlwarden.core.findings import Confidence, Finding, Location, Rule, Severity  # noqa: E402
-from mlwarden.core.policy import Limits, Policy, load_policy  # noqa: E402
-from mlwarden.scan.result import FileResult, ScanReport  # noqa: E402
+from mlwarden.core.findings import Confidence, Finding, Location, Rule, Severity
+from mlwarden.core.policy import Limits, Policy, load_policy
+from mlwarden.scan.result import FileResult, ScanReport
 
 
 def scan(

@@ -65,7 +65,7 @@ def dataset(tmp_path: Path) -> Path:
     return make_dataset(tmp_path / "data")
 
 
-def build(path: Path, **overrides: object):  # noqa: ANN201 - test helper
+def build(path: Path, **overrides: object):
     args: dict[str, object] = {
         "name": "reviews",
         "source": "https://example.org/reviews",
@@ -197,7 +197,7 @@ def test_statement_of_another_kind_is_refused(dataset: Path, tmp_path: Path) -> 
         (lambda s: s["subject"].append(dict(s["subject"][0])), "listed twice"),
     ],
 )
-def test_inconsistent_hand_edited_manifest_is_refused(dataset: Path, tmp_path: Path, edit, message: str) -> None:  # noqa: ANN001
+def test_inconsistent_hand_edited_manifest_is_refused(dataset: Path, tmp_path: Path, edit, message: str) -> None:
     statement = dataset_statement(build(dataset))
     edit(statement)
     out = tmp_path / "m.json"
@@ -219,7 +219,7 @@ def test_untouched_dataset_verifies(dataset: Path) -> None:
         (lambda d: (d / "test.csv").rename(d / "test2.csv"), [("removed", "test.csv"), ("added", "test2.csv")]),
     ],
 )
-def test_tampered_dataset_is_detected(dataset: Path, tamper, expected: list[tuple[str, str]]) -> None:  # noqa: ANN001
+def test_tampered_dataset_is_detected(dataset: Path, tamper, expected: list[tuple[str, str]]) -> None:
     manifest = build(dataset)
     tamper(dataset)
     differences = verify_dataset(dataset, manifest)

@@ -246,7 +246,7 @@ def test_record_round_trips_through_a_file(
     assert read.packages == PACKAGES
 
 
-def test_record_signed_by_another_key_is_refused(model: Path, dataset_manifest: Path, tmp_path: Path, keys) -> None:  # noqa: ANN001
+def test_record_signed_by_another_key_is_refused(model: Path, dataset_manifest: Path, tmp_path: Path, keys) -> None:
     generate_key_pair(tmp_path / "x.key", tmp_path / "x.pub")
     out = tmp_path / "record.json"
     write_bundle(sign_training_record(full_record(model, dataset_manifest, tmp_path), keys[0]), out)
@@ -256,7 +256,7 @@ def test_record_signed_by_another_key_is_refused(model: Path, dataset_manifest: 
 
 def test_unsigned_record_is_refused_when_a_key_is_given(
     model: Path, dataset_manifest: Path, tmp_path: Path, keys
-) -> None:  # noqa: ANN001
+) -> None:
     out = tmp_path / "record.json"
     write_bundle(training_statement(full_record(model, dataset_manifest, tmp_path)), out)
     with pytest.raises(VerificationError, match="unsigned"):
@@ -273,7 +273,7 @@ def test_unsigned_record_is_refused_when_a_key_is_given(
         (lambda s: s["predicate"]["datasets"][0]["manifest"].update(sha256="xyz"), "manifest digest is not a SHA-256"),
     ],
 )
-def test_hand_edited_record_is_refused(model: Path, dataset_manifest: Path, tmp_path: Path, edit, message: str) -> None:  # noqa: ANN001
+def test_hand_edited_record_is_refused(model: Path, dataset_manifest: Path, tmp_path: Path, edit, message: str) -> None:
     statement = training_statement(full_record(model, dataset_manifest, tmp_path))
     edit(statement)
     out = tmp_path / "record.json"

@@ -27,7 +27,7 @@ PY2_ARRAY = (
 
 def test_python2_pickle_with_non_ascii_bytes_loads(tmp_path: Path) -> None:
     with pytest.raises(UnicodeDecodeError):
-        pickle.loads(PY2_ARRAY)  # noqa: S301 - what a plain load does: the failure the loader must not surface
+        pickle.loads(PY2_ARRAY)
     path = tmp_path / "py2.pkl"
     path.write_bytes(PY2_ARRAY)
     loaded = mlwarden.load(path, dynamic=False)

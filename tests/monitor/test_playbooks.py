@@ -153,7 +153,7 @@ class _Receiver(http.server.BaseHTTPRequestHandler):
     statuses: list[int] = []
     bodies: list[tuple[bytes, str | None]] = []
 
-    def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         type(self).bodies.append((body, self.headers.get("X-Mlwarden-Signature")))
         status = type(self).statuses.pop(0) if type(self).statuses else 204

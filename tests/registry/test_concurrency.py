@@ -70,7 +70,7 @@ def test_two_deployers_of_one_alias(w: World) -> None:
         try:
             barrier.wait()
             registry.deploy(CAROL, ref, "production")
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=run, args=(r, f"fraud:{i + 1}")) for i, r in enumerate(registries)]

@@ -266,7 +266,7 @@ def test_revoke_tokens_for_rolls_back_with_its_transaction(w: World) -> None:
 
     revoked: list[int] = []
 
-    class Abort(Exception):
+    class Abort(Exception):  # noqa: N818
         pass
 
     def revoke_then_fail() -> None:

@@ -161,7 +161,7 @@ def test_out_of_range_input_is_blocked_with_evidence(world: World, tmp_path: Pat
 class _Hook(http.server.BaseHTTPRequestHandler):
     received: list[dict] = []  # type: ignore[type-arg]
 
-    def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+    def do_POST(self) -> None:
         length = int(self.headers["Content-Length"])
         type(self).received.append(json.loads(self.rfile.read(length)))
         self.send_response(204)

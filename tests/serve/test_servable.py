@@ -111,7 +111,7 @@ class _Canary:
         self.path = path
 
     def __reduce__(self) -> tuple[object, tuple[str, str]]:
-        return open, (str(self.path), "w")  # noqa: SIM115 - the payload, never run
+        return open, (str(self.path), "w")
 
 
 def test_a_malicious_pickle_is_refused_and_never_runs(tmp_path: Path) -> None:

@@ -93,7 +93,8 @@ def error_response(
 
 
 def _registry_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RegistryError)
+    if not (isinstance(exc, RegistryError)):
+        raise RuntimeError("internal invariant broken: isinstance(exc, RegistryError)")
     if exc.http_status >= 500:
         # A server-side failure (e.g. the blob store): its message names server paths; the client gets a reference.
         reference = uuid.uuid4().hex[:12]
@@ -108,7 +109,8 @@ def _registry_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def _api_error(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ApiError)
+    if not (isinstance(exc, ApiError)):
+        raise RuntimeError("internal invariant broken: isinstance(exc, ApiError)")
     headers = {"WWW-Authenticate": exc.challenge} if exc.challenge else None
     return error_response(exc.status, exc.code, str(exc), headers)
 
@@ -140,7 +142,8 @@ def _mlwarden_error(_request: Request, exc: Exception) -> JSONResponse:
 
 
 def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
+    if not (isinstance(exc, RequestValidationError)):
+        raise RuntimeError("internal invariant broken: isinstance(exc, RequestValidationError)")
     problems = [
         {
             "location": [str(p) if not isinstance(p, int) else p for p in e.get("loc", ())],
@@ -158,7 +161,8 @@ def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
 
 
 def _http_error(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, StarletteHTTPException)
+    if not (isinstance(exc, StarletteHTTPException)):
+        raise RuntimeError("internal invariant broken: isinstance(exc, StarletteHTTPException)")
     code = _STATUS_CODES.get(exc.status_code, "error")
     try:
         default = HTTPStatus(exc.status_code).phrase.lower()

@@ -254,7 +254,8 @@ class UploadReceiver:
     def _flush(self) -> None:
         ready, self._ready = self._ready, []
         for part in ready:
-            assert part.file is not None
+            if not (part.file is not None):
+                raise RuntimeError("internal invariant broken: part.file is not None")
             for piece in part.pending:
                 part.file.write(piece)
             part.pending.clear()

@@ -238,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_ERROR
-    except Exception as exc:  # noqa: BLE001 - the promise is: no traceback reaches the user
+    except Exception as exc:
         if os.environ.get("MLWARDEN_DEBUG"):
             raise
         print(

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from mlwarden.registry.service import Registry
     from mlwarden.registry.values import VersionInfo
 
-TOKEN_ENV = "MLWARDEN_TOKEN"
+TOKEN_ENV = "MLWARDEN_TOKEN"  # noqa: S105 - the name of an environment variable, not a secret
 EXIT_OK, EXIT_REFUSED = 0, 1
 
 

@@ -24,7 +24,7 @@ from mlwarden.core.errors import UsageError
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 #: Where the metrics token is read from when ``--metrics-token`` is not given (a flag shows in ``ps``).
-METRICS_TOKEN_ENV = "MLWARDEN_METRICS_TOKEN"
+METRICS_TOKEN_ENV = "MLWARDEN_METRICS_TOKEN"  # noqa: S105 - an environment variable name
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

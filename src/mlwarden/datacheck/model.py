@@ -69,7 +69,7 @@ class CheckInfo:
 CHECKS: dict[str, CheckInfo] = {}
 
 
-def _check(id: str, title: str, description: str) -> None:  # noqa: A002 - the check's id
+def _check(id: str, title: str, description: str) -> None:
     CHECKS[id] = CheckInfo(id, title, description)
 
 
@@ -178,7 +178,7 @@ class DataCheckReport:
     created_at: str
     tool_version: str
 
-    def check(self, id: str) -> CheckResult:  # noqa: A002 - the check's id
+    def check(self, id: str) -> CheckResult:
         """The result of check ``id`` (KeyError when it did not run)."""
         for result in self.checks:
             if result.id == id:

@@ -91,7 +91,7 @@ def _guarded(check_id: str, run: Callable[[], CheckResult], rows: int) -> CheckR
     return CheckResult(check_id, {}, None, rows, time.perf_counter() - started, status="error", reason=reason)
 
 
-def check_dataset(path: Path | str, options: CheckOptions | None = None) -> DataCheckReport:
+def check_dataset(path: Path | str, options: CheckOptions | None = None) -> DataCheckReport:  # noqa: C901
     """Check the dataset at ``path`` (CSV, Parquet, JSON Lines, NPY/NPZ or an image folder).
 
     Raises:

@@ -260,7 +260,7 @@ class CardDetector(Detector):
     _run = re.compile(r"\d+(?:[ -]\d+)*")
     _group = re.compile(r"\d+")
 
-    def scan(self, text: str, config: PiiConfig) -> Iterator[Match]:  # noqa: D102 - documented on Detector
+    def scan(self, text: str, config: PiiConfig) -> Iterator[Match]:
         for run in self._run.finditer(text):
             groups = [g.span() for g in self._group.finditer(text, run.start(), run.end())]
             i = 0

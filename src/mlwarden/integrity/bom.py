@@ -253,7 +253,7 @@ def build_bom(
     framework: str | None,
     packages: Mapping[str, str],
     datasets: Sequence[DatasetRef] = (),
-    properties: Mapping[str, str] = {},  # noqa: B006 - read only, never mutated
+    properties: Mapping[str, str] = {},
     timestamp: datetime | None = None,
     requirements: Callable[[str, str], set[str] | None] = installed_requirements,
 ) -> str:

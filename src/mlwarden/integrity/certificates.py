@@ -107,6 +107,7 @@ def verify_statement_certificate(
     envelope = parse_bundle(bundle)
     leaf = verify_chain(envelope.certificates, roots)
     public = leaf.public_key()
-    assert isinstance(public, ec.EllipticCurvePublicKey)  # verify_chain refused anything else
+    if not (isinstance(public, ec.EllipticCurvePublicKey)):  # verify_chain refused anything else
+        raise RuntimeError("internal invariant broken: isinstance(public, ec.EllipticCurvePublicKey)")
     check_signature(envelope, public)
     return decode_payload(envelope), leaf

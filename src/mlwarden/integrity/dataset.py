@@ -117,7 +117,7 @@ def build_dataset_manifest(
     *,
     name: str,
     source: str,
-    license: str,  # noqa: A002 - the field's name in the manifest
+    license: str,
     collected_at: str | date | datetime | None = None,
     description: str = "",
     ignore_paths: Sequence[str | PurePath] = (),

@@ -88,7 +88,8 @@ def load_private_key(path: Path | str, password: bytes | None = None) -> Private
     except Exception as exc:  # noqa: BLE001 - cryptography raises several types for unsupported key formats
         raise KeyFileError(f"private key {path} cannot be loaded: {exc}") from None
     _check_curve(key, path, "private key")
-    assert isinstance(key, ec.EllipticCurvePrivateKey)  # _check_curve refused anything else
+    if not (isinstance(key, ec.EllipticCurvePrivateKey)):  # _check_curve refused anything else
+        raise RuntimeError("internal invariant broken: isinstance(key, ec.EllipticCurvePrivateKey)")
     return key
 
 
@@ -104,10 +105,11 @@ def load_public_key(path: Path | str) -> PublicKey:
         raise KeyFileError(f"public key {path} holds a private key: give the public key (never share the private)")
     try:
         key = serialization.load_pem_public_key(data)
-    except Exception as exc:  # noqa: BLE001 - ValueError for corrupt PEM, UnsupportedAlgorithm for odd keys
+    except Exception as exc:  # noqa: BLE001 - cryptography raises several types for unsupported key formats
         raise KeyFileError(f"public key {path} is corrupt or not a PEM public key: {exc}") from None
     _check_curve(key, path, "public key")
-    assert isinstance(key, ec.EllipticCurvePublicKey)
+    if not (isinstance(key, ec.EllipticCurvePublicKey)):
+        raise RuntimeError("internal invariant broken: isinstance(key, ec.EllipticCurvePublicKey)")
     return key
 
 

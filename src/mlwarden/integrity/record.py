@@ -152,8 +152,12 @@ def detect_git(folder: Path | str) -> tuple[str | None, bool | None]:
 
     def git(*args: str) -> str | None:
         try:
-            done = subprocess.run(
-                ["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=GIT_TIMEOUT, check=False
+            done = subprocess.run(  # noqa: S603 - git with fixed arguments, from PATH as the user runs it
+                ["git", "-C", str(folder), *args],  # noqa: S607
+                capture_output=True,
+                text=True,
+                timeout=GIT_TIMEOUT,
+                check=False,
             )
         except (OSError, subprocess.SubprocessError):
             return None
@@ -198,7 +202,7 @@ def build_training_record(
     packages: Mapping[str, str] | None = None,
     dataset_manifests: Sequence[Path | str] = (),
     dataset_public_key: PublicKey | Path | str | None = None,
-    metrics: Mapping[str, float] = {},  # noqa: B006 - read only
+    metrics: Mapping[str, float] = {},
     model_path: Path | str | None = None,
     model_digest: str | None = None,
     started_at: str | date | datetime | None = None,

@@ -97,7 +97,7 @@ def archive_members(path: Path, limits: Limits) -> Iterator[tuple[str, bytes]]:
                 yield info.filename, zf.read(info)
         return
     try:
-        tf = tarfile.open(path, mode="r:*")  # noqa: SIM115 - closed below; members are read, never extracted
+        tf = tarfile.open(path, mode="r:*")
     except tarfile.TarError as exc:
         raise UsageError(f"not an archive mlwarden can open: {exc}") from None
     with tf:

@@ -200,7 +200,8 @@ def read_members(path: str | os.PathLike[str]) -> dict[str, bytes]:
                 if info.name in members:
                     raise ForensicsError(f"{path}: member {info.name!r} appears twice")
                 handle = tar.extractfile(info)
-                assert handle is not None
+                if not (handle is not None):
+                    raise RuntimeError("internal invariant broken: handle is not None")
                 members[info.name] = handle.read()
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise ForensicsError(f"{path}: not a readable bundle ({exc})") from None

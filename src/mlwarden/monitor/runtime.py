@@ -318,7 +318,8 @@ class Monitor:
             return Alert(rule.name, "chart", rule.severity, metric, point.statistic, limit, message, now, evidence)
         metric = rule.on.split(":", 1)[1]
         value = rates.get(metric)
-        assert rule.above is not None
+        if not (rule.above is not None):
+            raise RuntimeError("internal invariant broken: rule.above is not None")
         if value is None or value <= rule.above:
             return None
         message = f"{metric} {value:.3f} over the last {len(self._values[metric])} requests (limit {rule.above})"
@@ -403,7 +404,8 @@ class Monitor:
                 )
 
     def _histograms(self, rows: np.ndarray) -> list[dict[str, Any]]:
-        assert self.baseline is not None
+        if not (self.baseline is not None):
+            raise RuntimeError("internal invariant broken: self.baseline is not None")
         out = []
         for j, name in enumerate(self.baseline.numeric_names):
             profile = self.baseline.feature(name)

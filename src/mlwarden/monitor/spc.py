@@ -116,7 +116,7 @@ class EwmaConfig:
     """
 
     lam: float = 0.2
-    L: float = 2.962  # noqa: N815 - the standard symbol
+    L: float = 2.962
     mean: float | None = None
     sigma: float | None = None
     warmup: int = 100

@@ -37,7 +37,7 @@ __all__ = [
     "parse_duration",
 ]
 
-TOKEN_PREFIX = "mlw_"
+TOKEN_PREFIX = "mlw_"  # noqa: S105 - the public prefix of every token, not a secret
 #: Characters of the random part kept in clear to find the row.
 LOOKUP_LENGTH = 8
 _RANDOM_BYTES = 32

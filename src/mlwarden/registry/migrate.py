@@ -28,7 +28,8 @@ def _config() -> Config:
 def head_revision() -> str:
     """The newest revision this version of mlwarden knows."""
     head = ScriptDirectory.from_config(_config()).get_current_head()
-    assert head is not None, "the package ships at least one migration"
+    if not (head is not None):
+        raise RuntimeError("the package ships at least one migration")
     return head
 
 

@@ -181,7 +181,7 @@ class _Work:
             self._discard(self.registry.blobs.path(digest))
             disposition = "archived and deleted" if self.mode is Mode.ARCHIVE else "deleted"
             self.items.append(RetiredItem(name, digest, size, disposition, not self.registry.blobs.exists(digest)))
-        self._discard(self.registry._core.views / info.model / str(info.version))  # noqa: SLF001 - same package
+        self._discard(self.registry._core.views / info.model / str(info.version))
         missing = [i.name for i in self.items if not i.disposition.startswith("retained") and not i.absent]
         if missing:
             raise StorageError(f"retirement of {info.ref} could not remove: {', '.join(missing)}")
@@ -197,8 +197,10 @@ class _Work:
     def _archive(self, info: VersionInfo, entries: list[tuple[str, str, int]]) -> None:
         from mlwarden.integrity.archive import write_archive
 
-        assert self.archive_dir is not None
-        assert self.custodian is not None
+        if not (self.archive_dir is not None):
+            raise RuntimeError("internal invariant broken: self.archive_dir is not None")
+        if not (self.custodian is not None):
+            raise RuntimeError("internal invariant broken: self.custodian is not None")
         self.archive_dir.mkdir(parents=True, exist_ok=True)
         target = self.archive_dir / f"{info.model}-{info.version}-{_stamp(utcnow())}.mlwarc"
         members = {name: self.registry.blobs.path(digest) for name, digest, _ in entries}

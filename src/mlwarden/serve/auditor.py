@@ -23,7 +23,7 @@ from mlwarden.registry.db import DatabaseError
 log = logging.getLogger("mlwarden.serve")
 
 
-class AuditBacklog(MlwardenError):
+class AuditBacklog(MlwardenError):  # noqa: N818 - a condition the caller acts on
     """The audit log is not keeping up (or unreachable); the request is refused rather than left unaudited."""
 
 

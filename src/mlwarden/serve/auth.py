@@ -61,7 +61,7 @@ class TokenCache:
         if self.ttl > 0:
             # Entries expire at spread-out times (a random part of the ttl is used up at once), so the tokens of
             # many clients that arrived together are not all checked again in the same instant.
-            aged = now - random.uniform(0.0, 0.5) * self.ttl
+            aged = now - random.uniform(0.0, 0.5) * self.ttl  # noqa: S311 - jitter, not a secret
             with self._lock:
                 self._cache[key] = (principal, aged)
                 while len(self._cache) > MAX_CACHED:

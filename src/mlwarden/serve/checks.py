@@ -129,8 +129,10 @@ class RequestGuard:
         return results
 
     def _range(self, rows: np.ndarray) -> CheckResult:
-        assert self._lo is not None
-        assert self._hi is not None
+        if not (self._lo is not None):
+            raise RuntimeError("internal invariant broken: self._lo is not None")
+        if not (self._hi is not None):
+            raise RuntimeError("internal invariant broken: self._hi is not None")
         outside = (rows < self._lo) | (rows > self._hi)
         bad_rows = np.flatnonzero(outside.any(axis=1))
         if not bad_rows.size:
@@ -148,7 +150,8 @@ class RequestGuard:
         return CheckResult("range", _act(self.policy.input.range_action, True), detail, evidence)
 
     def _ood(self, rows: np.ndarray) -> CheckResult | None:
-        assert self.baseline is not None
+        if not (self.baseline is not None):
+            raise RuntimeError("internal invariant broken: self.baseline is not None")
         profile, threshold = self.baseline.baseline, self.baseline.ood_threshold
         if profile is None or threshold is None:
             return None
@@ -167,7 +170,8 @@ class RequestGuard:
         return CheckResult("ood", _act(self.policy.input.ood_action, True), detail, evidence)
 
     def _adversarial(self, rows: np.ndarray) -> CheckResult:
-        assert self.detector is not None
+        if not (self.detector is not None):
+            raise RuntimeError("internal invariant broken: self.detector is not None")
         scores = self.detector.check(rows)
         flagged = [(i, s) for i, s in enumerate(scores) if s.flagged]
         top = max(scores, key=lambda s: s.score / s.threshold if s.threshold > 0 else s.score)
@@ -184,7 +188,8 @@ class RequestGuard:
         return CheckResult("adversarial", _act(self.policy.adversarial.action, True), detail, evidence)
 
     def _prompt(self, texts: list[str]) -> CheckResult:
-        assert self.screen is not None
+        if not (self.screen is not None):
+            raise RuntimeError("internal invariant broken: self.screen is not None")
         worst = None
         hits = []
         for i, text in enumerate(texts):
@@ -196,7 +201,8 @@ class RequestGuard:
                 worst = result
             if result.flagged:
                 hits.append(i)
-        assert worst is not None
+        if not (worst is not None):
+            raise RuntimeError("internal invariant broken: worst is not None")
         evidence = {
             "screen": worst.screen,
             "score": round(worst.score, 4),
@@ -222,7 +228,8 @@ class RequestGuard:
                 verdict = self.extraction.observe(client, row, int(cls), now)
                 if verdict.action == "block":
                     break
-        assert verdict is not None
+        if not (verdict is not None):
+            raise RuntimeError("internal invariant broken: verdict is not None")
         evidence = {
             "prada_w": None if verdict.prada_w is None else round(verdict.prada_w, 4),
             "delta": self.extraction.config.delta,

@@ -150,7 +150,7 @@ REFUSALS: dict[str, tuple[str, str]] = {
 GENERIC_REFUSAL = ("blocked", "the request was refused by the guard policy")
 
 
-class _Refused(Exception):
+class _Refused(Exception):  # noqa: N818 - a refusal, turned into a reply
     """A refusal: ``message`` goes to the client, ``detail`` (default: the message) to the audit log."""
 
     def __init__(
@@ -247,7 +247,9 @@ def _event(
     )
 
 
-def handle_predict(service: GuardService, principal: Principal, name: str, payload: Mapping[str, Any]) -> Reply:
+def handle_predict(  # noqa: C901 - the request path, check by check, in the order they run
+    service: GuardService, principal: Principal, name: str, payload: Mapping[str, Any]
+) -> Reply:
     """Run one request through the guard (see the module docstring)."""
     started = time.perf_counter()
     request_id = uuid.uuid4().hex[:16]
@@ -280,7 +282,7 @@ def handle_predict(service: GuardService, principal: Principal, name: str, paylo
         model_started = time.perf_counter()
         try:
             prediction = deployment.servable.predict(rows)
-        except Exception as exc:  # the model's own failure: recorded, never shown to the client
+        except Exception as exc:  # noqa: BLE001 - the model's own failure: recorded, never shown to the client
             log.error("model %s failed on request %s: %r", deployment.info.ref, request_id, exc)
             service.monitor.observe(features=None, confidence=None, latency_s=time.perf_counter() - started, error=True)
             raise _Refused(

@@ -97,7 +97,8 @@ class SklearnServable(Servable):
     def predict(self, x: np.ndarray | list[str]) -> Prediction:  # noqa: D102 - documented on Servable
         if self._proba:
             scores = self._memo(x) if self._memo is not None else self._raw_proba(x)
-            assert self.classes is not None
+            if not (self.classes is not None):
+                raise RuntimeError("internal invariant broken: self.classes is not None")
             labels = [self.classes[i] for i in scores.argmax(axis=1)]
             return Prediction(labels, scores, self.classes)
         return Prediction([_plain(v) for v in np.asarray(self.estimator.predict(x)).tolist()], None, self.classes)
@@ -105,7 +106,8 @@ class SklearnServable(Servable):
     def predict_fn(self) -> PredictFn | None:  # noqa: D102 - documented on Servable
         if not self._proba or self.input_kind != "tabular":
             return None
-        assert self._memo is not None
+        if not (self._memo is not None):
+            raise RuntimeError("internal invariant broken: self._memo is not None")
         # A bare linear model keeps its coefficients (the analytic gradient); a pipeline is query-only.
         return SklearnModel(_Queried(self.estimator, self._memo, linear=not hasattr(self.estimator, "steps")))
 

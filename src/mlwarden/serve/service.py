@@ -279,7 +279,8 @@ class GuardService:
         if time.monotonic() - self._standby_checked < max(self.options.poll_s, 1.0):
             return
         self._standby_checked = time.monotonic()
-        assert self.ref.alias is not None
+        if not (self.ref.alias is not None):
+            raise RuntimeError("internal invariant broken: self.ref.alias is not None")
         try:
             target = self.registry.rollback_target(self.actor, self.name, self.ref.alias)
             if target.ref != self._current.info.ref:

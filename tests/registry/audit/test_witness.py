@@ -104,12 +104,12 @@ def witness_server(tmp_path: Path) -> Iterator[tuple[str, list[bytes]]]:
     received: list[bytes] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        def do_POST(self) -> None:
             received.append(self.rfile.read(int(self.headers["Content-Length"])))
             self.send_response(204)
             self.end_headers()
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             body = received[-1] if received else b""
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))

@@ -100,7 +100,7 @@ def test_the_same_payload_through_tempfile_itself_is_what_the_test_claims(canary
     import pickle
 
     pytest.importorskip("lightgbm")
-    fh = pickle.loads(_named_temporary_file("lightgbm.basic", canary_dir))  # noqa: S301 - the canary itself
+    fh = pickle.loads(_named_temporary_file("lightgbm.basic", canary_dir))
     fh.close()
     assert [p.name[:5] for p in canary_dir.iterdir()] == ["pwned"]
 

@@ -166,7 +166,7 @@ class AuditLog:
                 row = _row(record)
                 columns, values = list(row), [_bind(name, value, self.database) for name, value in row.items()]
                 cursor.execute(
-                    f"INSERT INTO audit_entries ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                    f"INSERT INTO audit_entries ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",  # noqa: S608 - column names are the code's own
                     values,
                 )
                 cursor.execute("COMMIT")

@@ -264,7 +264,9 @@ def verify_inclusion(index: int, size: int, leaf: bytes, proof: Sequence[bytes],
         raise ProofError(f"the inclusion proof of leaf {index} does not lead to the root of tree size {size}")
 
 
-def verify_consistency(old_size: int, new_size: int, proof: Sequence[bytes], old_root: bytes, new_root: bytes) -> None:
+def verify_consistency(  # noqa: C901 - RFC 9162 §2.1.4.2 step by step reads best as one function
+    old_size: int, new_size: int, proof: Sequence[bytes], old_root: bytes, new_root: bytes
+) -> None:
     """Check that the tree of ``new_size`` with head ``new_root`` extends the one of ``old_size`` (RFC 9162 §2.1.4.2).
 
     Raises:

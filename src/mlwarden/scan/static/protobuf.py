@@ -114,7 +114,8 @@ class WireReader:
         rel = offset - self._buf_off
         if 0 <= rel and rel + n <= len(self._buf):
             return memoryview(self._buf)[rel : rel + n]
-        assert self._fh is not None
+        if not (self._fh is not None):
+            raise RuntimeError("internal invariant broken: self._fh is not None")
         self._fh.seek(offset)
         self._buf = self._fh.read(max(n, _CHUNK))
         self._buf_off = offset
@@ -171,7 +172,8 @@ class WireReader:
         n = min(field.value, limit)
         if self._mem is not None:
             return bytes(self._mem[field.data_offset : field.data_offset + n])
-        assert self._fh is not None
+        if not (self._fh is not None):
+            raise RuntimeError("internal invariant broken: self._fh is not None")
         self._fh.seek(field.data_offset)
         data = self._fh.read(n)
         if len(data) != n:
@@ -202,7 +204,7 @@ def open_seekable(artifact: Artifact, max_size: int) -> BinaryIO:
             return stream
     except (OSError, ValueError):
         pass
-    spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_MEMORY)  # noqa: SIM115 - returned to caller
+    spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_MEMORY)
     copied = 0
     with stream:
         while chunk := stream.read(1024 * 1024):

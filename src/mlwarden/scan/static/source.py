@@ -144,7 +144,7 @@ class _Visitor(ast.NodeVisitor):
         self.rules: dict[str, Rule] = {}
         self.depth = 0  # > 0 inside a function or class body (runs later, not at import)
 
-    def visit_Import(self, node: ast.Import) -> None:  # noqa: N802 - ast visitor naming
+    def visit_Import(self, node: ast.Import) -> None:
         for alias in node.names:
             self.imports.add(alias.name)
             if alias.asname:
@@ -153,7 +153,7 @@ class _Visitor(ast.NodeVisitor):
                 root = alias.name.split(".")[0]
                 self.aliases[root] = root
 
-    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:  # noqa: N802
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
         module = "." * node.level + (node.module or "")
         self.imports.add(module)
         for alias in node.names:
@@ -167,7 +167,7 @@ class _Visitor(ast.NodeVisitor):
 
     visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = visit_Lambda = _scoped  # noqa: N815
 
-    def visit_Call(self, node: ast.Call) -> None:  # noqa: N802
+    def visit_Call(self, node: ast.Call) -> None:
         name = _qualified(node.func, self.aliases)
         r = _rule_for(name, node) if name else None
         if r is not None and name is not None:

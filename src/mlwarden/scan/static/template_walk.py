@@ -88,7 +88,7 @@ class TemplateAnalyser:
             return None
         return value
 
-    def _fold(self, node: nodes.Node) -> Any:  # noqa: C901 - one case per node type reads best here
+    def _fold(self, node: nodes.Node) -> Any:
         if isinstance(node, nodes.Const):
             return node.value if isinstance(node.value, str | int) else None
         if isinstance(node, nodes.Name):
@@ -129,7 +129,8 @@ class TemplateAnalyser:
             return None
 
     def _fold_filter(self, node: nodes.Filter) -> Any:
-        assert node.node is not None
+        if not (node.node is not None):
+            raise RuntimeError("internal invariant broken: node.node is not None")
         value = self.fold(node.node)
         name = node.name
         if name == "format":

@@ -41,11 +41,11 @@ class PickleFormatError(Exception):
         self.message = message
 
 
-class ReaderLimit(PickleFormatError):
+class ReaderLimit(PickleFormatError):  # noqa: N818 - a condition reported as a finding
     """The scanner stops at ``offset`` where the unpickler would read on (a bound of the scanner's own)."""
 
 
-class ReadersDiffer(PickleFormatError):
+class ReadersDiffer(PickleFormatError):  # noqa: N818 - a condition reported as a finding
     """CPython's two unpicklers (``_pickle`` and ``pickle.py``) read the bytes at ``offset`` differently."""
 
 
@@ -261,7 +261,7 @@ def _py2_str(raw: bytes | Blob) -> str | Blob:
     return raw if isinstance(raw, Blob) else raw.decode("latin-1")
 
 
-def read_op(stream: BinaryIO, pos: int) -> Op | None:
+def read_op(stream: BinaryIO, pos: int) -> Op | None:  # noqa: C901 - one branch per pickletools argument type
     """Read one opcode and its argument at ``pos`` (the stream's position); ``None`` at end of data."""
     code = stream.read(1)
     if not code:
@@ -362,7 +362,7 @@ def stream_is_pickle(stream: BinaryIO) -> bool:
     return _decide(stream, None)
 
 
-def _decide(stream: BinaryIO, window: int | None) -> bool:  # noqa: C901 - one decision per opcode outcome
+def _decide(stream: BinaryIO, window: int | None) -> bool:
     count = 0
     stack = _StackShape()
     imports_only = window is not None
@@ -424,7 +424,7 @@ class _StackShape:
         self.ok = self._apply(op)
         return self.ok
 
-    def _apply(self, op: Op) -> bool:  # noqa: C901 - pickletools' declarations, plus POP, memo and strings
+    def _apply(self, op: Op) -> bool:
         name = op.name
         if name == "POP" and self.depth == 0:
             if not self.marks:
