@@ -6,8 +6,8 @@ from pathlib import PurePosixPath
 
 import pytest
 
-from mlwarden.api.errors import ApiError
-from mlwarden.api.limits import GiB, KiB, Limits, MiB, describe_size, parse_size
+from mlwarden.http.errors import ApiError
+from mlwarden.http.limits import GiB, KiB, Limits, MiB, describe_size, parse_size
 from mlwarden.api.upload import model_member
 
 

@@ -6,6 +6,6 @@ Needs the ``server`` extra (``pip install 'mlwarden[server]'``: fastapi, uvicorn
 from __future__ import annotations
 
 from mlwarden.api.app import create_app
-from mlwarden.api.limits import Limits
+from mlwarden.http.limits import Limits
 
 __all__ = ["Limits", "create_app"]

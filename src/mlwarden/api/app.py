@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter, FastAPI
 
-from mlwarden import __version__
-from mlwarden.api import errors
+from mlwarden._version import __version__
 from mlwarden.api.deps import AuthenticateFirst, RegistryDep
-from mlwarden.api.limits import BodyLimit, Limits
 from mlwarden.api.routes import admin, lifecycle, models, retire
-from mlwarden.api.routes import errors as error_responses
 from mlwarden.api.schemas import Health
+from mlwarden.http import errors
+from mlwarden.http.limits import BodyLimit, Limits
+from mlwarden.http.responses import errors as error_responses
 from mlwarden.registry.db import ping
 from mlwarden.registry.service import Registry
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPAuthorizationCredentials
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mlwarden.api.errors import CHALLENGE, CHALLENGE_INVALID, ApiError, error_response
-from mlwarden.api.limits import Limits
+from mlwarden.http.auth import MAX_TOKEN_LENGTH, bearer
+from mlwarden.http.errors import CHALLENGE, CHALLENGE_INVALID, ApiError, error_response
+from mlwarden.http.limits import Limits
 from mlwarden.registry.db import DatabaseError
 from mlwarden.registry.errors import AuthError
 from mlwarden.registry.roles import Principal
@@ -27,15 +28,6 @@ PROTECTED_PREFIX = "/v1/"
 #: Seconds a rate-limited client is told to wait.
 RETRY_AFTER_S = 60
 
-#: Longest ``Authorization`` value worth hashing; real tokens are 47 characters.
-MAX_TOKEN_LENGTH = 256
-
-bearer = HTTPBearer(
-    auto_error=False,
-    scheme_name="token",
-    description="An API token issued by an admin (`POST /v1/users/{name}/tokens` or the CLI): "
-    "`Authorization: Bearer mlw_...`",
-)
 
 
 def get_registry(request: Request) -> Registry:

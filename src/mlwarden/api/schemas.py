@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from mlwarden.http.responses import _Response
 from mlwarden.registry.audit.checkpoint import Checkpoint
 from mlwarden.registry.audit.events import AuditRecord
 from mlwarden.registry.errors import BadInput
@@ -51,44 +52,7 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class _Response(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-
-# --- errors -------------------------------------------------------------------------------------------------
-
-
-class FailedCheck(_Response):
-    """One rule of a policy gate that refused a transition."""
-
-    rule: str = Field(description="the gate rule's name, e.g. `signature_required`")
-    detail: str = Field(description="why it failed")
-
-
-class FieldProblem(_Response):
-    """One problem with the request (a field missing, of the wrong type, out of range)."""
-
-    location: list[str | int] = Field(description="where: `body`, `path`, `query` then the field names")
-    message: str
-    type: str = Field(description="pydantic's error type, e.g. `missing`, `extra_forbidden`")
-
-
-class ErrorDetail(_Response):
-    """What went wrong: a stable machine-readable code and a one-line message for people."""
-
-    code: str = Field(
-        description="unauthenticated, forbidden, not_found, invalid_transition, gate_refused, conflict, "
-        "invalid_input, payload_too_large, database_unavailable, internal_error, ..."
-    )
-    message: str
-    failed: list[FailedCheck] | None = Field(default=None, description="gate_refused only: every failed rule")
-    problems: list[FieldProblem] | None = Field(default=None, description="invalid_input from validation only")
-
-
-class ErrorBody(_Response):
-    """The body of every error response."""
-
-    error: ErrorDetail
+# --- errors (shared with the guard: mlwarden.http.responses) --------------------------------------------------
 
 
 # --- health -------------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 The body is parsed as it streams in (``python-multipart``'s push parser), and each file part is written to its
 own file in 1 MiB batches from a worker thread, so neither a 2 GiB model nor a slow client holds memory or the
-event loop. The size limit is enforced by :class:`~mlwarden.api.limits.BodyLimit` on the same stream.
+event loop. The size limit is enforced by :class:`~mlwarden.http.limits.BodyLimit` on the same stream.
 
 Form fields (anything else is refused, so a typo cannot silently drop an attachment):
 
@@ -29,8 +29,8 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import parse_options_header
 from starlette.concurrency import run_in_threadpool
 
-from mlwarden.api.errors import ApiError
-from mlwarden.api.limits import Limits, MiB
+from mlwarden.http.errors import ApiError
+from mlwarden.http.limits import Limits, MiB
 
 FILE_FIELDS = ("model", "signature", "dataset_manifest", "training_record")
 TEXT_FIELDS = ("framework", "description")

@@ -202,7 +202,7 @@ def _pickle(artifact: Artifact) -> Format | None:
     """
     import io
 
-    from mlwarden.scan.static.pickle.opcodes import CODE2OP, stream_is_pickle
+    from mlwarden.artifacts.pickle_ops import CODE2OP, stream_is_pickle
 
     head = artifact.head
     if not head or head[0] not in CODE2OP:
@@ -216,7 +216,7 @@ def _pickle(artifact: Artifact) -> Format | None:
 
 
 def _protobuf(artifact: Artifact) -> Format | None:
-    from mlwarden.scan.static.protobuf import sniff_protobuf_model
+    from mlwarden.artifacts.protobuf import sniff_protobuf_model
 
     return sniff_protobuf_model(artifact)
 

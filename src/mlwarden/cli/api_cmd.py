@@ -20,7 +20,7 @@ DEFAULT_PORT = 8765
 
 
 def _size(text: str) -> int:
-    from mlwarden.api.limits import parse_size
+    from mlwarden.http.limits import parse_size
 
     try:
         return parse_size(text)

@@ -61,20 +61,9 @@ def add_parser(sub: Any) -> None:
     certificate.set_defaults(run=_certificate)
 
 
-def registry_key(home: Path) -> Path:
-    """The registry's certificate-signing key, created (0600) with its public half on first use."""
-    from mlwarden.integrity.keys import generate_key_pair
-
-    private = home / "keys" / "registry.key"
-    if not private.exists():
-        private.parent.mkdir(parents=True, exist_ok=True)
-        generate_key_pair(private, private.with_suffix(".pub"))
-    return private
-
-
 def _retire(args: argparse.Namespace) -> int:
     from mlwarden.registry.db import home
-    from mlwarden.registry.retire import describe, retire_version
+    from mlwarden.registry.retire import describe, registry_key, retire_version
 
     base = Path(args.home) if args.home else home()
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from mlwarden import __version__
+from mlwarden._version import __version__
 from mlwarden.core.errors import MlwardenError
 from mlwarden.datacheck.duplicates import DuplicateScan
 from mlwarden.datacheck.features import FeatureSample

@@ -65,7 +65,7 @@ def _joblib(path: Path, policy: Policy, restricted: bool, display: str) -> Any:
 
 def _joblib_zf(data: bytes, path: Path, policy: Policy, display: str) -> Any:
     """The payload of a joblib ``ZF`` file: a pickle (companions beside it), an ``.npy``, or raw array bytes."""
-    from mlwarden.scan.static.pickle.opcodes import stream_is_pickle
+    from mlwarden.artifacts.pickle_ops import stream_is_pickle
 
     if data[:6] == b"\x93NUMPY":
         return _npy(io.BytesIO(data), policy, True, display)

@@ -26,11 +26,11 @@ import types
 from collections.abc import Callable
 from typing import IO, Any
 
+from mlwarden.artifacts.pickle_ops import c_float, c_int
 from mlwarden.core.errors import UnsafeModelError
 from mlwarden.core.findings import Location, Rule
 from mlwarden.core.policy import Policy
 from mlwarden.scan.static.pickle import allowlist, rules
-from mlwarden.scan.static.pickle.opcodes import c_float, c_int
 
 _UFUNC = frozenset(
     {"numpy.core._ufunc_reconstruct", "numpy._core._ufunc_reconstruct", "numpy.core.umath._ufunc_reconstruct"}

@@ -76,6 +76,17 @@ class Retirement:
     tokens_revoked: tuple[int, ...] = field(default=())
 
 
+def registry_key(home: Path) -> Path:
+    """The registry's certificate-signing key, created (0600) with its public half on first use."""
+    from mlwarden.integrity.keys import generate_key_pair
+
+    private = home / "keys" / "registry.key"
+    if not private.exists():
+        private.parent.mkdir(parents=True, exist_ok=True)
+        generate_key_pair(private, private.with_suffix(".pub"))
+    return private
+
+
 def retire_version(
     registry: Registry,
     actor: Principal,

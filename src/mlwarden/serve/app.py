@@ -20,13 +20,13 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from mlwarden import __version__
-from mlwarden.api import errors
-from mlwarden.api.deps import MAX_TOKEN_LENGTH, bearer
-from mlwarden.api.errors import CHALLENGE, CHALLENGE_INVALID, ApiError
-from mlwarden.api.limits import BodyLimit, Limits
-from mlwarden.api.routes import errors as error_responses
+from mlwarden._version import __version__
 from mlwarden.core.errors import UsageError
+from mlwarden.http import errors
+from mlwarden.http.auth import MAX_TOKEN_LENGTH, bearer
+from mlwarden.http.errors import CHALLENGE, CHALLENGE_INVALID, ApiError
+from mlwarden.http.limits import BodyLimit, Limits
+from mlwarden.http.responses import errors as error_responses
 from mlwarden.registry.errors import AuthError
 from mlwarden.registry.roles import Permission, Principal
 from mlwarden.serve.requests import PredictRequest, PredictResponse, handle_predict, settle

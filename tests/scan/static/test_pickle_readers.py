@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 import mlwarden
 from mlwarden.core.errors import UnsafeModelError
 from mlwarden.loader import restricted_loads
-from mlwarden.scan.static.pickle.opcodes import PickleFormatError, ReadersDiffer, read_op
+from mlwarden.artifacts.pickle_ops import PickleFormatError, ReadersDiffer, read_op
 from tests.conftest import failing, rule_ids, scan_bytes
 
 _TEXT = st.binary(min_size=0, max_size=7).map(lambda b: bytes(c for c in b if c != 10)) | st.text(
@@ -143,7 +143,7 @@ def test_random_tensor_bytes_never_look_like_a_hidden_pickle() -> None:
     # valid opcodes (the old header heuristics flagged those, failing large checkpoints at random).
     import numpy as np
 
-    from mlwarden.scan.static.pickle.opcodes import looks_like_pickle
+    from mlwarden.artifacts.pickle_ops import looks_like_pickle
 
     rng = np.random.default_rng(7)
     for i in range(20_000):

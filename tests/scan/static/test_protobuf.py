@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from mlwarden.artifacts.artifact import Artifact
 from mlwarden.artifacts.sniff import Format, sniff
-from mlwarden.scan.static.protobuf import (
+from mlwarden.artifacts.protobuf import (
     I32,
     I64,
     LEN,

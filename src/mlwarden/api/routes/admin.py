@@ -8,7 +8,6 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response
 
 from mlwarden.api.deps import Actor, LimitsDep, RegistryDep
-from mlwarden.api.errors import ApiError
 from mlwarden.api.routes import errors
 from mlwarden.api.routes.models import MAX_ID
 from mlwarden.api.schemas import (
@@ -22,6 +21,7 @@ from mlwarden.api.schemas import (
     UserOut,
     WhoAmI,
 )
+from mlwarden.http.errors import ApiError
 from mlwarden.registry.errors import NotFound
 from mlwarden.registry.roles import Permission
 

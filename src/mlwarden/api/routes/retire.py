@@ -45,8 +45,7 @@ def retire(
     Detaches its aliases, revokes its scoped tokens, archives or deletes the bytes only it references, verifies
     they are gone, and issues a signed retirement certificate.
     """
-    from mlwarden.cli.retire_cmd import registry_key
-    from mlwarden.registry.retire import retire_version
+    from mlwarden.registry.retire import registry_key, retire_version
 
     settings: RetirementSettings = getattr(request.app.state, "retirement", None) or RetirementSettings()
     home = registry.blobs.root.parent

@@ -18,12 +18,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, BinaryIO
 
 from mlwarden.artifacts.artifact import HEAD_SIZE, SliceReader
+from mlwarden.artifacts.pickle_ops import looks_like_pickle
 from mlwarden.artifacts.sniff import Format, sniff
 from mlwarden.core.errors import LimitExceeded
 from mlwarden.core.findings import Confidence, Location, Severity, rule
 from mlwarden.scan.context import INCOMPLETE
 from mlwarden.scan.static.base import Handler
-from mlwarden.scan.static.pickle.opcodes import looks_like_pickle
 
 if TYPE_CHECKING:
     import tarfile

@@ -15,13 +15,13 @@ from __future__ import annotations
 from typing import Any
 
 from mlwarden.artifacts.artifact import Artifact
+from mlwarden.artifacts.protobuf import open_seekable
 from mlwarden.artifacts.sniff import Format
 from mlwarden.core.errors import LimitExceeded
 from mlwarden.core.findings import Severity, rule
 from mlwarden.scan.context import MissingDependency, ScanContext
 from mlwarden.scan.static.base import Handler
 from mlwarden.scan.static.keras import MALFORMED, analyse_keras_config, parse_config_text
-from mlwarden.scan.static.protobuf import open_seekable
 
 CONFIG_ATTRS = ("model_config", "training_config")
 

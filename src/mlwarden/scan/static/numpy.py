@@ -10,12 +10,12 @@ import struct
 from math import prod
 from typing import TYPE_CHECKING, Any
 
+from mlwarden.artifacts.pickle_ops import parse_npy_header_dict
 from mlwarden.artifacts.sniff import Format
 from mlwarden.core.errors import LimitExceeded
 from mlwarden.core.findings import Confidence, Severity, rule
 from mlwarden.scan.static.base import Handler
 from mlwarden.scan.static.pickle.handler import scan_pickle_stream
-from mlwarden.scan.static.pickle.opcodes import parse_npy_header_dict
 
 if TYPE_CHECKING:
     from mlwarden.artifacts.artifact import Artifact

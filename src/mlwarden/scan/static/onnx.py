@@ -27,7 +27,7 @@ PyTorch exporter writes) is neither. onnxruntime-extensions also lets users regi
 in ``ai.onnx.contrib`` (``@onnx_op``); those cannot be told from the library's own ops by name, which is
 why the INFO finding lists the op types.
 
-The graph is walked with :mod:`mlwarden.scan.static.protobuf`: tensor payloads are skipped by seeking,
+The graph is walked with :mod:`mlwarden.artifacts.protobuf`: tensor payloads are skipped by seeking,
 subgraphs (``If``/``Loop``/``Scan`` bodies, function bodies, training graphs) are followed to a bounded
 depth, and any malformed structure is a finding.
 """
@@ -41,12 +41,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlwarden.artifacts.artifact import Artifact
+from mlwarden.artifacts.protobuf import VARINT, ProtobufError, WireField, WireReader, expect, open_seekable
 from mlwarden.artifacts.sniff import Format
 from mlwarden.core.errors import LimitExceeded
 from mlwarden.core.findings import Confidence, Severity, rule
 from mlwarden.scan.context import ScanContext
 from mlwarden.scan.static.base import Handler
-from mlwarden.scan.static.protobuf import VARINT, ProtobufError, WireField, WireReader, expect, open_seekable
 
 STANDARD_DOMAINS = frozenset(
     {

@@ -37,12 +37,12 @@ from functools import cache
 from importlib import resources
 
 from mlwarden.artifacts.artifact import Artifact
+from mlwarden.artifacts.protobuf import LEN, ProtobufError, WireField, WireReader, expect, open_seekable
 from mlwarden.artifacts.sniff import Format
 from mlwarden.core.findings import Rule, Severity, rule
 from mlwarden.scan.context import ScanContext
 from mlwarden.scan.static.base import Handler
 from mlwarden.scan.static.onnx import relative_path_problem
-from mlwarden.scan.static.protobuf import LEN, ProtobufError, WireField, WireReader, expect, open_seekable
 
 _EXAMPLES = 5
 

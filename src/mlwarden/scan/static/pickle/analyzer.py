@@ -9,11 +9,11 @@ from math import prod
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from mlwarden.artifacts.artifact import HEAD_SIZE, SliceReader, skip
+from mlwarden.artifacts.pickle_ops import Blob, PickleFormatError, ReaderLimit, ReadersDiffer, looks_like_pickle
 from mlwarden.core.errors import LimitExceeded
 from mlwarden.core.findings import Confidence, Finding, Rule
 from mlwarden.scan.static.pickle import allowlist, joblib_legacy, rules
 from mlwarden.scan.static.pickle.emulator import Call, Container, Emulator, Ext, Global, Hooks, Opaque, render
-from mlwarden.scan.static.pickle.opcodes import Blob, PickleFormatError, ReaderLimit, ReadersDiffer, looks_like_pickle
 from mlwarden.scan.static.pickle.rules import Verdict
 
 if TYPE_CHECKING:

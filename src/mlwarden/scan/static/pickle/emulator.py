@@ -16,9 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
+from mlwarden.artifacts.pickle_ops import Blob, Op, PickleFormatError, literal_preview, read_op
 from mlwarden.core.errors import LimitExceeded
 from mlwarden.core.policy import Limits
-from mlwarden.scan.static.pickle.opcodes import Blob, Op, PickleFormatError, literal_preview, read_op
 
 #: Items kept per container (the rest are counted): enough for argument previews, bounded for memory.
 KEEP_ITEMS = 64

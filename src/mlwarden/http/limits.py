@@ -13,7 +13,7 @@ from pathlib import Path
 
 from fastapi import HTTPException
 
-from mlwarden.api.errors import ASGIApp, Message, Receive, Scope, Send, error_response
+from mlwarden.http.errors import ASGIApp, Message, Receive, Scope, Send, error_response
 
 GiB = 1 << 30
 MiB = 1 << 20
