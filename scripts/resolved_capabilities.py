@@ -150,10 +150,14 @@ def _method_origin(cls: type, name: str) -> tuple[type | None, object]:
     return None, None
 
 
-def capabilities(cls: type, depth: int = 3) -> list[str]:
-    """Why ``cls`` is not data (empty list: it is)."""
+#: What a pickle reaches without calling the class: NEWOBJ / copyreg._reconstructor run ``__new__`` only.
+WITHOUT_INIT = tuple(m for m in REACHABLE if m != "__init__")
+
+
+def capabilities(cls: type, depth: int = 3, methods: tuple[str, ...] = REACHABLE) -> list[str]:
+    """Why ``cls`` is not data (empty list: it is), through ``methods`` and the ``self.X()`` calls they make."""
     found: set[str] = set()
-    todo = [(m, depth) for m in REACHABLE]
+    todo = [(m, depth) for m in methods]
     seen: set[str] = set()
     while todo:
         name, left = todo.pop()
@@ -176,6 +180,15 @@ def capabilities(cls: type, depth: int = 3) -> list[str]:
         if left > 0:
             todo.extend((m, left - 1) for m in own)
     return sorted(found)
+
+
+def function_capabilities(fn: object) -> list[str]:
+    """Why a function is not pure computation (empty list: it is): what its own body calls."""
+    fn = getattr(fn, "__wrapped__", fn)
+    if not isinstance(fn, types.FunctionType):
+        return ["native:not Python source"]
+    caps, _ = _calls(fn)
+    return sorted(caps)
 
 
 def is_enum(cls: type) -> bool:

@@ -66,6 +66,7 @@ class _Restrictions:
         self.allow = frozenset(policy.pickle.allow)
         self.deny = frozenset(policy.pickle.deny)
         self.handed: dict[int, object] = {}  # id -> object (kept alive so that ids stay unique)
+        self.no_call: dict[int, str] = {}  # id of a class that is data only when rebuilt -> what its __init__ reaches
 
     def resolve(self, module: str, name: str) -> object:
         """Import ``module.name`` if the allowlist admits it; raise :class:`UnsafeModelError` otherwise."""
@@ -88,7 +89,22 @@ class _Restrictions:
                 details={"global": full, "matched": judgement.matched},
             )
         self.handed[id(obj)] = obj
+        entry = _table_entry(full)
+        if isinstance(entry, list) and entry[0] == allowlist.RECONSTRUCT_ONLY:
+            self.no_call[id(obj)] = entry[1]
         return obj
+
+    def check_call(self, func: object) -> None:
+        """Refuse calling a class that is data only when rebuilt (REDUCE/INST/OBJ run its ``__init__``)."""
+        reaches = self.no_call.get(id(func))
+        if reaches is not None:
+            what = getattr(func, "__qualname__", repr(func))
+            raise _refuse(
+                rules.CALLS_CAPABLE_CLASS,
+                self.display,
+                f"the pickle calls {what}, whose __init__ reaches {reaches}",
+                details={"global": str(what)},
+            )
 
     def _check_resolved(self, module: str, name: str, obj: object) -> None:
         """Judge the object a name handed out resolves to in *this* process, not only its spelling.
@@ -205,6 +221,17 @@ def _guard(opcode: bytes, original: Callable[[Any], None]) -> Callable[[Any], No
     return guarded
 
 
+def _table_entry(full: str) -> object:
+    from mlwarden.scan.static.pickle.resolved import table
+
+    return table().entries.get(full)
+
+
+def _load_reduce_checked(self: Any) -> None:
+    self._restrictions.check_call(self.stack[-2])
+    pickle._Unpickler.load_reduce(self)  # type: ignore[attr-defined]
+
+
 def _load_int_c(self: Any) -> None:
     self.append(c_int(self.readline()[:-1]))
 
@@ -223,6 +250,7 @@ def guarded_dispatch(base: dict[int, Callable[[Any], None]]) -> dict[int, Callab
     table = dict(base)
     for opcode in _MUTATORS:
         table[opcode[0]] = _guard(opcode, base[opcode[0]])
+    table[pickle.REDUCE[0]] = _load_reduce_checked
     table[pickle.INT[0]] = _load_int_c
     table[pickle.FLOAT[0]] = _load_float_c
     return table
@@ -246,6 +274,12 @@ class RestrictedUnpickler(pickle._Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         """Resolve a global, or raise :class:`UnsafeModelError` naming the rule it breaks."""
         return self._restrictions.resolve(module, name)
+
+    def _instantiate(self, klass: Any, args: Any) -> None:
+        """INST and OBJ call the class (unless it has no arguments and no ``__getinitargs__``): check it first."""
+        if args or not isinstance(klass, type) or hasattr(klass, "__getinitargs__"):
+            self._restrictions.check_call(klass)
+        super()._instantiate(klass, args)  # type: ignore[misc]
 
 
 def restricted_load(file: IO[bytes], policy: Policy | None = None, display: str = "<pickle>") -> Any:

@@ -142,7 +142,7 @@ def test_auto_map_local_module(tmp_path: Path) -> None:
     (tmp_path / "configuration_x.py").write_text("class XConfig: pass\n")
     result = scan_one(_write(tmp_path / "config.json", config))
     hits = sorted((f for f in result.findings if f.rule_id == "MLW-HF-001"), key=lambda f: f.detail("key"))
-    assert [h.severity for h in hits] == [Severity.MEDIUM, Severity.MEDIUM]
+    assert [h.severity for h in hits] == [Severity.LOW, Severity.LOW]  # the model's own code: scanned as source
     assert hits[0].detail("module") == "configuration_x"
     assert hits[0].detail("file_present") is True
     assert hits[1].detail("module") == "modeling_x"
@@ -161,6 +161,8 @@ def test_auto_map_other_repository(tmp_path: Path) -> None:
     result = scan_one(_write(tmp_path / "config.json", config))
     by_key = {f.detail("key"): f for f in result.findings if f.rule_id == "MLW-HF-001"}
     assert by_key["auto_map.AutoModel"].detail("repository") == "someone/other-repo"
+    assert by_key["auto_map.AutoModel"].severity is Severity.MEDIUM  # code from elsewhere, can change after review
+    assert by_key["auto_map.AutoTokenizer"].severity is Severity.LOW
     assert "another repository" in by_key["auto_map.AutoModel"].evidence
     assert by_key["auto_map.AutoTokenizer"].detail("class") == "XTokenizer"
 
@@ -171,9 +173,11 @@ def test_custom_pipeline_and_odd_module_name(tmp_path: Path) -> None:
     (hit,) = findings
     assert hit.detail("key") == "custom_pipelines.text-x"
     assert hit.detail("suspicious_module_name") is True
+    assert hit.severity is Severity.MEDIUM
 
 
 def test_tokenizer_config_auto_map(tmp_path: Path) -> None:
     obj = {**_tokenizer_config(CHATML), "auto_map": {"AutoTokenizer": ["tokenization_x.XTokenizer", None]}}
     result = scan_one(_write(tmp_path / "tokenizer_config.json", obj))
-    assert rule_ids(failing(result)) == {"MLW-HF-001"}
+    assert rule_ids(result) >= {"MLW-HF-001"}
+    assert not failing(result)  # the tokenizer's own module: low

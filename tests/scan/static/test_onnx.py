@@ -63,7 +63,7 @@ def _write(path: Path, model: Any) -> Path:
 
 def test_benign_mlp_is_clean(tmp_path: Path) -> None:
     result = scan_one(_write(tmp_path / "mlp.onnx", _mlp()))
-    assert (str(tmp_path / "mlp.onnx"), "onnx") in result.formats
+    assert ((str(tmp_path / "mlp.onnx"),), "onnx") in result.formats
     assert failing(result) == []
     assert not any(f.rule_id.startswith("MLW-ONNX") for f in result.findings)
 

@@ -18,9 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mlwarden
+from mlwarden.artifacts.pickle_ops import PickleFormatError, ReadersDiffer, read_op
 from mlwarden.core.errors import UnsafeModelError
 from mlwarden.loader import restricted_loads
-from mlwarden.artifacts.pickle_ops import PickleFormatError, ReadersDiffer, read_op
 from tests.conftest import failing, rule_ids, scan_bytes
 
 _TEXT = st.binary(min_size=0, max_size=7).map(lambda b: bytes(c for c in b if c != 10)) | st.text(

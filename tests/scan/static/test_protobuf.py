@@ -13,7 +13,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mlwarden.artifacts.artifact import Artifact
-from mlwarden.artifacts.sniff import Format, sniff
 from mlwarden.artifacts.protobuf import (
     I32,
     I64,
@@ -24,6 +23,7 @@ from mlwarden.artifacts.protobuf import (
     decode_varint,
     sniff_protobuf_model,
 )
+from mlwarden.artifacts.sniff import Format, sniff
 
 # --- a tiny encoder (shared with test_savedmodel / test_onnx) ------------------------------------------
 

@@ -111,9 +111,9 @@ def test_table_entries_are_admitted_spellings_and_resolve_to_themselves() -> Non
     assert t.modules
     for full, entry in list(t.entries.items())[::97]:  # a spread sample: every entry is a family spelling,
         module, _, name = full.rpartition(".")  # or a class judged by what unpickling can make it do
-        assert allowlist.prefix_admits(module, name) or entry in allowlist.DATA_KINDS, full
-        if isinstance(entry, list):
-            assert entry[0] == "alias"
+        kind = entry if isinstance(entry, str) else entry[0]
+        assert allowlist.prefix_admits(module, name) or kind in allowlist.DATA_KINDS, full
+        if kind == "alias":
             assert entry[1] != full
     excluded_homes = [v[1] for v in t.excluded.values() if len(v) > 1]
     assert "operator.itemgetter" in excluded_homes
@@ -229,3 +229,18 @@ def test_stdlib_classes_are_judged_by_what_unpickling_can_make_them_do(module: s
 def test_pure_builtins_kept_as_values_are_allowed(tmp_path: Path) -> None:
     data = b"\x80\x02}X\x08\x00\x00\x00hashfxn\x94cbuiltins\nhash\ns."  # gensim Word2Vec keeps builtins.hash
     assert failing(scan_bytes(tmp_path, data, "w2v.pkl")) == []
+
+
+def test_a_class_that_is_data_only_when_rebuilt_is_flagged_when_called(tmp_path: Path) -> None:
+    # argparse.HelpFormatter: rebuilding it (NEWOBJ + state) runs no code of its own, but calling it runs __init__,
+    # which reaches shutil.get_terminal_size. The table says so; a REDUCE of it is a finding, a NEWOBJ is not.
+    entry = table().entries["argparse.HelpFormatter"]
+    assert isinstance(entry, list)
+    assert entry[0] == allowlist.RECONSTRUCT_ONLY
+    rebuilt = b"\x80\x02cargparse\nHelpFormatter\nq\x00)\x81q\x01}q\x02X\x05\x00\x00\x00_progq\x03X\x01\x00\x00\x00xsb."
+    called = b"\x80\x02cargparse\nHelpFormatter\nX\x01\x00\x00\x00x\x85R."
+    assert failing(scan_bytes(tmp_path, rebuilt, "rebuilt.pkl")) == []
+    assert restricted_loads(rebuilt)._prog == "x"
+    assert "MLW-PKL-119" in rule_ids(scan_bytes(tmp_path, called, "called.pkl"))
+    with pytest.raises(UnsafeModelError, match="MLW-PKL-119"):
+        restricted_loads(called)

@@ -411,7 +411,7 @@ def test_jinja_file_with_payload(tmp_path: Path) -> None:
     path = tmp_path / "chat_template.jinja"
     path.write_text("Chat template for the model.\n" + CRITICAL_PAYLOADS["cycler"].replace("%s", CANARY))
     result = scan_one(path)
-    assert "chat_template.jinja" in result.formats[0][0]
+    assert result.formats[0][0][-1].endswith("chat_template.jinja")
     assert result.formats[0][1] == "jinja-template"
     assert "MLW-TPL-001" in rule_ids(result)
 

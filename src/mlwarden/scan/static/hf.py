@@ -25,12 +25,14 @@ if TYPE_CHECKING:
 REMOTE_CODE = rule(
     "MLW-HF-001",
     "Custom code executes with trust_remote_code",
-    Severity.MEDIUM,
+    Severity.LOW,
     cwe=94,
     description="auto_map (or custom_pipelines) names Python classes that transformers downloads, imports "
     "and runs when the model is loaded with trust_remote_code=True. The code is not a model weight: it runs "
-    "with the loading user's rights. A reference of the form 'repo--module.Class' pulls the code from "
-    "another repository, which can change after review.",
+    "with the loading user's rights, and only when the loading program opts in (transformers refuses "
+    "otherwise); the module shipped beside the model is scanned as source. Low for a module of the model's own "
+    "repository; medium when the reference pulls code from another repository ('repo--module.Class', which "
+    "can change after review) or names a module that is not a plain Python name.",
     remediation="Review the referenced module (scan it too: mlwarden scans .py files beside the model), pin "
     "the revision, or load without trust_remote_code.",
     confidence=Confidence.HIGH,
@@ -112,7 +114,9 @@ def report_auto_map(obj: dict[str, Any], artifact: Artifact, ctx: ScanContext) -
                 refs.append((f"custom_pipelines.{task}", impl))
     for where, reference in refs:
         text, facts = _describe(reference, artifact)
-        ctx.report(REMOTE_CODE.finding(artifact.location(), f"{where}: {text}", key=where, **facts))
+        elsewhere = bool(facts.get("repository")) or bool(facts.get("suspicious_module_name"))
+        severity = Severity.MEDIUM if elsewhere else None
+        ctx.report(REMOTE_CODE.finding(artifact.location(), f"{where}: {text}", severity=severity, key=where, **facts))
 
 
 class HfTokenizerConfigHandler(Handler):

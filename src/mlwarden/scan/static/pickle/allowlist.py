@@ -208,6 +208,11 @@ EXACT: frozenset[str] = frozenset(
                 "DateOffset Flags"
             ).split()
         ),
+        # pyarrow buffers and arrays: pandas 3 stores strings in Arrow arrays when pyarrow is installed.
+        "pyarrow.lib._restore_array",
+        "pyarrow.lib.type_for_alias",
+        "pyarrow.lib.py_buffer",
+        "pyarrow.lib.chunked_array",
         # scipy sparse matrices inside estimators.
         "scipy.sparse._csr.csr_matrix",
         "scipy.sparse._csc.csc_matrix",
@@ -332,4 +337,6 @@ def is_allowed(module: str, name: str, extra: frozenset[str] = frozenset()) -> b
 
 
 #: Resolved-table kinds admitted without a family rule: classes judged by what unpickling can make them do.
-DATA_KINDS = frozenset({"enum", "data-class"})
+#: ``reconstruct-only`` classes are data when rebuilt (``__new__`` + state) but reach a capability when *called*
+#: (their ``__init__``): importing one is fine, a REDUCE/INST/OBJ of it is a finding.
+DATA_KINDS = frozenset({"enum", "data-class", "data-function", RECONSTRUCT_ONLY := "reconstruct-only"})

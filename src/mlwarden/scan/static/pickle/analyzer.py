@@ -101,6 +101,8 @@ class PickleAnalyzer(Hooks):
             elif verdict is Verdict.ALLOWED:
                 if func.full in _ALLOCATORS:
                     self._allocation(func, call)
+                elif call.via == "REDUCE" or (call.via in ("INST", "OBJ") and call.args):
+                    self._capable_call(func, call)  # INST/OBJ without arguments only run __new__, like NEWOBJ
                 return
         elif isinstance(func, Ext):
             hit = self.by_name.get(f"<copyreg extension {func.code}>")
@@ -143,6 +145,20 @@ class PickleAnalyzer(Hooks):
             hit.calls[0] = text
         elif len(hit.calls) < _MAX_PREVIEWS and text not in hit.calls:
             hit.calls.append(text)
+
+    def _capable_call(self, func: Global, call: Call) -> None:
+        """A call of a class that is only data when rebuilt without its ``__init__``."""
+        from mlwarden.scan.static.pickle.resolved import table
+
+        entry = table().entries.get(func.full)
+        if isinstance(entry, list) and entry[0] == allowlist.RECONSTRUCT_ONLY:
+            self.extra.append(
+                rules.CALLS_CAPABLE_CLASS.finding(
+                    self.artifact.location(call.pos),
+                    f"{render(call, self.preview)}: its __init__ reaches {entry[1]}",
+                    details={"global": func.full},
+                )
+            )
 
     def _allocation(self, func: Global, call: Call) -> None:
         """Flag a size argument (an int, or a shape tuple's product) above ``max_pickle_alloc``."""

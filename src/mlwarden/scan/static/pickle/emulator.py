@@ -55,6 +55,7 @@ class Call:
     pos: int
     kwargs: Any = None
     state: Any = None  # set by BUILD
+    via: str = "REDUCE"  # the opcode that made the call: REDUCE, INST, OBJ (they call ``func``) or NEWOBJ(_EX)
 
 
 @dataclass(eq=False, slots=True)
@@ -193,8 +194,8 @@ class Emulator:
             raise LimitExceeded("max_pickle_memo", f"more than {self.limits.max_pickle_memo} memo entries")
         self.memo[key] = value
 
-    def _call(self, func: Any, args: Any, pos: int, kwargs: Any = None) -> Call:
-        call = Call(func, args, pos, kwargs)
+    def _call(self, func: Any, args: Any, pos: int, kwargs: Any = None, via: str = "REDUCE") -> Call:
+        call = Call(func, args, pos, kwargs, via=via)
         self.hooks.on_call(call)
         return call
 
@@ -389,21 +390,21 @@ class Emulator:
         elif name == "INST":
             module, gname = arg
             args = tuple(self._pop_mark(pos)[:KEEP_ITEMS])
-            push(self._call(self._global(module, gname, pos), args, pos))
+            push(self._call(self._global(module, gname, pos), args, pos, via="INST"))
         elif name == "OBJ":
             items = self._pop_mark(pos)
             if not items:
                 raise PickleFormatError(pos, "OBJ without a class")
-            push(self._call(items[0], tuple(items[1:KEEP_ITEMS]), pos))
+            push(self._call(items[0], tuple(items[1:KEEP_ITEMS]), pos, via="OBJ"))
         elif name == "NEWOBJ":
             args = self._pop(pos)
             cls = self._pop(pos)
-            push(self._call(cls, args, pos))
+            push(self._call(cls, args, pos, via="NEWOBJ"))
         elif name == "NEWOBJ_EX":
             kwargs = self._pop(pos)
             args = self._pop(pos)
             cls = self._pop(pos)
-            push(self._call(cls, args, pos, kwargs))
+            push(self._call(cls, args, pos, kwargs, via="NEWOBJ"))
         elif name == "PERSID":
             push(Opaque(f"persistent id {arg!r}"))
         elif name == "BINPERSID":

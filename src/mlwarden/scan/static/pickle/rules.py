@@ -194,6 +194,16 @@ CUSTOM_CLASS = rule(
     '"package.*" for a package\'s classes) in the policy; mlwarden.load then checks it is defined there.',
     confidence=Confidence.MEDIUM,
 )
+CALLS_CAPABLE_CLASS = rule(
+    "MLW-PKL-119",
+    "Pickle calls a class whose constructor reaches files, processes, the network or code",
+    Severity.HIGH,
+    cwe=502,
+    description="The class is data when unpickling rebuilds it (__new__ and its state), so importing it is "
+    "allowed; but this pickle calls it (REDUCE, INST or OBJ), which runs its __init__, and that code reaches a "
+    "capability (the resolved table names it).",
+    remediation=_FIX,
+)
 EXHAUSTION = rule(
     "MLW-PKL-117",
     "Pickle asks an allowed callable for a huge allocation",
