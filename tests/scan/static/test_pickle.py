@@ -173,6 +173,13 @@ def test_custom_class_of_the_saving_code_has_its_own_rule(tmp_path: Path) -> Non
         [finding] = scan_bytes(tmp_path, data).findings
         assert (finding.rule_id, finding.severity) == ("MLW-PKL-118", Severity.LOW)
         assert "[pickle] allow" in finding.remediation
+    # Any name of the saving code that the pickle only rebuilds (NEWOBJ + BUILD), never calls: the same rule; called,
+    # the same name is medium (it could be a function the training script imported).
+    rebuilt = b"\x80\x02c__main__\nautoencoder\nq\x00)\x81q\x01}b."
+    [finding] = scan_bytes(tmp_path, rebuilt).findings
+    assert (finding.rule_id, finding.severity) == ("MLW-PKL-118", Severity.LOW)
+    [finding] = scan_bytes(tmp_path, b"\x80\x02c__main__\nautoencoder\nq\x00)R.").findings
+    assert (finding.rule_id, finding.severity) == ("MLW-PKL-110", Severity.MEDIUM)
     # Names of classes that run processes or connections are not "custom", wherever they come from.
     [finding] = scan_bytes(tmp_path, b"\x80\x02c__main__\nPopen\n)R.").findings
     assert finding.severity >= Severity.MEDIUM

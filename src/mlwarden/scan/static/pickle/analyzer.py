@@ -70,6 +70,8 @@ class PickleAnalyzer(Hooks):
         self.verdicts: dict[int, Verdict] = {}  # id(Global) -> verdict
         self.extra: list[Finding] = []
         self.budget = [ctx.limits.max_pickle_opcodes]
+        self.called: set[str] = set()  # globals this stream calls (REDUCE, INST/OBJ with arguments)
+        self.opaque_calls = False  # a call of something that is not a plain global (a partial, a computed value)
 
     # -- hooks -------------------------------------------------------------------------------------
     def on_global(self, g: Global) -> None:
@@ -92,6 +94,11 @@ class PickleAnalyzer(Hooks):
     def on_call(self, call: Call) -> None:
         """Attach call previews, check conditional helpers and follow embedded payloads."""
         func = call.func
+        calls_it = call.via == "REDUCE" or (call.via in ("INST", "OBJ") and bool(call.args))
+        if isinstance(func, Global) and calls_it:
+            self.called.add(func.full)
+        elif not isinstance(func, Global) and calls_it:
+            self.opaque_calls = True
         if isinstance(func, Global):
             verdict = self.verdicts.get(id(func))
             if func.full in self.by_name:
@@ -101,7 +108,7 @@ class PickleAnalyzer(Hooks):
             elif verdict is Verdict.ALLOWED:
                 if func.full in _ALLOCATORS:
                     self._allocation(func, call)
-                elif call.via == "REDUCE" or (call.via in ("INST", "OBJ") and call.args):
+                elif calls_it:
                     self._capable_call(func, call)  # INST/OBJ without arguments only run __new__, like NEWOBJ
                 return
         elif isinstance(func, Ext):
@@ -321,6 +328,10 @@ class PickleAnalyzer(Hooks):
         """The findings collected so far (one per judged global, plus structural findings)."""
         out: list[Finding] = []
         for hit in sorted(self.hits.values(), key=lambda h: h.first_pos):
+            if hit.rule is rules.UNKNOWN_GLOBAL and not self.opaque_calls and hit.name not in self.called:
+                module, _, name = hit.name.rpartition(".")
+                if rules.saver_code(module, name):
+                    hit.rule = rules.CUSTOM_CLASS  # the saver's own class, only rebuilt (never called) here
             evidence = "; ".join(hit.calls)
             if hit.count > 1:
                 evidence += f" (referenced {hit.count} times)"

@@ -324,7 +324,15 @@ _CAPABILITY_CLASS_NAMES = frozenset(
 
 def _custom_class(module: str, name: str) -> bool:
     """A class-like name from ``__main__`` or from a package not installed here (the saver's own code)."""
-    if not name.isidentifier() or not name[:1].isupper() or name in _CAPABILITY_CLASS_NAMES:
+    return name[:1].isupper() and saver_code(module, name)
+
+
+def saver_code(module: str, name: str) -> bool:
+    """Whether ``module.name`` belongs to the code that saved the model: ``__main__``, or a package not installed.
+
+    Names of classes that run processes, threads, connections or files are never counted as such.
+    """
+    if not name.isidentifier() or name in _CAPABILITY_CLASS_NAMES:
         return False
     top = module.split(".")[0]
     if top == "__main__":
