@@ -9,13 +9,17 @@ DEMO   ?= demo-out
 
 setup: system-deps $(STAMP)
 
-# Debian packages the sandbox needs (bubblewrap namespaces, strace). Installed when missing and we are root;
-# otherwise the command to run is printed and dynamic analysis reports the sandbox as unavailable.
+# Debian packages the sandbox needs: bubblewrap (namespaces), strace, libseccomp2 (the seccomp filter is compiled
+# by libseccomp, through the pyseccomp binding of the `sandbox` extra), util-linux (prlimit sets the rlimits,
+# setpriv drops root to the sandbox's own uid). Installed when missing and we are root; otherwise the command to
+# run is printed and dynamic analysis reports the sandbox as unavailable.
+SYSTEM_PKGS := bubblewrap strace libseccomp2 util-linux
 system-deps:
-	@if command -v bwrap >/dev/null && command -v strace >/dev/null; then :; \
+	@if command -v bwrap >/dev/null && command -v strace >/dev/null && command -v prlimit >/dev/null \
+		&& command -v setpriv >/dev/null && /sbin/ldconfig -p | grep -q 'libseccomp\.so\.2'; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap strace >/dev/null; \
-	else echo "install the Debian packages bubblewrap and strace (sudo apt-get install bubblewrap strace)"; fi
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PKGS) >/dev/null; \
+	else echo "install the Debian packages $(SYSTEM_PKGS) (sudo apt-get install $(SYSTEM_PKGS))"; fi
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +44,7 @@ demo: setup
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/lint-imports
 
 typecheck: setup
 	$(VENV)/bin/mypy

@@ -192,12 +192,18 @@ def table(profile: Profile, source: Path) -> str:
     lines = [f"profile {profile.framework} (version {profile.version}) from {source}"]
     if profile.description:
         lines.append(f"  {_printable(profile.description)}")
-    lines += [f"  plus {len(BASELINE)} baseline patterns allowed in every phase (see docs/profiles.md)", ""]
+    lines += [f"  plus {len(BASELINE)} baseline patterns allowed in every phase (see docs/profiles.md)"]
+    if profile.capabilities:
+        lines.append(f"  capabilities: {', '.join(profile.capabilities)} (see docs/dynamic.md)")
+    if profile.include:
+        lines.append(f"  includes: {', '.join(profile.include)} ({len(profile.inherited)} machinery patterns)")
+    lines.append("")
     rows = [
         (phase, *pattern.partition(":")[::2])
         for phase in PHASES
         for pattern in sorted(set(profile.phases.get(phase, ())))
     ]
+    rows += [("every", *pattern.partition(":")[::2]) for pattern in sorted(set(profile.machinery))]
     kind_width = max((len(k) for _, k, _ in rows), default=4)
     lines.append(f"{'PHASE':<12} {'KIND':<{kind_width}} TARGET")
     for phase in PHASES:
@@ -206,6 +212,8 @@ def table(profile: Profile, source: Path) -> str:
             lines.append(f"{phase:<12} {'-':<{kind_width}} (nothing beyond the baseline)")
         for _, kind, target in phase_rows:
             lines.append(f"{phase:<12} {kind:<{kind_width}} {_printable(target)}")
+    for _, kind, target in (r for r in rows if r[0] == "every"):  # [machinery]: the framework's own call sites
+        lines.append(f"{'every':<12} {kind:<{kind_width}} {_printable(target)}")
     return "\n".join(lines) + "\n"
 
 

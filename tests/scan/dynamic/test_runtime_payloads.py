@@ -194,7 +194,7 @@ def _closure_payload(canary: str, port: int) -> Callable[[], object]:
 
     def payload() -> object:
         try:
-            with open(canary, "w") as fh:  # noqa: PTH123 - the payload must not depend on pathlib
+            with open(canary, "w") as fh:
                 fh.write("mlwarden canary")
         except OSError:
             pass

@@ -13,9 +13,9 @@ from mlwarden.core.findings import Confidence, Finding, Location, Rule, Severity
 from mlwarden.scan.dynamic import sandbox as sb
 from mlwarden.scan.dynamic.adapters import REQUIRES
 from mlwarden.scan.dynamic.events import PHASES, Event, PhaseRecord
-from mlwarden.scan.dynamic.profiles import Profile, key, load_profile, normalise
+from mlwarden.scan.dynamic.profiles import SENSITIVE_IMPORTS, Profile, key, load_profile, normalise
 from mlwarden.scan.dynamic.records import verify
-from mlwarden.scan.dynamic.trace import audit_events, syscall_events
+from mlwarden.scan.dynamic.trace import REFUSED, REFUSED_KIND, audit_events, syscall_events
 
 _FIX = "Do not load this model outside a sandbox; report it to its publisher."
 
@@ -98,11 +98,13 @@ _ALIASES = {
     "native.call": "native.load",
     "code.compile": "code.exec",
     "code.construct": "code.exec",
+    "code.introspect": "code.exec",  # a chat template reaching for interpreter internals (__globals__, eval ...)
     "process.signal": "process.exec",
     "file.list": "file.read",
 }
 for _alias, _target in _ALIASES.items():
     KIND_RULES[_alias] = KIND_RULES[_target]
+KIND_RULES[REFUSED_KIND] = REFUSED  # a call the sandbox's seccomp filter refused (MLW-DYN-013)
 
 INCOMPLETE = rule(
     "MLW-DYN-010",
@@ -142,27 +144,7 @@ PHASE_ERROR = rule(
     remediation="None needed if the model is yours.",
 )
 
-_DANGEROUS_IMPORTS = (
-    "os.system",
-    "subprocess",
-    "socket",
-    "pty",
-    "ctypes",
-    "webbrowser",
-    "urllib.request",
-    "http.client",
-    "requests",
-    "ftplib",
-    "smtplib",
-    "telnetlib",
-    "runpy",
-    "code",
-    "pdb",
-    "shutil",
-    "multiprocessing",
-    "asyncio.subprocess",
-    "importlib.util",
-)
+_DANGEROUS_IMPORTS = SENSITIVE_IMPORTS
 
 
 @dataclass
@@ -228,7 +210,8 @@ def _deviation_rule(event: Event) -> Rule:
 def _allowed_call_site(site: str, profile: Profile) -> bool:
     import fnmatch
 
-    patterns = [p for allowed in profile.phases.values() for p in allowed if p.startswith("code.")]
+    everywhere = (*profile.machinery, *profile.inherited)
+    patterns = [p for allowed in (*profile.phases.values(), everywhere) for p in allowed if p.startswith("code.")]
     return any(
         fnmatch.fnmatchcase(f"{kind}:* by {site}", p) for kind in ("code.exec", "code.compile") for p in patterns
     )
@@ -240,6 +223,7 @@ def judge(events: list[Event], profile: Profile, chain: tuple[str, ...]) -> list
 
     grouped: dict[tuple[str, str], list[Event]] = defaultdict(list)
     findings: list[Finding] = []
+    missing = {e.target for e in events if e.kind == "import.missing"}  # imports no finder found: they failed
     for event in events:
         if event.kind == "pickle.global":
             module, _, name = event.target.partition(":")
@@ -254,7 +238,7 @@ def judge(events: list[Event], profile: Profile, chain: tuple[str, ...]) -> list
             if _allowed_call_site(normalise(event.target), profile):
                 grouped[(KIND_RULES["tamper"].id, event.phase)].append(event)
             continue
-        if profile.allows(event):
+        if profile.allows(event, missing):
             continue
         grouped[(_deviation_rule(event).id, event.phase)].append(event)
     from mlwarden.core.findings import catalogue

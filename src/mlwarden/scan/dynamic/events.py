@@ -18,6 +18,7 @@ class Event:
         source: ``"audit"`` (Python audit hook inside the sandbox) or ``"syscall"`` (strace outside it).
         detail: the raw event name and arguments, for evidence.
         stack: innermost Python frames (``file:line function``) when the audit hook could capture them.
+        caller: ``file:function`` of the Python code that asked for an import (importlib's own frames skipped).
     """
 
     phase: str
@@ -26,6 +27,7 @@ class Event:
     source: str
     detail: str = ""
     stack: tuple[str, ...] = field(default=())
+    caller: str = ""
 
 
 @dataclass(frozen=True, slots=True)

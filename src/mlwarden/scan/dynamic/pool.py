@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import resource
 import secrets
 import select
 import signal
@@ -138,14 +137,6 @@ class _Request:
     verifier: Verifier | None = None
 
 
-def _preexec(limits: sb.SandboxLimits) -> None:
-    """Limits for bwrap and the server (address space, file size); each child sets its own CPU limit."""
-    os.setsid()
-    resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_size_bytes, limits.file_size_bytes))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-
 class WarmPool:
     """One sandbox that imports ``framework`` once and analyses many models, each in a fresh forked child.
 
@@ -168,6 +159,7 @@ class WarmPool:
         profile_dir: Path | None = None,
         *,
         traced: bool = True,
+        files: Sequence[Path] | None = None,
     ) -> None:
         roots = [Path(root_dir)] if isinstance(root_dir, str | os.PathLike) else [Path(r) for r in root_dir]
         if not roots:
@@ -179,6 +171,9 @@ class WarmPool:
         self.limits = limits
         self.profile = load_profile(framework, profile_dir)
         self.proc: subprocess.Popen[bytes] | None = None
+        # files the sandbox's uid must be able to read (see sandbox.stage); None: whatever their modes allow
+        self.files = None if files is None else [str(Path(f).resolve()) for f in files]
+        self._staged: sb.Staging | None = None
         self.starts = 0
         self._next_id = 0
 
@@ -200,38 +195,56 @@ class WarmPool:
             SandboxUnavailable: bubblewrap or strace is missing, or the sandbox died before importing.
         """
         self.close()
+        programs = (sb.seccomp_program(self.traced), sb.runner_seccomp_program() if self.traced else b"")
+        self._staged = sb.stage([(str(host), inside) for host, inside in self.binds], self.files)  # (before any fd)
         events_r, events_w = os.pipe()
-        trace_r, trace_w = os.pipe() if self.traced else (None, None)
+        trace_r, trace_w = sb.trace_pipe() if self.traced else (None, None)
         control_r, control_w = os.pipe()
         self._master = secrets.token_bytes(32)
         key_r = sb.key_pipe(self._master)
-        seccomp_r = sb.key_pipe(sb.seccomp_program())
+        seccomp_r = sb.key_pipe(programs[0])
+        runner_seccomp_r = sb.key_pipe(programs[1]) if trace_w is not None else None
         quiesce = getattr(self.limits, "quiesce_seconds", sb.QUIESCE_SECONDS)
         argv = [sys.executable, "-I", "-m", "mlwarden.scan.dynamic.pool_runner", "--framework", self.framework]
         argv += ["--events-fd", str(events_w), "--control-fd", str(control_r), "--key-fd", str(key_r)]
         argv += ["--quiesce-seconds", str(quiesce)]
         if trace_w is not None:
-            argv += ["--trace-fd", str(trace_w)]
-        binds = [(str(host), inside) for host, inside in self.binds]
-        cmd = sb.build_command(binds, argv, trace_w, self.limits, extra_traced=_EXTRA_TRACED, seccomp_fd=seccomp_r)
-        passed = tuple(fd for fd in (events_w, trace_w, control_r, key_r, seccomp_r) if fd is not None)
+            argv += ["--trace-fd", str(trace_w), "--seccomp-fd", str(runner_seccomp_r)]
+        binds, file_binds = self._staged.binds, self._staged.file_binds
+        # bwrap and the server get the address-space and file-size limits (prlimit, no preexec_fn); each child
+        # sets its own CPU limit after fork
+        cmd = sb.build_command(
+            binds,
+            argv,
+            trace_w,
+            self.limits,
+            extra_traced=_EXTRA_TRACED,
+            seccomp_fd=seccomp_r,
+            cpu_limit=False,
+            file_binds=file_binds,
+        )
+        passed = tuple(
+            fd for fd in (events_w, trace_w, control_r, key_r, seccomp_r, runner_seccomp_r) if fd is not None
+        )
         try:
-            self.proc = subprocess.Popen(
+            self.proc = subprocess.Popen(  # noqa: S603 - our own bwrap command line, no shell
                 cmd,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 pass_fds=passed,
-                preexec_fn=lambda: _preexec(self.limits),
-            )  # noqa: PLW1509
+                start_new_session=True,
+            )
         except OSError as exc:
+            self._staged.cleanup()
             for fd in (events_r, trace_r, control_w, *passed):
                 if fd is not None:
                     os.close(fd)
             raise sb.SandboxUnavailable(f"cannot start bubblewrap: {exc}") from exc
         for fd in passed:
             os.close(fd)
-        assert self.proc.stderr is not None
+        if self.proc.stderr is None:
+            raise RuntimeError("the pool server was started without a stderr pipe")
         self._events, self._trace, self._control = events_r, trace_r, control_w
         self._err_fd = self.proc.stderr.fileno()
         self._buf: dict[int, bytes] = {events_r: b""}
@@ -258,6 +271,8 @@ class WarmPool:
         """Stop the sandbox (its pid namespace takes every process inside with it)."""
         proc, self.proc = self.proc, None
         if proc is None:
+            if self._staged is not None:
+                self._staged.cleanup()
             return
         for fd in (self._control, self._events, self._trace):
             if fd is None:
@@ -271,6 +286,8 @@ class WarmPool:
         except ProcessLookupError:
             pass
         proc.wait()
+        if self._staged is not None:
+            self._staged.cleanup()
         if proc.stderr is not None:
             proc.stderr.close()
 
@@ -435,13 +452,14 @@ def analyse_many(
         }
     folders = list(dict.fromkeys(p.resolve().parent for p in files))
     out: dict[Path, dyn.DynamicResult] = {}
-    with WarmPool(framework, folders[0] if len(folders) == 1 else folders, limits, profile_dir) as pool:
+    with WarmPool(framework, folders[0] if len(folders) == 1 else folders, limits, profile_dir, files=files) as pool:
         for p in files:
             out[p] = pool.analyse(p, chains.get(p, (str(p),)))
     if not untraced:
         return out
     # The second pass without a tracer: a payload that checks TracerPid acts here (see engine.analyse).
-    with WarmPool(framework, folders[0] if len(folders) == 1 else folders, limits, profile_dir, traced=False) as pool:
+    roots = folders[0] if len(folders) == 1 else folders
+    with WarmPool(framework, roots, limits, profile_dir, traced=False, files=files) as pool:
         for p in files:
             out[p] = dyn.merge_untraced(out[p], pool.analyse(p, chains.get(p, (str(p),))))
     return out

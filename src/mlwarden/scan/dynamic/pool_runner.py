@@ -262,7 +262,7 @@ class Server:
             teardown(reporter, self.threads, self.quiesce, before)
             reporter.send({"type": "done", "status": "ok" if ok else "error"})
             code = 0 if ok else code
-        except BaseException:  # noqa: BLE001 - anything escaping must still end in os._exit below
+        except BaseException:  # noqa: BLE001, S110 - anything escaping must still end in os._exit below
             pass
         finally:
             for stream in (sys.stdout, sys.stderr):
@@ -354,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--control-fd", type=int, required=True)
     parser.add_argument("--key-fd", type=int, default=None)
     parser.add_argument("--trace-fd", type=int, default=None)
+    parser.add_argument("--seccomp-fd", type=int, default=None)
     parser.add_argument("--quiesce-seconds", type=float, default=3.0)
     args = parser.parse_args(argv)
     master = read_key(args.key_fd) if args.key_fd is not None else b""
@@ -362,6 +363,10 @@ def main(argv: list[str] | None = None) -> int:
             os.close(args.trace_fd)
         except OSError:
             pass
+    if args.seccomp_fd is not None:  # what strace needs, refused to the model (see seccomp.py): before any import
+        from mlwarden.scan.dynamic.seccomp import install
+
+        install(args.seccomp_fd)
     quiet = tuple(
         sorted(
             {p for p in (sys.prefix, sys.base_prefix, sys.exec_prefix) if p}

@@ -98,6 +98,7 @@ _INTERESTING = (
     "gc.get_referrers",
     "gc.get_referents",
     "sys._current_frames",
+    "mlwarden.template",
 )
 #: events that are reported as attempts to reach the monitoring itself
 _TAMPER = ("gc.get_objects", "gc.get_referrers", "gc.get_referents", "sys._current_frames")
@@ -190,6 +191,21 @@ def _caller(getframe: Callable[[int], Any] = _getframe) -> str:
     return f"{frame.f_code.co_filename}:{frame.f_code.co_name}" if frame is not None else "?"
 
 
+_IMPORTLIB = os.path.dirname(os.__file__) + "/importlib/"
+
+
+def _importer(getframe: Callable[[int], Any] = _getframe, machinery: str = _IMPORTLIB) -> str:
+    """``file:function`` of the code that asked for an import: the import system's own frames are skipped."""
+    frame = getframe(1)
+    while frame is not None and (
+        frame.f_code.co_filename == __file__
+        or frame.f_code.co_filename.startswith("<frozen importlib")
+        or frame.f_code.co_filename.startswith(machinery)
+    ):
+        frame = frame.f_back
+    return f"{frame.f_code.co_filename}:{frame.f_code.co_name}" if frame is not None else "?"
+
+
 def _describe(
     event: str,
     args: tuple[Any, ...],
@@ -198,6 +214,7 @@ def _describe(
     _short: Callable[[Any], str] = _short,
     _caller: Callable[[], str] = _caller,
     write_flags: int = _WRITE_FLAGS,
+    _importer: Callable[[], str] = _importer,
 ) -> tuple[str, str] | None:
     """Key and shortened arguments for an interesting event, or None to drop it.
 
@@ -216,7 +233,7 @@ def _describe(
                 pass
         return _short(path), ("w" if writing else "r")
     if event == "import":
-        return _short(args[0]), ""
+        return _short(args[0]), f"by {_importer()}"
     if event == "exec":
         code = args[0]
         if type(code).__name__ != "code":
@@ -232,6 +249,8 @@ def _describe(
     if event == "code.__new__" and len(args) > 2 and type(args[1]) is str and args[1].startswith(quiet):
         # a code object claiming to be installed code: what it executes would pass as the framework's own
         return "code.disguised", f"{args[1]}:{_short(args[2])}"
+    if event == "code.__new__" and len(args) > 2:  # code, filename, name, ...: who built it, and under which name
+        return f"{_short(args[1])}:{_short(args[2])} by {_caller()}", _short(args[0])
     return _short(args[0]) if args else "", " ".join(_short(a) for a in args[1:4])
 
 
@@ -282,6 +301,26 @@ def install_hook(reporter: Reporter) -> None:
             busy.discard(me)
 
     sys.addaudithook(hook)
+    sys.meta_path.append(_MissingFinder(reporter))
+
+
+class _MissingFinder:
+    """The last finder on ``sys.meta_path``: reached only when no other finder found a module (the import fails).
+
+    It reports the name (``import.missing``: a failed probe for an optional dependency ran nothing) and finds
+    nothing. A model that removes it only makes its failed imports look like ordinary ones (judged as such).
+    """
+
+    def __init__(self, reporter: Reporter) -> None:
+        self._send, self._reporter = reporter.send, reporter
+        self._seen: set[tuple[str, str]] = set()
+
+    def find_spec(self, name: Any, path: Any = None, target: Any = None) -> None:
+        """Report ``name`` once per phase; never find it."""
+        if type(name) is str and (self._reporter.phase, name) not in self._seen:
+            self._seen.add((self._reporter.phase, name))
+            self._send({"type": "event", "phase": self._reporter.phase, "event": "import.missing", "target": name})
+        return None
 
 
 def _phase(reporter: Reporter, name: str, func: Callable[[], Any]) -> tuple[bool, Any]:
@@ -410,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events-fd", type=int, required=True)
     parser.add_argument("--key-fd", type=int, default=None)
     parser.add_argument("--trace-fd", type=int, default=None)
+    parser.add_argument("--seccomp-fd", type=int, default=None)
     parser.add_argument("--quiesce-seconds", type=float, default=3.0)
     args = parser.parse_args(argv)
     key = read_key(args.key_fd) if args.key_fd is not None else b""
@@ -418,6 +458,10 @@ def main(argv: list[str] | None = None) -> int:
             os.close(args.trace_fd)
         except OSError:
             pass
+    if args.seccomp_fd is not None:  # what strace needs, refused to the model (see seccomp.py): before any import
+        from mlwarden.scan.dynamic.seccomp import install
+
+        install(args.seccomp_fd)
     quiet = tuple(
         sorted(
             {p for p in (sys.prefix, sys.base_prefix, sys.exec_prefix) if p}

@@ -3,8 +3,12 @@
 Every run gets new user, pid, ipc, uts, cgroup and network namespaces (no network at all — a connection to
 127.0.0.1 inside reaches the sandbox's own empty loopback, never the host's), a read-only view of just the
 system, the Python installation and the model's folder, size-bounded private tmpfs mounts as the only writable
-places, an environment of its own, all capabilities dropped, and rlimits on CPU time, address space, file size
-and core dumps. The whole process tree lives in the sandbox's pid namespace and dies with it.
+places, an environment of its own, all capabilities dropped, a seccomp filter refusing what no model load needs
+(:mod:`.seccomp`), and rlimits on CPU time, address space, file size, processes and core dumps (set by
+``prlimit``, never by a ``preexec_fn``). The whole process tree lives in the sandbox's pid namespace and dies with
+it. When mlwarden runs as root, the sandbox runs as a dedicated unprivileged uid (:data:`DEDICATED_ID`) instead of
+a user namespace that would map it back to root: no user namespace then, bwrap sets up the mounts as root and
+``setpriv`` drops to that uid before anything of the model's runs.
 
 The inside is made to look like an ordinary host, so that a payload probing for a sandbox has little to go on:
 the model's folder is bound read-only at its own host path, ``/tmp`` is a writable (size-bounded, sticky)
@@ -22,7 +26,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import resource
 import secrets
 import select
 import shutil
@@ -42,9 +45,18 @@ from mlwarden.scan.dynamic.trace import LAST_CLASSIFIED, TRACED
 TRACED_SYSCALLS = TRACED
 
 
+#: the uid and gid the sandbox runs as when mlwarden runs as root: a dedicated id (in no /etc/passwd entry, not
+#: nobody's 65534, which daemons and NFS share), so that inside the sandbox nothing owned by root — or by any other
+#: user — is readable unless it is readable by everyone (see docs/dynamic.md, "Who the sandbox runs as")
+DEDICATED_ID = 65533
+#: whether runs drop to :data:`DEDICATED_ID` (mlwarden runs as root); otherwise they keep the caller's uid
+DROPS_PRIVILEGES = os.getuid() == 0
+SANDBOX_UID, SANDBOX_GID = (DEDICATED_ID, DEDICATED_ID) if DROPS_PRIVILEGES else (os.getuid(), os.getgid())
+
+
 def _identity() -> tuple[str, str, str]:
-    """User name, home directory and login shell of the uid the sandbox runs as (bwrap keeps the uid)."""
-    uid = os.getuid()
+    """User name, home directory and login shell of the uid the sandbox runs as (:data:`SANDBOX_UID`)."""
+    uid = SANDBOX_UID
     try:
         entry = pwd.getpwuid(uid)
         user, home, shell = entry.pw_name, entry.pw_dir, entry.pw_shell
@@ -59,7 +71,7 @@ def _identity() -> tuple[str, str, str]:
 
 
 SANDBOX_USER, SANDBOX_HOME, SANDBOX_SHELL = _identity()
-SANDBOX_TMP = f"/tmp/user/{os.getuid()}"  # TMPDIR and the working directory: the private scratch space
+SANDBOX_TMP = f"/tmp/user/{SANDBOX_UID}"  # TMPDIR and the working directory: the private scratch space
 #: writable mounts inside (each a tmpfs of at most ``tmpfs_bytes``); everything else is read-only
 WRITABLE_MOUNTS = ("/tmp", SANDBOX_HOME, "/dev/shm")
 #: where a model folder is bound when its own path cannot be used (it is "/", a system folder, the home...)
@@ -108,6 +120,122 @@ class SandboxUnavailable(MlwardenError):  # noqa: N818 - a condition the user mu
     """The sandbox cannot be created here; dynamic analysis refuses to run unsandboxed."""
 
 
+def readable_inside(path: str, *, folder: bool = False) -> bool:
+    """Whether the sandbox's uid may read ``path`` (a folder: enter it), judging by its owner, group and mode."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    need = 0o1 if folder else 0o4
+    if st.st_uid == SANDBOX_UID:
+        bits = st.st_mode >> 6
+    elif st.st_gid == SANDBOX_GID:
+        bits = st.st_mode >> 3
+    else:
+        bits = st.st_mode
+    return bits & need == need
+
+
+@dataclass
+class Staging:
+    """Model folders and files as the sandbox binds them once :func:`stage` gave its uid read access."""
+
+    binds: list[tuple[str, str]]
+    file_binds: list[tuple[str, str]] = field(default_factory=list)
+    folder: str | None = None  # the private 0700 folder holding the copies (removed by :meth:`cleanup`)
+
+    def cleanup(self) -> None:
+        """Remove the copies."""
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
+
+
+def stage(binds: list[tuple[str, str]], files: list[str] | None) -> Staging:
+    """Let the sandbox's uid read the model files it must load — those only, never their root-only neighbours.
+
+    Nothing to do unless runs drop to :data:`DEDICATED_ID`. A model file the dedicated uid may not read (the
+    loader's private copy is 0600, owned by root) is copied, readable by the sandbox's group only (0640,
+    root:``SANDBOX_GID``), into a folder of mode 0700 that only root can enter — no other local user can read
+    the copy — and bound read-only over the original's path. A model folder the dedicated uid may not enter is
+    replaced by such a folder holding just the model files. Other files of the folder keep their own modes.
+    ``files=None`` (a warm pool told only its folders): a folder the uid may not enter is replaced by a copy of
+    the files in it (recursively) that its mode bits would let the uid read; nothing else is copied.
+    """
+    out = Staging(list(binds))
+    if not DROPS_PRIVILEGES:
+        return out
+    try:
+        _stage(out, files)
+    except OSError as exc:
+        out.cleanup()
+        raise SandboxUnavailable(f"cannot give the sandbox read access to the model: {exc}") from exc
+    return out
+
+
+def _stage(out: Staging, files: list[str] | None) -> None:
+    import tempfile
+
+    for i, (host, inside) in enumerate(list(out.binds)):
+        enter = readable_inside(host, folder=True)
+        if files is None:
+            todo = [] if enter else _readable_tree(host)
+        else:
+            mine = [f for f in files if os.path.dirname(os.path.realpath(f)) == os.path.realpath(host)]
+            todo = [f for f in mine if not enter or not readable_inside(f)]
+        if not todo:
+            continue
+        if out.folder is None:
+            out.folder = tempfile.mkdtemp(prefix="mlwarden-sandbox-")  # 0700, root's
+        target = os.path.join(out.folder, str(i))
+        folders = {target}
+        for f in todo:
+            copy = os.path.join(target, os.path.relpath(os.path.realpath(f), os.path.realpath(host)))
+            os.makedirs(os.path.dirname(copy), 0o700, exist_ok=True)
+            folders.update(_between(target, os.path.dirname(copy)))
+            shutil.copyfile(f, copy)
+            os.chown(copy, 0, SANDBOX_GID)
+            os.chmod(copy, 0o640)
+            if enter:
+                out.file_binds.append((copy, f"{inside}/{os.path.basename(f)}"))
+        for folder in folders:
+            os.chown(folder, 0, SANDBOX_GID)
+            os.chmod(folder, 0o750)  # noqa: S103 - group-readable by the sandbox's gid only, inside a 0700 folder
+        if not enter:
+            out.binds[i] = (target, inside)
+
+
+def _between(top: str, folder: str) -> list[str]:
+    """``folder`` and its ancestors up to ``top`` (included)."""
+    out = [folder]
+    while folder != top and folder.startswith(top + "/"):
+        folder = os.path.dirname(folder)
+        out.append(folder)
+    return out
+
+
+def _readable_tree(root: str) -> list[str]:
+    """Regular files under ``root`` whose own mode lets the sandbox's uid read them (links are not followed)."""
+    out = []
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path) and os.path.isfile(path) and readable_inside(path):
+                out.append(path)
+    return out
+
+
+def _model_of(module_args: list[str], binds: list[tuple[str, str]]) -> list[str]:
+    """The host path of the runner's ``--model`` (what :func:`stage` must make readable)."""
+    if "--model" not in module_args or module_args.index("--model") + 1 >= len(module_args):
+        return []
+    inside = module_args[module_args.index("--model") + 1]
+    for host, folder in binds:
+        if inside.startswith(folder.rstrip("/") + "/"):
+            return [os.path.join(host, inside[len(folder.rstrip("/")) + 1 :])]
+    return []
+
+
 SandboxLimits = SandboxSettings  # the policy's [sandbox] table is exactly the run's limits
 
 
@@ -147,9 +275,8 @@ def python_roots() -> set[str]:
     """
     paths = sysconfig.get_paths()
     roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, paths["stdlib"], paths["purelib"], paths["platlib"]}
-    import mlwarden
-
-    roots.add(str(Path(mlwarden.__file__).resolve().parents[1]))  # editable installs live outside prefix
+    # mlwarden's own source root (editable installs live outside prefix): src/mlwarden/scan/dynamic/sandbox.py
+    roots.add(str(Path(__file__).resolve().parents[3]))
     return roots | {os.path.realpath(r) for r in roots}
 
 
@@ -164,6 +291,47 @@ def _python_roots() -> list[str]:
     return out
 
 
+def _parents(paths: list[str]) -> list[str]:
+    """Every proper ancestor of ``paths`` that bwrap would create (not ``/``, system folders, the home), outer first."""
+    skip = ("/usr", "/etc", "/proc", "/dev", "/sys", SANDBOX_HOME)
+    out: set[str] = set()
+    for path in paths:
+        parent = os.path.dirname(os.path.normpath(path))
+        while parent not in ("/", "") and not any(parent == s or parent.startswith(s + "/") for s in skip):
+            out.add(parent)
+            parent = os.path.dirname(parent)
+    return sorted(out, key=lambda p: (p.count("/"), p))
+
+
+def _namespaces() -> list[str]:
+    """The namespace and capability options of bwrap.
+
+    As root: no user namespace (bwrap maps the sandbox's uid to the caller's, whatever ``--uid`` says, and
+    root-owned files would stay readable); bwrap sets up the mounts as root and keeps only what
+    :func:`_drop_privileges` needs for the child.
+    """
+    if not DROPS_PRIVILEGES:
+        return ["--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+    out = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
+    out += ["--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+    for cap in ("CAP_CHOWN", "CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP"):  # (SETPCAP: to empty the bounding set)
+        out += ["--cap-add", cap]
+    return out
+
+
+def _drop_privileges() -> list[str]:
+    """As root: the child hands its writable mounts to the dedicated uid, then setpriv drops to it.
+
+    Changing every uid away from 0 clears all capabilities; the bounding and inheritable sets are emptied, the
+    supplementary groups cleared, and bwrap has set no_new_privs.
+    """
+    if not DROPS_PRIVILEGES:
+        return []
+    drop = f'chown {SANDBOX_UID}:{SANDBOX_GID} "$HOME" "$TMPDIR" /dev/shm && exec "$@"'
+    out = ["/bin/sh", "-c", drop, "sh", _which("setpriv"), f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_GID}"]
+    return [*out, "--bounding-set=-all", "--inh-caps=-all", "--clear-groups", "--"]
+
+
 def build_command(
     binds: list[tuple[str, str]],
     argv: list[str],
@@ -172,24 +340,16 @@ def build_command(
     *,
     extra_traced: tuple[str, ...] = (),
     seccomp_fd: int | None = None,
+    cpu_limit: bool = True,
+    file_binds: list[tuple[str, str]] | tuple[()] = (),
 ) -> list[str]:
-    """The bwrap (+ strace when ``trace_fd`` is given) command line for running ``argv`` in the sandbox.
+    """The prlimit + bwrap (+ strace when ``trace_fd`` is given) command line for running ``argv`` in the sandbox.
 
     ``binds`` are the model folders, ``(host, inside)`` as :func:`model_binds` places them.
     """
     bwrap = _which("bwrap")
     size = str(int(limits.tmpfs_bytes))
-    cmd = [
-        bwrap,
-        "--unshare-all",
-        "--die-with-parent",
-        "--new-session",
-        "--cap-drop",
-        "ALL",
-        "--ro-bind",
-        "/usr",
-        "/usr",
-    ]
+    cmd = [*limit_command(limits, cpu=cpu_limit), bwrap, *_namespaces(), "--ro-bind", "/usr", "/usr"]
     if seccomp_fd is not None:
         cmd += ["--seccomp", str(seccomp_fd)]
     for name in ("bin", "sbin", "lib", "lib64", "lib32"):
@@ -208,15 +368,20 @@ def build_command(
     # /dev/shm, /tmp and the home directory are bounded by tmpfs_bytes each.
     cmd += ["--proc", "/proc", "--dev", "/dev", "--size", size, "--tmpfs", "/dev/shm", "--remount-ro", "/dev"]
     cmd += ["--size", size, "--perms", "01777", "--tmpfs", "/tmp", "--dir", "/tmp/user"]
+    if DROPS_PRIVILEGES:  # bwrap makes the folders leading to a mount 0700, root's: the sandbox's uid must pass
+        for folder in _parents([SANDBOX_HOME, *_python_roots(), *(b[1] for b in binds), *(b[1] for b in file_binds)]):
+            cmd += ["--perms", "0755", "--dir", folder]
     cmd += ["--perms", "0700", "--dir", SANDBOX_TMP, "--size", size, "--perms", "0700", "--tmpfs", SANDBOX_HOME]
     for root in _python_roots():
         cmd += ["--ro-bind", root, root]
     for host, inside in sorted(binds, key=lambda b: len(b[1])):
         cmd += ["--ro-bind", host, inside]
+    for host, inside in file_binds:  # a model file the sandbox's uid may read, over the one it may not
+        cmd += ["--ro-bind", host, inside]
     cmd += ["--remount-ro", "/", "--clearenv"]
     for name, value in sandbox_env().items():
         cmd += ["--setenv", name, value]
-    cmd += ["--chdir", SANDBOX_TMP, "--"]
+    cmd += ["--chdir", SANDBOX_TMP, "--", *_drop_privileges()]
     if trace_fd is not None:
         cmd += [
             _which("strace"),
@@ -227,7 +392,7 @@ def build_command(
             "-s",
             "256",
             "-e",
-            "signal=none",
+            "signal=SIGSYS",  # a call the seccomp filter refused, with its name (see seccomp.py)
             "-e",
             f"trace={','.join(dict.fromkeys((*TRACED_SYSCALLS, *extra_traced)))}",
             "-o",
@@ -236,20 +401,27 @@ def build_command(
     return cmd + argv
 
 
-def _limit(limits: SandboxLimits) -> None:  # runs in the child between fork and exec
-    os.setsid()
-    resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 5))
-    resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_size_bytes, limits.file_size_bytes))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    if os.getuid() != 0:  # the kernel does not apply RLIMIT_NPROC to uid 0; the pid namespace bounds it then
-        running = sum(1 for p in os.listdir("/proc") if p.isdigit())
-        resource.setrlimit(resource.RLIMIT_NPROC, (running + 256, running + 256))
+def limit_command(limits: SandboxLimits, *, cpu: bool = True) -> list[str]:
+    """``prlimit ... --``: the rlimits the sandbox starts with, set by util-linux's prlimit before it execs bwrap.
+
+    Not a ``preexec_fn``: the caller may have other threads (the guard's), and CPython documents that running
+    Python between fork and exec can then deadlock. CPU time, address space, file size, no core dumps, and a
+    bound on processes (RLIMIT_NPROC counts per real uid; the kernel does not apply it to uid 0, so it bites once
+    the sandbox runs as its own uid, see :data:`SANDBOX_UID`). ``cpu=False`` for the warm pool's server, whose
+    children set their own CPU limit after ``fork`` (CPU time counts from zero there).
+    """
+    cmd = [_which("prlimit")]
+    if cpu:
+        cmd.append(f"--cpu={int(limits.cpu_seconds)}:{int(limits.cpu_seconds) + 5}")
+    cmd += [f"--as={int(limits.memory_bytes)}", f"--fsize={int(limits.file_size_bytes)}", "--core=0"]
+    running = sum(1 for p in os.listdir("/proc") if p.isdigit())
+    cmd += [f"--nproc={running + 256}", "--"]
+    return cmd
 
 
 def check_available() -> None:
     """Raise :class:`SandboxUnavailable` unless a trivial sandbox can be created here."""
-    probe = subprocess.run(
+    probe = subprocess.run(  # noqa: S603 - a fixed probe command
         [_which("bwrap"), "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "--", "/bin/true"],
         capture_output=True,
         timeout=30,
@@ -262,6 +434,10 @@ def check_available() -> None:
             "to run unsandboxed. Use --static-only."
         )
     _which("strace")
+    _which("prlimit")
+    if DROPS_PRIVILEGES:
+        _which("setpriv")
+    seccomp_program()  # libseccomp and its binding (raises SandboxUnavailable without them)
 
 
 _AVAILABLE: list[bool] = []
@@ -274,24 +450,29 @@ def check_available_cached() -> None:
         _AVAILABLE.append(True)
 
 
-def seccomp_program() -> bytes:
-    """A classic-BPF seccomp filter: ENOSYS for syscalls the tracer cannot name and for other ABIs (x32, i386).
+def seccomp_program(traced: bool = True) -> bytes:
+    """The program bubblewrap's ``--seccomp`` installs (see :mod:`.seccomp`).
 
-    Every syscall the kernel offers to a x86_64 process is then either classified in :mod:`.trace` or refused.
+    ENOSYS for syscalls the tracer cannot name and for other ABIs; SIGSYS for what no model load needs.
     """
-    import struct
+    from mlwarden.scan.dynamic.seccomp import sandbox_program
 
-    ld_abs, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
-    allow, enosys = 0x7FFF0000, 0x00050000 | 38
-    program = [
-        (ld_abs, 0, 0, 4),  # seccomp_data.arch
-        (jeq, 0, 3, 0xC000003E),  # AUDIT_ARCH_X86_64, else refuse
-        (ld_abs, 0, 0, 0),  # seccomp_data.nr
-        (jge, 1, 0, LAST_CLASSIFIED + 1),  # also every x32 number (bit 30 set)
-        (ret, 0, 0, allow),
-        (ret, 0, 0, enosys),
-    ]
-    return b"".join(struct.pack("<HBBI", *insn) for insn in program)
+    return sandbox_program(traced=traced, last_classified=LAST_CLASSIFIED)
+
+
+def runner_seccomp_program() -> bytes:
+    """The program the runner installs on itself in a traced run (what strace needs, refused to the model)."""
+    from mlwarden.scan.dynamic.seccomp import runner_program
+
+    return runner_program()
+
+
+def trace_pipe() -> tuple[int, int]:
+    """The pipe strace writes to: strace reopens ``/dev/fd/N``, so the sandbox's uid must own it."""
+    r, w = os.pipe()
+    if DROPS_PRIVILEGES:
+        os.fchown(w, SANDBOX_UID, SANDBOX_GID)
+    return r, w
 
 
 def key_pipe(key: bytes) -> int:
@@ -302,7 +483,23 @@ def key_pipe(key: bytes) -> int:
     return r
 
 
-def run_python(
+def _spawn(cmd: list[str], passed: tuple[int, ...], staged: Staging) -> subprocess.Popen[bytes]:
+    """Start the sandbox (its own session; limits come from prlimit in ``cmd``, not from a ``preexec_fn``)."""
+    try:
+        return subprocess.Popen(  # noqa: S603 - our own bwrap command line, no shell
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            pass_fds=passed,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        staged.cleanup()
+        raise SandboxUnavailable(f"cannot start bubblewrap: {exc}") from exc
+
+
+def run_python(  # noqa: C901 - start, pump the three pipes, enforce the clock, collect: one lifecycle
     binds: list[tuple[str, str]], module_args: list[str], limits: SandboxLimits, *, traced: bool = True
 ) -> SandboxRun:
     """Run ``python -I -m <module_args>`` in the sandbox with the descriptor options appended; collect everything.
@@ -310,40 +507,38 @@ def run_python(
     The runner gets a fresh secret key through a pipe (``--key-fd``) that it reads and closes before any model
     byte is read; every record it writes is authenticated with it (see :mod:`.records`).
     """
+    programs = (seccomp_program(traced), runner_seccomp_program() if traced else b"")  # (before any descriptor)
     events_r, events_w = os.pipe()
-    trace_r, trace_w = os.pipe() if traced else (None, None)
+    trace_r, trace_w = trace_pipe() if traced else (None, None)
     run = SandboxRun(key=secrets.token_bytes(32), traced=traced, binds=list(binds))
     key_r = key_pipe(run.key)
     argv = [sys.executable, "-I", "-m", *module_args, "--events-fd", str(events_w), "--key-fd", str(key_r)]
     quiesce = getattr(limits, "quiesce_seconds", QUIESCE_SECONDS)
     argv += ["--quiesce-seconds", str(quiesce)]
+    runner_seccomp_r = None
     if trace_w is not None:
-        argv += ["--trace-fd", str(trace_w)]
-    seccomp_r = key_pipe(seccomp_program())
-    cmd = build_command(binds, argv, trace_w, limits, seccomp_fd=seccomp_r)
-    passed = tuple(fd for fd in (events_w, trace_w, key_r, seccomp_r) if fd is not None)
+        runner_seccomp_r = key_pipe(programs[1])
+        argv += ["--trace-fd", str(trace_w), "--seccomp-fd", str(runner_seccomp_r)]
+    seccomp_r = key_pipe(programs[0])
+    passed = tuple(fd for fd in (events_w, trace_w, key_r, seccomp_r, runner_seccomp_r) if fd is not None)
     started = time.monotonic()
     try:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            pass_fds=passed,
-            preexec_fn=lambda: _limit(limits),
-        )  # noqa: PLW1509
-    except OSError as exc:
+        staged = stage(list(binds), _model_of(module_args, binds))
+        cmd = build_command(staged.binds, argv, trace_w, limits, seccomp_fd=seccomp_r, file_binds=staged.file_binds)
+        proc = _spawn(cmd, passed, staged)
+    except SandboxUnavailable:
         for fd in (events_r, trace_r, *passed):
             if fd is not None:
                 os.close(fd)
-        raise SandboxUnavailable(f"cannot start bubblewrap: {exc}") from exc
+        raise
     for fd in passed:
         os.close(fd)
     buffers: dict[int, bytearray] = {events_r: bytearray()}
     if trace_r is not None:
         buffers[trace_r] = bytearray()
     stderr = proc.stderr
-    assert stderr is not None
+    if stderr is None:
+        raise RuntimeError("the sandbox was started without a stderr pipe")
     open_fds = [*buffers, stderr.fileno()]
     err = bytearray()
     deadline = started + limits.wall_seconds + quiesce
@@ -376,6 +571,7 @@ def run_python(
                         open_fds.remove(fd)
     finally:
         _kill_tree(proc)
+        staged.cleanup()
         for fd in buffers:
             os.close(fd)
         stderr.close()

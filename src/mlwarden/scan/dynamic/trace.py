@@ -5,8 +5,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from mlwarden.core.findings import Severity, rule
 from mlwarden.scan.dynamic.events import PHASES, Event, PhaseRecord
 
+_SIGSYS = re.compile(r"^(?P<pid>\d+)\s+--- SIGSYS \{.*\bsi_syscall=(?:__NR_)?(?P<call>\w+)")
+#: event kind of a call the sandbox's seccomp filter refused (see seccomp.py); judged as MLW-DYN-013
+REFUSED_KIND = "sandbox.refused"
 _LINE = re.compile(r"^(?P<pid>\d+)\s+(?P<call>\w+)\((?P<args>.*)\)\s+=\s+(?P<ret>-?\d+|\?)(?P<rest>.*)$")
 _STR = re.compile(r'"((?:[^"\\]|\\.)*)"')
 _PHASE_MARK = re.compile(r'"/\.mlwarden-phase/(\w+)"')
@@ -237,10 +241,14 @@ _AUDIT_KINDS: dict[str, str] = {
     "gc.get_referents": "tamper",
     "sys._current_frames": "tamper",
     "code.disguised": "code.disguised",
+    "import.missing": "import.missing",
+    "mlwarden.template": "code.introspect",
 }
 
 
 def _audit_kind(name: str) -> str | None:
+    if name in _AUDIT_KINDS:
+        return _AUDIT_KINDS[name]
     for prefix, kind in _AUDIT_KINDS.items():
         if name == prefix or name.startswith(prefix):
             return kind
@@ -284,6 +292,7 @@ def audit_events(records: Iterable[dict[str, object]], reads: bool = False) -> t
             if name == "open":
                 mapped = "file.write" if extra == "w" else "file.read"
             stack = rec.get("stack")
+            caller = extra[3:] if name == "import" and extra.startswith("by ") else ""
             events.append(
                 Event(
                     current,
@@ -292,6 +301,7 @@ def audit_events(records: Iterable[dict[str, object]], reads: bool = False) -> t
                     "audit",
                     f"{name}({target}{', ' + extra if extra and name != 'open' else ''})",
                     tuple(str(s) for s in stack[-6:]) if isinstance(stack, list) else (),
+                    caller,
                 )
             )
     ordered = [phases.get(p, PhaseRecord(p, "not-reached")) for p in PHASES]
@@ -389,7 +399,7 @@ def _joined(lines: Iterable[str]) -> Iterable[str]:
         yield line + ") = ?"
 
 
-def syscall_events(lines: Iterable[str], cwd: str = "") -> list[Event]:
+def syscall_events(lines: Iterable[str], cwd: str = "") -> list[Event]:  # noqa: C901 - one branch per syscall family
     """Events from strace output; phases come from the runner's marker mkdir() calls.
 
     ``cwd`` is where processes start (the sandbox's working directory); ``chdir``/``fchdir`` and the
@@ -403,6 +413,7 @@ def syscall_events(lines: Iterable[str], cwd: str = "") -> list[Event]:
     for line in _joined(lines):
         m = _LINE.match(line.strip())
         if m is None:
+            events += _refused(line, phase)
             continue
         pid, call, args, ret = m.group("pid"), m.group("call"), m.group("args"), m.group("ret")
         mark = _PHASE_MARK.search(args) if call in ("mkdir", "mkdirat") else None
@@ -485,3 +496,25 @@ def syscall_events(lines: Iterable[str], cwd: str = "") -> list[Event]:
         elif call in SYSTEM_SYSCALLS:
             events.append(Event(phase, "tamper", call, "syscall", line.strip()[:400]))
     return events
+
+
+#: MLW-DYN-013: the sandbox's seccomp filter refused a syscall no model load needs
+REFUSED = rule(
+    "MLW-DYN-013",
+    "Sandbox refused a forbidden syscall",
+    Severity.HIGH,
+    cwe=693,
+    description="A phase of loading the model made a system call that no model load needs and the sandbox's "
+    "seccomp filter refuses (ptrace, mount, unshare or a namespace-creating clone, bpf, keyctl, perf_event_open, "
+    "userfaultfd, loading kernel modules, ...): an attempt to get out of the sandbox or at the kernel. The call "
+    "did not run; the process received SIGSYS.",
+    remediation="Do not load this model outside a sandbox; report it to its publisher.",
+)
+
+
+def _refused(line: str, phase: str) -> list[Event]:
+    """A ``--- SIGSYS {... si_syscall=__NR_name ...} ---`` line: a call the seccomp filter refused (or nothing)."""
+    refused = _SIGSYS.match(line.strip())
+    if refused is None:
+        return []
+    return [Event(phase, REFUSED_KIND, refused.group("call"), "syscall", line.strip()[:400])]
