@@ -6,9 +6,9 @@ from pathlib import PurePosixPath
 
 import pytest
 
+from mlwarden.api.upload import model_member
 from mlwarden.http.errors import ApiError
 from mlwarden.http.limits import GiB, KiB, Limits, MiB, describe_size, parse_size
-from mlwarden.api.upload import model_member
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,6 @@ PROTECTED_PREFIX = "/v1/"
 RETRY_AFTER_S = 60
 
 
-
 def get_registry(request: Request) -> Registry:
     """The registry the app was created over."""
     registry: Registry = request.app.state.registry
