@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml
 # benign model through its life: sign, register, approve by a second user, deploy, verify the audit log.
 demo: setup
 	rm -rf $(DEMO) && mkdir -p $(DEMO)
-	$(PY) -m mlwarden.samples demo $(DEMO)
+	PYTHONPATH=testkit $(PY) -m mlwarden_samples demo $(DEMO)
 	@echo; echo "== scanning benign models (expect PASS, exit 0) =="
 	$(VENV)/bin/mlwarden scan --no-progress $(DEMO)/benign
 	@echo; echo "== scanning malicious canaries (expect FAIL, exit 1) =="
@@ -42,8 +42,8 @@ demo: setup
 	scripts/demo-guard $(DEMO) $(VENV)/bin/mlwarden
 
 lint: setup
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks testkit
+	$(VENV)/bin/ruff format --check src tests benchmarks testkit
 	$(VENV)/bin/lint-imports
 
 typecheck: setup

@@ -1,7 +1,7 @@
 """Detection benchmark: mlwarden vs picklescan, modelscan and fickling on two labelled file sets.
 
 Set ``picklescan-corpus`` is the shared copy of picklescan's own test data (``../shared/corpus/picklescan``,
-labels from its test suite). Set ``mlwarden-samples`` is built fresh by ``python -m mlwarden.samples``
+labels from its test suite). Set ``mlwarden-samples`` is built fresh by ``python -m mlwarden_samples``
 (real benign models and harmless canary payloads). A sample may be a folder (a Hugging Face style model
 directory): it counts once, and a tool flags it if it flags any file in it.
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -75,9 +76,10 @@ def build_fixtures() -> list[Sample]:
     shutil.rmtree(FIXTURES, ignore_errors=True)
     shutil.rmtree(CANARY, ignore_errors=True)
     subprocess.run(
-        [str(MLW_PY), "-m", "mlwarden.samples", str(FIXTURES), "--canary-dir", str(CANARY)],
+        [str(MLW_PY), "-m", "mlwarden_samples", str(FIXTURES), "--canary-dir", str(CANARY)],
         check=True,
         stdout=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(REPO / "testkit")},  # the sample builders are a test kit
     )
     return load_set(FIXTURES)
 

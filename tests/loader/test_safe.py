@@ -16,7 +16,7 @@ import mlwarden
 from mlwarden.core.errors import LimitExceeded, UsageError
 from mlwarden.core.policy import Limits, PickleRules, Policy
 from mlwarden.loader import safe
-from mlwarden.samples import build_malicious
+from mlwarden_samples import build_malicious
 
 needs_sandbox = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
 

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import pytest
 
-import mlwarden.samples as samples_mod
-from mlwarden.samples import Sample, build_all, build_benign, build_malicious, families
-from mlwarden.samples.__main__ import DEMO_FAMILIES, main
-from mlwarden.samples.malicious_containers import seven_zip
-from mlwarden.samples.malicious_formats import patch_zip
+import mlwarden_samples as samples_mod
+from mlwarden_samples import Sample, build_all, build_benign, build_malicious, families
+from mlwarden_samples.__main__ import DEMO_FAMILIES, main
+from mlwarden_samples.malicious_containers import seven_zip
+from mlwarden_samples.malicious_formats import patch_zip
 
 # Families that may legitimately build nothing even with their framework installed.
 MAY_BE_EMPTY = {"onnx-torch-export"}

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from mlwarden.core.findings import Severity
-from mlwarden.samples import build_benign
 from mlwarden.scan.dynamic.events import PHASES
+from mlwarden_samples import build_benign
 from tests.scan.dynamic.conftest import dyn_findings, needs_sandbox, phase_status, scan_dynamic
 
 pytestmark = needs_sandbox

@@ -1,6 +1,6 @@
 """Every malicious sample family, run for real in the sandbox: the payload is observed AND it had no host effect.
 
-For each family, ``mlwarden.samples.build_malicious`` writes the sample with canaries pointing at this test's
+For each family, ``mlwarden_samples.build_malicious`` writes the sample with canaries pointing at this test's
 ``canary_dir`` and ``listener``; the dynamic scan then loads it the careless way (``pickle.load``,
 ``torch.load(weights_only=False)``, ``np.load(allow_pickle=True)``, ``safe_mode=False``, an unsandboxed Jinja
 environment). Two things are asserted each time:
@@ -24,9 +24,9 @@ import pytest
 from mlwarden.artifacts.sniff import Format
 from mlwarden.core.findings import Severity
 from mlwarden.core.policy import Policy
-from mlwarden.samples import build_malicious
 from mlwarden.scan.dynamic.engine import choose_framework
 from mlwarden.scan.engine import scan_file
+from mlwarden_samples import build_malicious
 from tests.scan.dynamic.conftest import (
     Listener,
     assert_contained,

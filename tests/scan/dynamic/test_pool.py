@@ -67,7 +67,7 @@ def benign_pickle(folder: Path, name: str = "benign.pkl") -> Path:
 def torch_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """A benign torch module and a malicious torch checkpoint (canary under /tmp) in one folder."""
     torch = pytest.importorskip("torch")
-    from mlwarden.samples import build_malicious
+    from mlwarden_samples import build_malicious
 
     root = tmp_path_factory.mktemp("pool-torch")
     canary = root / "canary"

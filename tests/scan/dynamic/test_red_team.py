@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 
 from mlwarden.core.policy import Policy, SandboxSettings
-from mlwarden.samples.malicious_pickle import call, glob, pkl, ustr
 from mlwarden.scan.dynamic import engine as dyn
 from mlwarden.scan.dynamic import sandbox
 from mlwarden.scan.dynamic.pool import analyse_many
 from mlwarden.scan.dynamic.profiles import PROFILE_DIR
+from mlwarden_samples.malicious_pickle import call, glob, pkl, ustr
 from tests.scan.dynamic.conftest import (
     assert_contained,
     dyn_hits,

@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 
 from mlwarden.core.findings import Severity
-from mlwarden.samples.malicious_pickle import bbytes, call, dct, glob, lst, pkl, ustr
 from mlwarden.scan.result import FileResult
+from mlwarden_samples.malicious_pickle import bbytes, call, dct, glob, lst, pkl, ustr
 from tests.scan.dynamic.conftest import (
     Listener,
     assert_contained,

@@ -13,8 +13,8 @@ import pytest
 
 from mlwarden.core.findings import Finding, Severity
 from mlwarden.core.policy import Policy
-from mlwarden.samples import Sample, build_all, families
 from mlwarden.scan.engine import expand, scan_file
+from mlwarden_samples import Sample, build_all, families
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from mlwarden.samples import BuildContext, Made, register
+from mlwarden_samples import BuildContext, Made, register
 
 
 def _xy(n: int = 120, d: int = 5) -> tuple[Any, Any]:

@@ -14,7 +14,7 @@ A family whose framework cannot be imported is skipped, not failed, so the corpu
 a minimal install. Heavy imports happen inside the builders only.
 
 Example:
-    >>> from mlwarden.samples import build_all
+    >>> from mlwarden_samples import build_all
     >>> samples = build_all(Path("corpus"), Path("/tmp/canary"))  # doctest: +SKIP
 """
 
@@ -140,9 +140,9 @@ def register(label: Label, family: str, requires: tuple[str, ...] = ()) -> Calla
 
 
 def _load_builders() -> None:
-    # Imported here, not at module import, so ``import mlwarden.samples`` stays cheap; the builder
+    # Imported here, not at module import, so ``import mlwarden_samples`` stays cheap; the builder
     # modules import only the standard library at top level.
-    from mlwarden.samples import (  # noqa: F401
+    from mlwarden_samples import (  # noqa: F401
         benign,
         benign_nn,
         malicious_containers,

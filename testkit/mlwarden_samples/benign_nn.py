@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from mlwarden.samples import BuildContext, Made, register
+from mlwarden_samples import BuildContext, Made, register
 
 #: A realistic chat template (ChatML with tools and a role check), as found in tokenizer_config.json.
 CHAT_TEMPLATE = (

@@ -1,4 +1,4 @@
-"""``python -m mlwarden.samples [demo] OUT_DIR [--canary-dir D] [--only a,b] [--benign-only|...]``.
+"""``python -m mlwarden_samples [demo] OUT_DIR [--canary-dir D] [--only a,b] [--benign-only|...]``.
 
 Builds the sample corpus and writes ``OUT_DIR/labels.json``. Nothing built is ever loaded. With the
 ``demo`` word first, only a few representative families are built (what ``make demo`` scans).
@@ -12,7 +12,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from mlwarden.samples import build_benign, build_malicious, families, write_labels
+from mlwarden_samples import build_benign, build_malicious, families, write_labels
 
 #: The representative subset ``make demo`` builds: everyday models, and one canary per attack surface.
 DEMO_FAMILIES = (
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     if demo:
         args_in = args_in[1:]
     parser = argparse.ArgumentParser(
-        prog="python -m mlwarden.samples", description="Build benign and malicious (canary) sample model files."
+        prog="python -m mlwarden_samples", description="Build benign and malicious (canary) sample model files."
     )
     parser.add_argument("out_dir", type=Path, help="output directory (created if needed)")
     parser.add_argument(

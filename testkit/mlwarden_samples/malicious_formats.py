@@ -17,14 +17,14 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from mlwarden.samples import BuildContext, Made, register
-from mlwarden.samples.malicious_pickle import Reduce, exec_pickle, lambda_code, os_system, pysrc, shell
+from mlwarden_samples import BuildContext, Made, register
+from mlwarden_samples.malicious_pickle import Reduce, exec_pickle, lambda_code, os_system, pysrc, shell
 
 EXEC = ("builtins.exec",)
 
 
 def _torch_payload_checkpoint(ctx: BuildContext, family: str) -> dict[str, Any]:
-    from mlwarden.samples.benign_nn import torch_models
+    from mlwarden_samples.benign_nn import torch_models
 
     return {
         "state_dict": torch_models()["mlp"].state_dict(),
@@ -88,7 +88,7 @@ def _torch_data_pkl(ctx: BuildContext, folder: Path) -> list[Made]:
 def _torch_extra(ctx: BuildContext, folder: Path) -> list[Made]:
     import torch
 
-    from mlwarden.samples.benign_nn import torch_models
+    from mlwarden_samples.benign_nn import torch_models
 
     buf = io.BytesIO()
     torch.save(torch_models()["mlp"].state_dict(), buf)
@@ -145,7 +145,7 @@ _flagged(
 def _torch_legacy_sys_info(ctx: BuildContext, folder: Path) -> list[Made]:
     import torch
 
-    from mlwarden.samples.benign_nn import torch_models
+    from mlwarden_samples.benign_nn import torch_models
 
     buf = io.BytesIO()
     torch.save(torch_models()["mlp"].state_dict(), buf, _use_new_zipfile_serialization=False)
@@ -266,7 +266,7 @@ def _keras_module(ctx: BuildContext, folder: Path) -> list[Made]:
 def _onnx_traversal(ctx: BuildContext, folder: Path) -> list[Made]:
     from onnx import TensorProto
 
-    from mlwarden.samples.benign_nn import onnx_mlp
+    from mlwarden_samples.benign_nn import onnx_mlp
 
     model = onnx_mlp()
     weight = next(t for t in model.graph.initializer if t.name == "W1")
@@ -284,7 +284,7 @@ def _onnx_traversal(ctx: BuildContext, folder: Path) -> list[Made]:
 def _onnx_custom(ctx: BuildContext, folder: Path) -> list[Made]:
     from onnx import helper
 
-    from mlwarden.samples.benign_nn import onnx_mlp
+    from mlwarden_samples.benign_nn import onnx_mlp
 
     model = onnx_mlp()
     model.graph.node.append(
@@ -336,7 +336,7 @@ def _gguf(ctx: BuildContext, folder: Path) -> list[Made]:
 
 @register("malicious", "hf-tokenizer-ssti", requires=("safetensors", "numpy"))
 def _hf_ssti(ctx: BuildContext, folder: Path) -> list[Made]:
-    from mlwarden.samples.benign_nn import HF_CONFIG, hf_tokenizer_config, write_hf_folder
+    from mlwarden_samples.benign_nn import HF_CONFIG, hf_tokenizer_config, write_hf_folder
 
     target = folder / "chat-model"
     write_hf_folder(
@@ -349,7 +349,7 @@ def _hf_ssti(ctx: BuildContext, folder: Path) -> list[Made]:
 
 @register("malicious", "hf-auto-map", requires=("safetensors", "numpy"))
 def _hf_auto_map(ctx: BuildContext, folder: Path) -> list[Made]:
-    from mlwarden.samples.benign_nn import HF_CONFIG, hf_tokenizer_config, write_hf_folder
+    from mlwarden_samples.benign_nn import HF_CONFIG, hf_tokenizer_config, write_hf_folder
 
     config = {
         **HF_CONFIG,

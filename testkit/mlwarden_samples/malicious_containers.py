@@ -14,8 +14,8 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-from mlwarden.samples import BuildContext, Made, register
-from mlwarden.samples.malicious_pickle import os_system
+from mlwarden_samples import BuildContext, Made, register
+from mlwarden_samples.malicious_pickle import os_system
 
 SYSTEM = ("os.system",)
 _MTIME = 1_700_000_000

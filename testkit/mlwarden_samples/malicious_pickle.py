@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mlwarden.samples import BuildContext, Made, register
+from mlwarden_samples import BuildContext, Made, register
 
 # --- a tiny pickle assembler ------------------------------------------------------------------------
 
