@@ -89,3 +89,22 @@ def test_a_hostile_member_refuses_the_whole_archive(tmp_path: Path) -> None:
     with pytest.raises(UnsafeModelError):
         mlwarden.load(path, dynamic=False)
     assert not canary.exists()
+
+
+def test_joblib_09_dump_loads_with_its_companions_and_refuses_foreign_names(tmp_path: Path) -> None:
+    from tests.scan.static.test_joblib_legacy import G, _joblib_09, nd_state, wrapper_pickle
+
+    folder = tmp_path / "model"
+    path = _joblib_09(folder)  # float, int and object-array companions beside a Python 2 style pickle
+    loaded = mlwarden.load(path, dynamic=False)
+    assert [a.tolist() for a in loaded[1:]] == [list(range(7)), ["a", "b", None]]
+    assert loaded[0].shape == (10,)
+    np.save(folder / "m.pkl_01.npy", np.eye(2))  # an ndarray subclass (np.matrix) comes back as a view
+    matrix = {**nd_state("m.pkl_01.npy"), "subclass": G("numpy", "matrix")}
+    (folder / "m.pkl").write_bytes(wrapper_pickle([matrix]))
+    [m] = mlwarden.load(folder / "m.pkl", dynamic=False)
+    assert isinstance(m, np.matrix)
+    (tmp_path / "outside.npy").write_bytes((folder / "m.pkl_01.npy").read_bytes())
+    (folder / "evil.pkl").write_bytes(wrapper_pickle([nd_state("../outside.npy")]))
+    with pytest.raises(UnsafeModelError):
+        mlwarden.load(folder / "evil.pkl", dynamic=False)

@@ -122,17 +122,21 @@ def _legacy_array(wrapper: Any, folder: Path, policy: Policy, display: str) -> A
     shown = f"{display} ▸ {path.name}"
     if isinstance(wrapper, ZNDArrayWrapper):
         cls = wrapper.init_args[0] if wrapper.init_args else None
-        if cls is not np.ndarray:
+        if not (isinstance(cls, type) and issubclass(cls, np.ndarray)):  # allowlisted by the restricted find_class
             raise _refuse(pickle_rules.OPAQUE_CALL, display, f"joblib ZNDArrayWrapper of class {cls!r}")
         array = np.ndarray((0,), "b")  # __setstate__ sets shape and dtype, and checks them against the bytes
         with open(path, "rb") as fh:
             data = legacy.read_zfile(fh, policy.limits.max_member_size)
         array.__setstate__((*wrapper.state, data))
-        return array
-    if wrapper.subclass not in (np.ndarray, np.memmap):
-        raise _refuse(pickle_rules.OPAQUE_CALL, display, f"joblib NDArrayWrapper of class {wrapper.subclass!r}")
+        return array if cls is np.ndarray else array.view(cls)  # np.matrix and kin, as joblib rebuilt them
+    subclass = wrapper.subclass  # handed out by the restricted find_class: an allowlisted class
+    if not (isinstance(subclass, type) and issubclass(subclass, np.ndarray)):
+        raise _refuse(pickle_rules.OPAQUE_CALL, display, f"joblib NDArrayWrapper of class {subclass!r}")
     with open(path, "rb") as fh:
-        return _npy(fh, policy, True, shown)
+        array = _npy(fh, policy, True, shown)
+    if subclass in (np.ndarray, np.memmap) or not isinstance(array, np.ndarray):
+        return array
+    return array.view(subclass)  # np.matrix and kin: a view, as joblib rebuilt them
 
 
 def _npy(fh: IO[bytes], policy: Policy, restricted: bool, display: str) -> Any:
