@@ -108,3 +108,14 @@ def test_joblib_09_dump_loads_with_its_companions_and_refuses_foreign_names(tmp_
     (folder / "evil.pkl").write_bytes(wrapper_pickle([nd_state("../outside.npy")]))
     with pytest.raises(UnsafeModelError):
         mlwarden.load(folder / "evil.pkl", dynamic=False)
+
+
+def test_a_framework_error_is_a_usage_error_with_its_reason(tmp_path: Path) -> None:
+    # Content that passed the analysis but that the loader cannot build (OrderedDict(1): a TypeError inside the
+    # unpickler) gives a UsageError with the loader's message, never another exception type.
+    path = tmp_path / "model.pkl"
+    path.write_bytes(b"ccollections\nOrderedDict\n(I1\ntR.")
+    assert mlwarden.scan(path).exit_code() == 0
+    with pytest.raises(UsageError, match="could not load it: TypeError") as info:
+        mlwarden.load(path, dynamic=False)
+    assert isinstance(info.value.__cause__, TypeError)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from mlwarden.core.errors import UsageError
+from mlwarden.core.errors import MlwardenError, UsageError
 from mlwarden.core.policy import Policy
 from mlwarden.loader import legacy
 from mlwarden.loader.restricted import RestrictedUnpickler, _refuse, guarded_dispatch, pickle_module, restricted_load
@@ -238,11 +238,17 @@ def load_with(framework: str, path: Path, policy: Policy, restricted: bool, disp
     """Load the private copy at ``path`` with ``framework``.
 
     Raises:
-        UsageError: unknown framework.
+        UsageError: unknown framework, or the framework could not load the (analysed, harmless) content: a weights-only
+            HDF5, a corrupt zip, a pickle of a class that is not installed ... with the framework's own message.
         UnsafeModelError: the restricted unpickler refused a global or an opcode.
     """
     try:
         loader = LOADERS[framework]
     except KeyError:
         raise UsageError(f"unknown framework {framework!r} (expected one of: {', '.join(sorted(LOADERS))})") from None
-    return loader(path, policy, restricted, display)
+    try:
+        return loader(path, policy, restricted, display)
+    except MlwardenError:
+        raise
+    except Exception as exc:  # re-raised as one error type for "the framework could not load it", with its reason
+        raise UsageError(f"{display}: {framework} could not load it: {type(exc).__name__}: {exc}"[:2000]) from exc
