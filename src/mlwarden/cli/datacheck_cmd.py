@@ -9,9 +9,7 @@ report's summary before signing (:mod:`mlwarden.datacheck.attach`).
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +55,6 @@ def add_parser(sub: Any) -> None:
 
     manifest = actions.choices["manifest"]
     manifest.add_argument("--check", metavar="REPORT", help="data-check JSON report to record in the manifest")
-    manifest.set_defaults(run=functools.partial(_manifest_with_check, manifest.get_default("run")))
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -91,45 +88,4 @@ def _check(args: argparse.Namespace) -> int:
     for result in report.checks:
         if result.status == "error":
             print(f"mlwarden: error: check {result.id} could not run: {result.reason}", file=sys.stderr)
-    return EXIT_OK
-
-
-def _manifest_with_check(original: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """``data manifest`` as usual; with ``--check``, its ``pii_scan`` holds the report's summary."""
-    if not args.check:
-        return original(args)
-    import dataclasses
-
-    from mlwarden.cli.provenance_cmd import _inside, _write
-    from mlwarden.datacheck.attach import manifest_summary, read_report
-    from mlwarden.integrity.dataset import build_dataset_manifest, dataset_statement, sign_dataset_manifest
-
-    report, report_sha256 = read_report(args.check)
-    ignore = []
-    for raw in [*args.ignore_paths, args.output, args.check]:
-        relative = _inside(Path(raw), Path(args.dir))
-        if relative is None and raw in args.ignore_paths:
-            raise UsageError(f"--ignore-paths: {raw} is not inside the dataset folder {args.dir}")
-        if relative is not None and relative not in ignore:
-            ignore.append(relative)  # the manifest and the report do not list themselves
-    manifest = build_dataset_manifest(
-        args.dir,
-        name=args.name,
-        source=args.source,
-        license=args.license,
-        collected_at=args.collected_at,
-        description=args.description,
-        ignore_paths=ignore,
-    )
-    manifest = dataclasses.replace(manifest, pii_scan=manifest_summary(report, report_sha256, manifest))
-    _write(
-        dataset_statement(manifest),
-        lambda key, password: sign_dataset_manifest(manifest, key, password=password),
-        args,
-    )
-    state = "unsigned" if args.unsigned else "signed"
-    print(
-        f"{state} dataset manifest {args.output}: {manifest.name}, {manifest.file_count} file(s), "
-        f"{manifest.total_size:,} bytes, digest sha256:{manifest.digest}; data check {report_sha256[:12]} recorded"
-    )
     return EXIT_OK

@@ -142,8 +142,11 @@ def _data_manifest(args: argparse.Namespace) -> int:
         if relative is None:
             raise UsageError(f"--ignore-paths: {raw} is not inside the dataset folder {args.dir}")
         ignore.append(relative)
-    if (own := _inside(Path(args.output), Path(args.dir))) is not None and own not in ignore:
-        ignore.append(own)  # the manifest must not list itself
+    check = getattr(args, "check", None)  # `--check REPORT.json` (added by datacheck_cmd): a data-check report
+    for own_file in (args.output, check):  # the manifest and the report do not list themselves
+        own = _inside(Path(own_file), Path(args.dir)) if own_file else None
+        if own is not None and own not in ignore:
+            ignore.append(own)
     manifest = build_dataset_manifest(
         args.dir,
         name=args.name,
@@ -153,6 +156,15 @@ def _data_manifest(args: argparse.Namespace) -> int:
         description=args.description,
         ignore_paths=ignore,
     )
+    recorded = ""
+    if check:  # the report's summary goes into pii_scan before signing (mlwarden.datacheck.attach)
+        import dataclasses
+
+        from mlwarden.datacheck.attach import manifest_summary, read_report
+
+        report, report_sha256 = read_report(check)
+        manifest = dataclasses.replace(manifest, pii_scan=manifest_summary(report, report_sha256, manifest))
+        recorded = f"; data check {report_sha256[:12]} recorded"
     _write(
         dataset_statement(manifest),
         lambda key, password: sign_dataset_manifest(manifest, key, password=password),
@@ -161,7 +173,7 @@ def _data_manifest(args: argparse.Namespace) -> int:
     state = "unsigned" if args.unsigned else "signed"
     print(
         f"{state} dataset manifest {args.output}: {manifest.name}, {manifest.file_count} file(s), "
-        f"{manifest.total_size:,} bytes, digest sha256:{manifest.digest}"
+        f"{manifest.total_size:,} bytes, digest sha256:{manifest.digest}{recorded}"
     )
     return EXIT_OK
 
