@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from mlwarden.core.errors import UsageError
+from mlwarden.core.files import write_atomically
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
@@ -258,21 +259,10 @@ def _bom(args: argparse.Namespace) -> int:
 
 def _write_text(path: Path, text: str) -> None:
     """Write ``text`` atomically (a reader never sees half a BOM)."""
-    import os
-    import tempfile
-
     folder = path.resolve().parent
     if not folder.is_dir():
         raise UsageError(f"--output: folder {folder} does not exist")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                out.write(text)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(path, text)
     except OSError as exc:
         raise UsageError(f"--output: cannot write {path}: {exc.strerror or exc}") from None

@@ -8,11 +8,11 @@ are, so the diff a reviewer sees is exactly the new entry. The result is parsed 
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
+from mlwarden.core.files import write_atomically
 from mlwarden.core.suppressions import FORMAT_VERSION, Suppression, SuppressionError, parse_suppressions, today
 
 __all__ = ["append_suppression"]
@@ -91,19 +91,7 @@ def append_suppression(path: str | os.PathLike[str], entry: Suppression, *, on: 
 
 
 def _write_atomically(target: Path, text: str) -> None:
-    folder = target.absolute().parent
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=folder)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-            if target.exists():
-                os.chmod(tmp, target.stat().st_mode & 0o777)
-            else:
-                os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(target, text, target.stat().st_mode & 0o777 if target.exists() else 0o644)
     except OSError as exc:
         raise SuppressionError(f"cannot write suppressions file {target}: {exc.strerror or exc}") from None

@@ -26,8 +26,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +37,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from mlwarden.core.errors import UsageError
+from mlwarden.core.files import write_atomically
 from mlwarden.integrity.errors import KeyFileError, VerificationError
 from mlwarden.integrity.keys import PrivateKey, PublicKey, hash_for, key_hint, load_private_key, load_public_key
 
@@ -282,17 +281,7 @@ def write_bundle(bundle: Mapping[str, Any], path: Path | str) -> None:
     if not folder.is_dir():
         raise UsageError(f"cannot write signature {path}: folder {folder} does not exist")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                out.write(text)
-                out.flush()
-                os.fsync(out.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(path, text)
     except OSError as exc:
         raise UsageError(f"cannot write signature {path}: {exc.strerror or exc}") from None
 

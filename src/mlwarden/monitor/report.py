@@ -9,7 +9,6 @@ Plots are inline SVG (:mod:`mlwarden.monitor.svgplot`); the page loads nothing f
 from __future__ import annotations
 
 import os
-import tempfile
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +18,7 @@ from jinja2 import Environment, select_autoescape
 from markupsafe import Markup
 
 from mlwarden.core.errors import UsageError
+from mlwarden.core.files import write_atomically
 from mlwarden.monitor.history import read_history
 from mlwarden.monitor.svgplot import bar_chart, line_chart
 
@@ -155,10 +155,7 @@ def write_report(history_dir: str | os.PathLike[str], out: str | os.PathLike[str
     )
     target = Path(out)
     try:
-        fd, tmp = tempfile.mkstemp(dir=target.parent if str(target.parent) else ".", prefix=".report-", suffix=".part")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(html)
-        os.replace(tmp, target)
+        write_atomically(target, html, 0o600)
     except OSError as exc:
         raise UsageError(f"cannot write {target}: {exc.strerror or exc}") from None
     return target

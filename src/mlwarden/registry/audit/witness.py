@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import base64
 import os
-import tempfile
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mlwarden.core.files import write_atomically
 from mlwarden.registry.audit.checkpoint import ORIGIN, Checkpoint
 from mlwarden.registry.audit.errors import AuditError
 from mlwarden.registry.audit.verify import Problem, VerificationReport
@@ -146,12 +146,6 @@ def publish(checkpoint: Checkpoint, destination: str, *, timeout: float = DEFAUL
         return
     target = Path(destination)
     try:
-        fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp, 0o644)  # a checkpoint is public: anyone may verify against it
-        os.replace(temp, target)
+        write_atomically(target, text, 0o644)  # a checkpoint is public: anyone may verify against it
     except OSError as exc:
         raise AuditError(f"cannot publish to {destination}: {exc.strerror or exc}") from None
