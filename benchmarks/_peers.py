@@ -146,25 +146,25 @@ def run_tool(tool: str, paths: Iterable[Path | str], *, timeout: float = 900.0) 
     return run
 
 
-def run_mlwarden_cli(paths: Sequence[Path | str], jobs: int, *, timeout: float = 900.0) -> Run:
-    """``mlwarden scan --jobs N`` over ``paths``; per-file verdicts come from its JSON report."""
+def scan_json(
+    options: Sequence[str], paths: Sequence[Path | str], timeout: float
+) -> tuple[float, float, int, str, dict[str, Any]]:
+    """Run ``mlwarden scan OPTIONS --no-progress --format json`` over ``paths`` as one measured process.
+
+    Returns wall seconds, peak RSS (MiB), exit code, stderr tail and the parsed JSON report (no files if none).
+    """
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
-        cmd = [
-            str(MLW_CLI),
-            "scan",
-            "--static-only",  # peers are static scanners; benchmarks/dynamic.py measures the sandbox
-            "--jobs",
-            str(jobs),
-            "--no-progress",
-            "--format",
-            "json",
-            "--output",
-            str(report),
-            *map(str, paths),
-        ]
-        wall, rss, code, _, stderr = _measure(cmd, timeout)
+        cmd = [str(MLW_CLI), "scan", *options, "--no-progress", "--format", "json", "--output", str(report)]
+        wall, rss, code, _, stderr = _measure([*cmd, *map(str, paths)], timeout)
         data = json.loads(report.read_text(encoding="utf-8")) if report.exists() else {"files": []}
+    return wall, rss, code, stderr, data
+
+
+def run_mlwarden_cli(paths: Sequence[Path | str], jobs: int, *, timeout: float = 900.0) -> Run:
+    """``mlwarden scan --jobs N`` over ``paths``; per-file verdicts come from its JSON report."""
+    # --static-only: peers are static scanners; benchmarks/dynamic.py measures the sandbox
+    wall, rss, code, stderr, data = scan_json(["--static-only", "--jobs", str(jobs)], paths, timeout)
     fail_on = SEVERITIES.index(data.get("fail_on", "medium"))
     run = Run(f"mlwarden CLI --jobs {jobs}", wall, rss, code, stderr_tail=stderr if code > 1 else "")
     for f in data["files"]:

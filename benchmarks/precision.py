@@ -33,7 +33,6 @@ import random
 import struct
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 import zipfile
@@ -45,19 +44,18 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _peers import (
-    MLW_CLI,
     PEERS,
     REPO,
     SEVERITIES,
     TOOLS,
     Run,
-    _measure,
     machine,
     peer_versions,
     ratio,
     require_peers,
     run_tool,
     save,
+    scan_json,
     table,
 )
 
@@ -287,25 +285,9 @@ def _evidence(finding: dict[str, Any]) -> str:
 
 def run_mlwarden(mode: str, files: list[Path], jobs: int, timeout: float) -> Run:
     """``mlwarden scan [--static-only|--dynamic] --format json`` over ``files`` in one process."""
-    with tempfile.TemporaryDirectory() as tmp:
-        report = Path(tmp) / "report.json"
-        flag = MODES[mode]
-        cmd = [
-            str(MLW_CLI),
-            "scan",
-            *([flag] if flag else []),
-            "--jobs",
-            str(jobs),
-            "--no-progress",
-            "--no-suppressions",
-            "--format",
-            "json",
-            "--output",
-            str(report),
-            *map(str, files),
-        ]
-        wall, rss, code, _, stderr = _measure(cmd, timeout)
-        data = json.loads(report.read_text(encoding="utf-8")) if report.exists() else {"files": []}
+    flag = MODES[mode]
+    options = [*([flag] if flag else []), "--jobs", str(jobs), "--no-suppressions"]
+    wall, rss, code, stderr, data = scan_json(options, files, timeout)
     fail_on = SEVERITIES.index(data.get("fail_on", "medium"))
     run = Run(f"mlwarden {mode}", wall, rss, code, stderr_tail=stderr if code > 1 or not data["files"] else "")
     for f in data["files"]:
