@@ -76,6 +76,14 @@ $(PEERS_STAMP):
 	$(PEERS_VENV)/bin/python -m pip install --quiet $(PEERS_PKGS)
 	rm -f $(PEERS_VENV)/.installed-* && touch $@
 
+# Batch drift peers (benchmarks/drift.py): Evidently and alibi-detect, pinned, in their own venv.
+DRIFT_PEERS_VENV := .venv-drift-peers
+DRIFT_PEERS_PKGS := 'evidently==0.7.23' 'alibi-detect==0.13.0' pandas pyarrow
+.PHONY: bench-drift-setup
+bench-drift-setup: setup
+	test -x $(DRIFT_PEERS_VENV)/bin/python || $(PYTHON) -m venv $(DRIFT_PEERS_VENV)
+	$(DRIFT_PEERS_VENV)/bin/python -m pip install --quiet $(DRIFT_PEERS_PKGS)
+
 # Measures and prints (never asserts); raw numbers go to bench-out/*.json. See benchmarks/README.md.
 bench: bench-setup
 	$(PY) benchmarks/detection.py

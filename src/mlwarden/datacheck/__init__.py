@@ -8,8 +8,24 @@ field of a signed dataset manifest. See ``docs/data-checks.md``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from mlwarden.datacheck.model import CHECKS, CheckResult, DataCheckError, DataCheckReport, DatasetInfo, Rate
-from mlwarden.datacheck.run import DEFAULT_CHECKS, CheckOptions, check_dataset
+
+if TYPE_CHECKING:
+    from mlwarden.datacheck.run import DEFAULT_CHECKS, CheckOptions, check_dataset
+
+_LAZY = frozenset({"DEFAULT_CHECKS", "CheckOptions", "check_dataset"})
+
+
+def __getattr__(name: str) -> Any:
+    # The runner imports pandas and scikit-learn; the CLI parser only needs CHECKS (start-up time).
+    if name in _LAZY:
+        from mlwarden.datacheck import run
+
+        return getattr(run, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CHECKS",

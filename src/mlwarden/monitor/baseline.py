@@ -116,8 +116,13 @@ def _numeric_profile(
     )
 
 
-def _categorical_profile(name: str, col: Sequence[object], cfg: BaselineConfig) -> FeatureProfile:
-    counter = Counter((v if isinstance(v, str) else str(v))[: cfg.max_value_len] for v in col)
+def _categorical_profile(name: str, col: Sequence[object] | NDArray[np.str_], cfg: BaselineConfig) -> FeatureProfile:
+    if isinstance(col, np.ndarray) and col.dtype.kind == "U":  # fast path: counted in C, truncated by the dtype
+        narrow = col if col.dtype.itemsize // 4 <= cfg.max_value_len else col.astype(f"<U{cfg.max_value_len}")
+        values, counts = np.unique(narrow, return_counts=True)
+        counter: Mapping[str, int] = dict(zip(values.tolist(), counts.tolist(), strict=True))
+    else:
+        counter = Counter((v if isinstance(v, str) else str(v))[: cfg.max_value_len] for v in col)
     ranked = sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))
     kept = tuple((k, int(c)) for k, c in ranked[: cfg.max_categories])
     other = sum(c for _, c in ranked[cfg.max_categories :])
@@ -184,7 +189,8 @@ class Baseline:
         numeric_cols: list[NDArray[np.float64]] = []
         for name, col in columns.items():
             if name in categorical:
-                profiles.append(_categorical_profile(name, list(col), cfg))
+                values = col if isinstance(col, np.ndarray) and col.dtype.kind == "U" else list(col)
+                profiles.append(_categorical_profile(name, values, cfg))
                 continue
             try:
                 arr = np.asarray(col, dtype=np.float64)

@@ -235,9 +235,11 @@ class DriftDetector:
                     raise UsageError(f"window feature {f.name!r} has NaN or infinite values")
             else:
                 limit = self.baseline.config.max_value_len
-                col = np.asarray(
-                    [(v if isinstance(v, str) else str(v))[:limit] for v in np.ravel(np.asarray(raw[f.name]))]
-                )
+                given = np.ravel(np.asarray(raw[f.name]))
+                if given.dtype.kind == "U":  # already strings: truncated by the dtype, no Python loop
+                    col = given if given.dtype.itemsize // 4 <= limit else given.astype(f"<U{limit}")
+                else:
+                    col = np.asarray([(v if isinstance(v, str) else str(v))[:limit] for v in given])
             cols[f.name] = col
         if len({c.size for c in cols.values()}) != 1:
             raise UsageError("window columns have different lengths")
@@ -264,10 +266,8 @@ class DriftDetector:
     def _psi(self, f: FeatureProfile, col: NDArray[np.float64]) -> DriftResult:
         cfg = self.config
         eps = cfg.psi_epsilon
-        expected = np.maximum(np.asarray(f.fractions), eps)
-        actual = np.maximum(np.bincount(bin_index(col, f.edges), minlength=len(f.fractions)) / col.size, eps)
-        psi = float(np.sum((actual - expected) * np.log(actual / expected)))
-        worst = int(np.argmax((actual - expected) * np.log(actual / expected)))
+        counts = np.bincount(bin_index(col, f.edges), minlength=len(f.fractions))
+        psi, worst, actual = population_stability_index(np.asarray(f.fractions), counts / col.size, eps)
         level = "significant" if psi >= cfg.psi_threshold else "moderate" if psi >= cfg.psi_moderate else "stable"
         return DriftResult(
             "psi",
@@ -349,6 +349,38 @@ class DriftDetector:
             f"{x.shape[0]} reference vs {y.shape[0]} window rows over {len(feats)} numeric feature(s), "
             f"{cfg.mmd_permutations} permutations",
         )
+
+
+def population_stability_index(
+    expected: NDArray[np.float64], actual: NDArray[np.float64], epsilon: float
+) -> tuple[float, int, NDArray[np.float64]]:
+    """PSI of two vectors of bin fractions, both floored at ``epsilon`` (see the module docstring).
+
+    Returns:
+        ``(psi, bin with the largest contribution, the floored actual fractions)``.
+    """
+    e = np.maximum(expected, epsilon)
+    a = np.maximum(actual, epsilon)
+    terms = (a - e) * np.log(a / e)
+    return float(terms.sum()), int(np.argmax(terms)), a
+
+
+def ks_two_sample(a_sorted: NDArray[np.float64], b_sorted: NDArray[np.float64]) -> tuple[float, float]:
+    """Two-sided two-sample Kolmogorov-Smirnov ``(D, p)`` of two *sorted* samples, as ``scipy.stats.ks_2samp``.
+
+    The same statistic and the same p-value as scipy's ``method="auto"``: exact (scipy itself) while the larger
+    sample has at most 10,000 values, Smirnov's asymptotic distribution (``kstwo.sf(D, round(n m / (n + m)))``)
+    beyond. Taking sorted input lets a caller sort each column once for KS and PSI's quantiles.
+    """
+    n1, n2 = a_sorted.size, b_sorted.size
+    if max(n1, n2) <= 10_000:
+        res = stats.ks_2samp(a_sorted, b_sorted)
+        return float(res.statistic), float(res.pvalue)
+    both = np.concatenate([a_sorted, b_sorted])
+    diff = np.searchsorted(a_sorted, both, side="right") / n1 - np.searchsorted(b_sorted, both, side="right") / n2
+    d = float(max(diff.max(), -diff.min(), 0.0))
+    m, n = max(n1, n2), min(n1, n2)
+    return d, float(np.clip(stats.kstwo.sf(d, np.round(m * n / (m + n))), 0.0, 1.0))
 
 
 def mmd_permutation_test(

@@ -1,0 +1,315 @@
+"""Batch drift: compare a reference dataset with a current one, offline, with the guard's drift tests.
+
+``mlwarden monitor drift REFERENCE CURRENT`` reads two tables (CSV, Parquet, JSON Lines or NPY, with pyarrow:
+columns are typed once, numbers stay float64 arrays) and runs, per feature, the tests of
+:mod:`mlwarden.monitor.drift` — two-sample KS and PSI for numeric columns, chi-squared for categorical ones —
+plus one MMD over all numeric columns jointly, with the multiple-testing correction across features.
+
+Differences from the online guard, which compares a window with a stored baseline:
+
+* the whole reference is used (``BaselineConfig.sample_size`` = its row count), not a 2,000-row sample, so KS
+  compares the two full samples; MMD still subsamples (``mmd_max_samples``), which its p-value accounts for;
+* missing values are allowed: each numeric feature is tested on its non-missing values, and the missing share is
+  a categorical feature of its own (``<col>.missing``, chi-squared) when either side has missing values.
+
+The verdict: ``drifted`` when any test flags; ``share_drifted`` is the share of features with at least one
+flagging test (the number Evidently calls "share of drifted columns").
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from mlwarden.core.errors import UsageError
+from mlwarden.monitor.baseline import Baseline, BaselineConfig, bin_index
+from mlwarden.monitor.drift import (
+    DriftConfig,
+    DriftDetector,
+    DriftResult,
+    corrected_thresholds,
+    ks_two_sample,
+    population_stability_index,
+)
+
+MISSING = "<missing>"
+#: PSI bins per numeric feature (reference deciles, as the guard's baselines).
+BINS = BaselineConfig().n_bins
+#: Most rows read from either table (a clear error beyond; ``--max-rows`` raises it).
+MAX_ROWS = 10_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """A table read for drift: numeric columns as float64 (NaN for missing), categorical ones as strings."""
+
+    path: str
+    rows: int
+    numeric: dict[str, NDArray[np.float64]]
+    categorical: dict[str, NDArray[np.str_]]
+
+
+def read_table(path: Path | str, *, max_rows: int = MAX_ROWS, columns: list[str] | None = None) -> Table:
+    """Read CSV, Parquet (``.parquet``/``.pq``), JSON Lines (``.jsonl``/``.ndjson``) or NPY (2-D numeric).
+
+    Raises:
+        UsageError: missing, unreadable or empty file, too many rows, unknown columns.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            arr = np.load(path, allow_pickle=False, mmap_mode="r")
+            if arr.ndim != 2 or arr.dtype.kind not in "iuf":
+                raise UsageError(f"{path}: an NPY table must be a 2-D numeric array, got {arr.dtype} {arr.shape}")
+            numeric = {str(i): np.asarray(arr[:, i], dtype=np.float64) for i in range(arr.shape[1])}
+            table = Table(str(path), int(arr.shape[0]), numeric, {})
+        else:
+            table = _read_arrow(path, suffix)
+    except UsageError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path}: cannot read it as a table: {str(exc)[:300]}") from None
+    if table.rows == 0:
+        raise UsageError(f"{path}: the table has no rows")
+    if table.rows > max_rows:
+        raise UsageError(f"{path}: {table.rows:,} rows is more than --max-rows {max_rows:,}")
+    if columns:
+        known = set(table.numeric) | set(table.categorical)
+        unknown = [c for c in columns if c not in known]
+        if unknown:
+            raise UsageError(f"{path}: no column(s) {unknown}")
+        keep = set(columns)
+        table = Table(
+            table.path,
+            table.rows,
+            {k: v for k, v in table.numeric.items() if k in keep},
+            {k: v for k, v in table.categorical.items() if k in keep},
+        )
+    return table
+
+
+def _read_arrow(path: Path, suffix: str) -> Table:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if suffix in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        data = pq.read_table(path)
+    elif suffix in (".jsonl", ".ndjson"):
+        import pyarrow.json as pj
+
+        data = pj.read_json(path)
+    else:
+        import pyarrow.csv as pcsv
+
+        data = pcsv.read_csv(path)
+    numeric: dict[str, NDArray[np.float64]] = {}
+    categorical: dict[str, NDArray[np.str_]] = {}
+    for name, column in zip(data.column_names, data.columns, strict=True):
+        kind = column.type
+        if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
+            floats = pc.fill_null(column.cast(pa.float64()), float("nan")).combine_chunks()
+            numeric[name] = floats.to_numpy(zero_copy_only=True)  # no nulls left: a view, and no pandas import
+        else:
+            # Dictionary-encoded: the distinct values become Python strings once, the rows stay integer codes.
+            encoded = pc.fill_null(column.cast(pa.string()), MISSING).combine_chunks().dictionary_encode()
+            levels = np.asarray(encoded.dictionary.to_pylist(), dtype=str)
+            categorical[name] = levels[encoded.indices.to_numpy(zero_copy_only=True)]
+    return Table(str(path), data.num_rows, numeric, categorical)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchDriftReport:
+    """Every test's result for one reference/current pair, with what was compared and how."""
+
+    reference: Table
+    current: Table
+    results: tuple[DriftResult, ...]
+    config: DriftConfig
+    missing: dict[str, tuple[float, float]]
+    seconds: float
+
+    @property
+    def drifted(self) -> bool:
+        """Whether any test flagged drift."""
+        return any(r.drifted for r in self.results)
+
+    @property
+    def features(self) -> list[str]:
+        """Every feature tested (numeric, categorical and missing-share features), in table order."""
+        return list(dict.fromkeys(r.feature for r in self.results if r.feature is not None))
+
+    @property
+    def drifted_features(self) -> list[str]:
+        """Features with at least one flagging test."""
+        return [f for f in self.features if any(r.drifted for r in self.results if r.feature == f)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (see ``docs/guard.md``, batch drift)."""
+        features = self.features
+        return {
+            "schema": "https://mlwarden.dev/drift/v1",
+            "reference": {"path": self.reference.path, "rows": self.reference.rows},
+            "current": {"path": self.current.path, "rows": self.current.rows},
+            "config": {
+                "alpha": self.config.alpha,
+                "correction": self.config.correction,
+                "tests": list(self.config.tests),
+                "psi_threshold": self.config.psi_threshold,
+                "mmd_max_samples": self.config.mmd_max_samples,
+                "mmd_permutations": self.config.mmd_permutations,
+                "seed": self.config.seed,
+            },
+            "drifted": self.drifted,
+            "share_drifted": len(self.drifted_features) / len(features) if features else 0.0,
+            "drifted_features": self.drifted_features,
+            "missing": {k: {"reference": a, "current": b} for k, (a, b) in self.missing.items()},
+            "results": [
+                {
+                    "test": r.test,
+                    "feature": r.feature,
+                    "statistic": _num(r.statistic),
+                    "p_value": None if r.p_value is None else _num(r.p_value),
+                    "threshold": r.threshold,
+                    "drifted": r.drifted,
+                    "detail": r.detail,
+                }
+                for r in self.results
+            ],  # fmt: skip
+            "seconds": round(self.seconds, 4),
+        }
+
+
+def _num(v: float) -> float | None:
+    return float(v) if np.isfinite(v) else None
+
+
+def compare(reference: Table, current: Table, config: DriftConfig | None = None) -> BatchDriftReport:
+    """Run the drift tests of ``config`` between two tables with the same columns.
+
+    Raises:
+        UsageError: the tables' columns differ, or a side has too few values to test.
+    """
+    config = config or DriftConfig()
+    started = time.perf_counter()
+    _same_columns(reference, current)
+    raw = DriftConfig(**{**_fields(config), "correction": "none"})  # p-values raw; corrected below, across all
+    results: list[DriftResult] = []
+    missing: dict[str, tuple[float, float]] = {}
+    categorical = dict(reference.categorical)
+    current_cat = dict(current.categorical)
+    numeric_cfg = DriftConfig(**{**_fields(raw), "tests": tuple(t for t in raw.tests if t in ("ks", "psi")) or ("ks",)})
+    jobs: list[tuple[str, NDArray[np.float64], NDArray[np.float64]]] = []
+    for name, ref in reference.numeric.items():
+        cur = current.numeric[name]
+        ref_ok, cur_ok = np.isfinite(ref), np.isfinite(cur)
+        if not (ref_ok.all() and cur_ok.all()):
+            missing[name] = (1 - float(ref_ok.mean()), 1 - float(cur_ok.mean()))
+            categorical[f"{name}.missing"] = np.where(ref_ok, "present", MISSING)
+            current_cat[f"{name}.missing"] = np.where(cur_ok, "present", MISSING)
+        jobs.append((name, ref[ref_ok], cur[cur_ok]))
+    if set(raw.tests) & {"ks", "psi"}:
+        # numpy's sort and searchsorted release the GIL: features run in parallel threads.
+        with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1) or 1) as pool:
+            for part in pool.map(lambda job: _one_numeric(job[0], job[1], job[2], numeric_cfg), jobs):
+                results += part
+    if categorical and "chi2" in config.tests:
+        base = Baseline.from_reference(
+            categorical, categorical=list(categorical), config=_baseline_config(reference.rows)
+        )
+        chi = DriftConfig(**{**_fields(raw), "tests": ("chi2",), "min_window": 2})
+        results += DriftDetector(base, chi).check(current_cat).results
+    if "mmd" in config.tests and reference.numeric:
+        results += _mmd(reference, current, raw)
+    results = _correct(results, config)
+    return BatchDriftReport(reference, current, tuple(results), config, missing, time.perf_counter() - started)
+
+
+def _fields(config: DriftConfig) -> dict[str, Any]:
+    return {f: getattr(config, f) for f in config.__dataclass_fields__}
+
+
+def _baseline_config(rows: int) -> BaselineConfig:
+    return BaselineConfig(sample_size=max(10, min(rows, 1_000_000)), min_reference=2, max_categories=1000)
+
+
+def _same_columns(reference: Table, current: Table) -> None:
+    for kind in ("numeric", "categorical"):
+        a, b = set(getattr(reference, kind)), set(getattr(current, kind))
+        if a != b:
+            raise UsageError(
+                f"the tables' {kind} columns differ: only in the reference {sorted(a - b)}, "
+                f"only in the current data {sorted(b - a)}"
+            )
+    if not reference.numeric and not reference.categorical:
+        raise UsageError("the tables have no columns")
+
+
+def _one_numeric(name: str, ref: NDArray[np.float64], cur: NDArray[np.float64], cfg: DriftConfig) -> list[DriftResult]:
+    """KS and PSI of one feature on its non-missing values (p-values raw: :func:`_correct` applies the correction)."""
+    if ref.size < 2 or cur.size < 2:
+        return [DriftResult(t, name, float("nan"), 1.0, cfg.alpha, False, "fewer than 2 values on a side: not tested")
+                for t in cfg.tests]  # fmt: skip
+    ref, cur = np.sort(ref), np.sort(cur)
+    out: list[DriftResult] = []
+    if "ks" in cfg.tests:
+        d, p = ks_two_sample(ref, cur)
+        detail = f"two-sample KS, {ref.size} reference vs {cur.size} current values; none"
+        out.append(DriftResult("ks", name, d, p, cfg.alpha, p <= cfg.alpha, detail))
+    if "psi" in cfg.tests:
+        # The baseline's bins: interior quantile edges of the reference, ties merged (monitor.baseline).
+        edges = np.unique(np.quantile(ref, np.linspace(0.0, 1.0, BINS + 1)[1:-1]))
+        expected = np.bincount(bin_index(ref, edges), minlength=edges.size + 1) / ref.size
+        actual = np.bincount(bin_index(cur, edges), minlength=edges.size + 1) / cur.size
+        psi, worst, floored = population_stability_index(expected, actual, cfg.psi_epsilon)
+        level = "significant" if psi >= cfg.psi_threshold else "moderate" if psi >= cfg.psi_moderate else "stable"
+        detail = (
+            f"{level} shift over {edges.size + 1} reference-quantile bins (epsilon {cfg.psi_epsilon}); largest "
+            f"contribution from bin {worst}: reference {expected[worst]:.4f}, current {floored[worst]:.4f}"
+        )
+        out.append(DriftResult("psi", name, psi, None, cfg.psi_threshold, psi >= cfg.psi_threshold, detail))
+    return out
+
+
+def _mmd(reference: Table, current: Table, cfg: DriftConfig) -> list[DriftResult]:
+    names = list(reference.numeric)
+    ref = np.column_stack([reference.numeric[n] for n in names])
+    cur = np.column_stack([current.numeric[n] for n in names])
+    ref, cur = ref[np.isfinite(ref).all(axis=1)], cur[np.isfinite(cur).all(axis=1)]
+    if len(ref) < 2 or len(cur) < 2:
+        return []
+    rng = np.random.default_rng(cfg.seed)  # MMD subsamples anyway: build its baseline from that many rows only
+    if len(ref) > cfg.mmd_max_samples:
+        ref = ref[np.sort(rng.choice(len(ref), cfg.mmd_max_samples, replace=False))]
+    base = Baseline.from_reference(ref, feature_names=names, config=_baseline_config(len(ref)))
+    detector = DriftDetector(base, DriftConfig(**{**_fields(cfg), "tests": ("mmd",), "min_window": 2}))
+    return list(detector.check(cur).results)
+
+
+def _correct(results: list[DriftResult], config: DriftConfig) -> list[DriftResult]:
+    """Apply the configured correction across features, per test family (KS; chi-squared)."""
+    out = list(results)
+    for family in ("ks", "chi2"):
+        idx = [i for i, r in enumerate(out) if r.test == family and r.p_value is not None]
+        if not idx:
+            continue
+        p = np.array([out[i].p_value for i in idx], dtype=np.float64)
+        cut = corrected_thresholds(p, config.alpha, config.correction)
+        for j, i in enumerate(idx):
+            r = out[i]
+            detail = (
+                f"{r.detail.rsplit('; ', 1)[0]}; {config.correction} over {len(idx)} feature(s) at alpha {config.alpha}"
+            )
+            out[i] = DriftResult(r.test, r.feature, r.statistic, r.p_value, float(cut[j]), bool(p[j] <= cut[j]), detail)
+    return out
