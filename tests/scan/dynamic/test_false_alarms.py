@@ -109,6 +109,22 @@ def test_namedtuple_is_common_machinery_of_every_framework() -> None:
     assert 'include = ["common"]' in (PROFILE_DIR / "joblib.toml").read_text()
 
 
+def test_six_module_body_exec_is_machinery_but_six_exec_elsewhere_is_not() -> None:
+    # python-dateutil 2.x imports six, whose module body exec()s a constant definition of raise_from: a benign
+    # scikit-learn pickle whose load imports pandas -> dateutil (any environment with botocore has dateutil 2.x)
+    # must not fail the sandbox for it; six.exec_ is builtins.exec, so an exec by any other site is still judged.
+    six_site = _python("six.py:<module>")
+    for framework in ("pickle", "joblib", "torch"):
+        profile = load_profile(framework)
+        assert profile.allows(Event("load", "code.exec", f"<string>:<module> by {six_site}", "audit")), framework
+        assert not profile.allows(
+            Event("load", "code.exec", f"<string>:<module> by {_python('six.py:exec_')}", "audit")
+        )
+        assert not profile.allows(
+            Event("load", "code.exec", f"<string>:<module> by {_python('sitx.py:<module>')}", "audit")
+        )
+
+
 def test_every_machinery_entry_is_a_call_site_with_a_comment() -> None:
     for path in sorted(PROFILE_DIR.glob("*.toml")):
         text = path.read_text()
