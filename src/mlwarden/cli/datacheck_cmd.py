@@ -43,6 +43,8 @@ def add_parser(sub: Any) -> None:
     check.add_argument("--format", "-f", choices=("text", "json", "html"), default="text")
     check.add_argument("--output", "-o", metavar="FILE", help="write the report to FILE instead of stdout")
     check.add_argument("--model", metavar="MODEL", help="model trained on DATA (image folders: backdoor check)")
+    check.add_argument("--no-dynamic", action="store_true",
+                       help="load --model after the static scan only (default: also sandboxed)")  # fmt: skip
     check.add_argument("--checks", nargs="+", metavar="ID", choices=sorted(CHECKS), help="checks to run")
     check.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     check.add_argument("--chunk-rows", type=int, default=50_000, metavar="N", help="rows per streamed chunk")
@@ -74,6 +76,7 @@ def _check(args: argparse.Namespace) -> int:
         max_model_rows=args.max_model_rows,
         near_tolerance=args.near_tolerance,
         model=args.model,
+        dynamic=not args.no_dynamic,
     )
     report = check_dataset(args.data, options)
     text = render(report, args.format)

@@ -39,6 +39,7 @@ COMMAND_MODULES = (
     "forensics_cmd",
     "suppress_cmd",
     "datacheck_cmd",  # extends `data` (declared by provenance_cmd) with `check`
+    "modeltest_cmd",  # `model test`
 )
 FORMATS = ("text", "json", "sarif", "html")
 

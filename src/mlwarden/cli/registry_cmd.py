@@ -1,4 +1,4 @@
-"""Registry commands: registry init|scan, user, token, register, attach, approve, deploy, quarantine, release...
+"""Registry commands: registry init|scan|test, user, token, register, attach, approve, deploy, quarantine, release...
 
 Also ``rollback``, ``models``, ``versions`` and ``show``.
 
@@ -64,6 +64,9 @@ def add_parser(sub: Any) -> None:
     suppress.add_argument("rule", metavar="RULE", help="rule ID, as listed by `mlwarden rules`")
     suppress.add_argument("--reason", required=True, metavar="TEXT", help="why the findings are acceptable")
     suppress.add_argument("--expires", required=True, metavar="DATE", help="ISO date (YYYY-MM-DD) in the future")
+    from mlwarden.cli import registry_test_cmd
+
+    registry_test_cmd.add_parser(actions, command)  # `registry test`: model tests and data checks
 
     user = sub.add_parser("user", help="manage registry users (admin)")
     user_actions = user.add_subparsers(dest="user_command", metavar="ACTION", parser_class=type(user), required=True)
@@ -105,7 +108,9 @@ def add_parser(sub: Any) -> None:
     attach = command(sub, "attach", _attach, "attach a document to a version")
     attach.add_argument("ref", metavar="REF")
     attach.add_argument(
-        "kind", metavar="KIND", help="signature, dataset_manifest, training_record, scan_report, test_report"
+        "kind",
+        metavar="KIND",
+        help="signature, dataset_manifest, training_record, scan_report, test_report, model_test, data_check",
     )
     attach.add_argument("path", metavar="PATH")
 

@@ -57,7 +57,22 @@ def _lines(result: CheckResult) -> list[str]:
         if not m["matches"]:
             out.append("  no matches")
         return out
+    if result.id == "backdoor":
+        return _backdoor_lines(m)
     return [f"  {k}: {v}" for k, v in m.items() if not isinstance(v, list | dict)]
+
+
+def _backdoor_lines(m: Any) -> list[str]:
+    target = ", ".join(str(t) for t in m.get("suspected_target", [])) or "none"
+    index = m.get("neural_cleanse", {}).get("anomaly_index", {})
+    out = [f"  suspected target class: {target}"]
+    if index:
+        top = max(index, key=index.get)
+        out[0] += f" (largest Neural Cleanse anomaly index {index[top]:.2f}, class {top})"
+    for name in ("activation_clustering", "spectral_signature", "either_method"):
+        if isinstance(m.get(name), dict) and "flagged" in m[name]:
+            out.append(f"  {name.replace('_', ' ')}: {_rate(m[name]['flagged'])}")
+    return out
 
 
 def render_text(report: DataCheckReport) -> str:

@@ -43,6 +43,7 @@ class CheckOptions:
     near_tolerance: float = 0.05
     image_size: int = 16
     model: str | None = None
+    dynamic: bool = True  # the backdoor check's model load: also run the sandboxed dynamic analysis
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.checks) - CHECKS.keys())
@@ -174,7 +175,8 @@ def check_dataset(path: Path | str, options: CheckOptions | None = None) -> Data
     if "backdoor" in wants or options.model:
         from mlwarden.datacheck.poison import backdoor_check
 
-        results.append(_guarded("backdoor", lambda: backdoor_check(source, options.model, seed=options.seed), rows))
+        results.append(_guarded("backdoor", lambda: backdoor_check(
+            source, options.model, seed=options.seed, dynamic=options.dynamic), rows))  # fmt: skip
     hashed = hash_model(path)
     info = DatasetInfo(
         path=str(path),

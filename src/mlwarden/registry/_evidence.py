@@ -4,22 +4,34 @@ A baseline, a signature, a training record or an uploaded report names the model
 names another model's digest — or none at all — is refused at attach time, so a reviewer never approves, and the
 guard never enforces, a document captured on other bytes. Dataset manifests describe data, not the model, and
 carry no model digest.
+
+A model-test report (schema :data:`MODEL_TEST_SCHEMA`) names the model's digest like a scan report. A data-check
+report (schema :data:`DATA_CHECK_SCHEMA`) is about data, so it is bound through a dataset manifest attached to
+the version: the data it checked (``dataset.sha256``) must be that manifest's dataset, or one file of it — the
+rule :func:`mlwarden.datacheck.attach.manifest_summary` applies to a manifest.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlwarden.core.errors import MlwardenError
 from mlwarden.integrity.hashing import FileDigest
 from mlwarden.registry.errors import BadInput
 from mlwarden.registry.values import AttachmentKind
 
+if TYPE_CHECKING:
+    from mlwarden.integrity.dataset import DatasetManifest
+
 #: The field an uploaded scan or test report must carry: the ``sha256:<hex>`` digest of the version it is about.
 REPORT_DIGEST_FIELD = "model_digest"
+#: ``schema`` of a model-test report (``mlwarden.modeltest.SCHEMA_ID``; the registry layer may not import it).
+MODEL_TEST_SCHEMA = "https://mlwarden.dev/model-test/v1"
+#: ``schema`` of a data-check report (``mlwarden.datacheck.model.SCHEMA_ID``).
+DATA_CHECK_SCHEMA = "https://mlwarden.dev/data-check/v1"
 
 
 def check_binding(
@@ -30,8 +42,12 @@ def check_binding(
     digest: str,
     files: Sequence[FileDigest],
     is_file: bool,
+    datasets: Sequence[DatasetManifest] = (),
 ) -> None:
-    """Refuse (BadInput) evidence in ``staged`` that is not about the model with ``digest`` and ``files``."""
+    """Refuse (BadInput) evidence in ``staged`` that is not about the model with ``digest`` and ``files``.
+
+    ``datasets`` are the dataset manifests attached to the version, what a data-check report must be about.
+    """
     label = f"{original.name} ({kind.value.replace('_', ' ')})"
     expected = _hex(digest)
     if kind is AttachmentKind.SIGNATURE:
@@ -47,6 +63,60 @@ def check_binding(
     elif kind in (AttachmentKind.BASELINE, AttachmentKind.SCAN_REPORT, AttachmentKind.TEST_REPORT):
         doc = _json_object(label, staged)
         _same(label, doc.get(REPORT_DIGEST_FIELD), expected, REPORT_DIGEST_FIELD)
+    elif kind is AttachmentKind.MODEL_TEST:
+        doc = _json_object(label, staged)
+        _schema(label, doc, MODEL_TEST_SCHEMA)
+        _same(label, doc.get(REPORT_DIGEST_FIELD), expected, REPORT_DIGEST_FIELD)
+    elif kind is AttachmentKind.DATA_CHECK:
+        doc = _json_object(label, staged)
+        _schema(label, doc, DATA_CHECK_SCHEMA)
+        dataset = doc.get("dataset")
+        checked = _hex(dataset.get("sha256") if isinstance(dataset, dict) else None)
+        if not checked:
+            raise BadInput(f"{label} names no dataset digest (dataset.sha256): evidence must be bound to this version")
+        data_scope(label, checked, datasets)
+
+
+def data_scope(label: str, checked: str, datasets: Sequence[DatasetManifest]) -> str:
+    """What of the attached datasets the data with SHA-256 ``checked`` is: ``dataset:NAME`` or ``file:NAME/PATH``.
+
+    Raises:
+        BadInput: no dataset manifest is attached, or the data is neither a listed dataset nor one of its files.
+    """
+    if not datasets:
+        raise BadInput(
+            f"{label}: no dataset manifest is attached to this version, so no data check can be bound to it; "
+            "attach the manifest of the data first (mlwarden attach REF dataset_manifest FILE)"
+        )
+    for manifest in datasets:
+        if checked == manifest.digest:
+            return f"dataset:{manifest.name}"
+        for item in manifest.files:
+            if item.digest == checked:
+                return f"file:{manifest.name}/{item.path}"
+    names = ", ".join(f"{m.name} (sha256:{m.digest[:12]}…)" for m in datasets)
+    raise BadInput(
+        f"{label} is about other data (sha256:{checked}): not a dataset attached to this version nor one of its "
+        f"files ({names})"
+    )
+
+
+def attached_datasets(paths: Iterable[Path]) -> list[DatasetManifest]:
+    """The dataset manifests in ``paths`` (blobs of attachments validated when attached; unreadable ones skipped)."""
+    from mlwarden.integrity.dataset import read_dataset_manifest
+
+    manifests: list[DatasetManifest] = []
+    for path in paths:
+        try:
+            manifests.append(read_dataset_manifest(path))
+        except MlwardenError:
+            continue  # fail closed: a manifest that cannot be read binds nothing
+    return manifests
+
+
+def _schema(label: str, doc: dict[str, Any], schema: str) -> None:
+    if doc.get("schema") != schema:
+        raise BadInput(f"{label}: its schema is {doc.get('schema')!r}, expected {schema!r}")
 
 
 def _hex(digest: object) -> str:

@@ -34,7 +34,7 @@ from mlwarden.registry._core import (
     version_row,
     view_path,
 )
-from mlwarden.registry._evidence import check_binding
+from mlwarden.registry._evidence import attached_datasets, check_binding
 from mlwarden.registry.blobs import StagedFile
 from mlwarden.registry.errors import BadInput, Conflict, InvalidTransition, StorageError
 from mlwarden.registry.gates import REGISTRY_SCAN
@@ -46,6 +46,8 @@ from mlwarden.registry.values import BASELINE_FORMAT, AttachmentKind, VersionInf
 T = TypeVar("T")
 #: States evidence may be attached in: once approved it is frozen (a new approval needs a new version).
 _ATTACHABLE = frozenset({State.RECEIVED.value, State.SCANNED.value})
+#: Reports whose attachments record where they came from (``source``): only the registry's own runs pass gates.
+_REPORTS = frozenset({AttachmentKind.SCAN_REPORT, AttachmentKind.MODEL_TEST, AttachmentKind.DATA_CHECK})
 SCAN_MODES = ("static", "dynamic")
 #: Largest attachment accepted (signatures, manifests, records, reports are documents, not models).
 MAX_ATTACHMENT_BYTES = 64 * 1024 * 1024
@@ -178,8 +180,13 @@ def attach(core: Core, actor: Principal, ref: str, kind: AttachmentKind | str, p
                         "frozen when it was approved; register a new version to approve other evidence"
                     )
                 files = [FileDigest(path=f.path, digest=f.digest, size=f.size) for f in row.files]
-                check_binding(kind, item.temp, Path(path), digest=row.digest, files=files, is_file=row.is_file)
-                details = {"source": "attached"} if kind is AttachmentKind.SCAN_REPORT else {}
+                datasets = attached_datasets(
+                    core.blobs.path(a.digest) for a in row.attachments if a.kind == AttachmentKind.DATASET_MANIFEST
+                )
+                check_binding(
+                    kind, item.temp, Path(path), digest=row.digest, files=files, is_file=row.is_file, datasets=datasets
+                )
+                details = {"source": "attached"} if kind in _REPORTS else {}
                 session.add(_attachment(row.id, kind, Path(path).name, item, actor, details))
                 session.flush()
                 session.refresh(row)
@@ -322,7 +329,7 @@ def _validate(kind: AttachmentKind, staged: Path, original: Path) -> object:
             from mlwarden.integrity.record import read_training_record
 
             read_training_record(staged)
-        elif kind is AttachmentKind.SCAN_REPORT:
+        elif kind in (AttachmentKind.SCAN_REPORT, AttachmentKind.MODEL_TEST, AttachmentKind.DATA_CHECK):
             with staged.open("rb") as handle:
                 json.load(handle)
         elif kind is AttachmentKind.BASELINE:

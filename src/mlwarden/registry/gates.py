@@ -18,6 +18,16 @@ manifest; deployment re-hashes the stored bytes and re-verifies the signature. E
     dataset_manifest_required = true
     training_record_required = false
     baseline_required = false
+    # model tests and data checks the registry ran (`mlwarden registry test`); every key optional, off by default
+    model_test_required = true
+    min_robust_accuracy = {eps = 0.05, accuracy = 0.6, attack = "pgd"}   # attack optional: worst over attacks
+    max_membership_auc = 0.6
+    max_demographic_parity_difference = 0.1
+    max_equalized_odds_difference = 0.1
+    max_backdoor_anomaly_index = 2.0
+    data_check_required = true
+    max_label_issue_rate = 0.05
+    no_personal_data = true
 
     [deploy]
     verify_digest = true
@@ -45,6 +55,7 @@ __all__ = [
     "GateCheck",
     "GateResult",
     "Gates",
+    "RobustAccuracy",
     "evaluate_approve",
     "evaluate_deploy",
     "load_gates",
@@ -53,6 +64,27 @@ __all__ = [
 _STRICT = {"extra": "forbid"}
 #: Where a scan report attachment came from when the registry ran the scan itself (only those count).
 REGISTRY_SCAN = "registry"
+
+
+@dataclass(frozen=True, slots=True)
+class RobustAccuracy:
+    """``min_robust_accuracy``: accuracy under attack at budget ``eps`` (a fraction of the input range).
+
+    ``attack`` names one attack of the report (``pgd``, ``fgsm``...); ``None`` takes the worst attack measured at
+    ``eps``. A budget the report did not measure fails the rule.
+    """
+
+    __pydantic_config__ = _STRICT
+
+    eps: float
+    accuracy: float
+    attack: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.eps <= 1:
+            raise ValueError(f"min_robust_accuracy.eps must be within (0, 1], got {self.eps}")
+        if not 0 <= self.accuracy <= 1:
+            raise ValueError(f"min_robust_accuracy.accuracy must be within [0, 1], got {self.accuracy}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,11 +102,32 @@ class ApproveGate:
     dataset_manifest_required: bool = True
     training_record_required: bool = False
     baseline_required: bool = False
+    # model tests and data checks run by the registry (mlwarden.registry._assess); all off by default
+    model_test_required: bool = False
+    min_robust_accuracy: RobustAccuracy | None = None
+    max_membership_auc: float | None = None
+    max_demographic_parity_difference: float | None = None
+    max_equalized_odds_difference: float | None = None
+    max_backdoor_anomaly_index: float | None = None
+    data_check_required: bool = False
+    max_label_issue_rate: float | None = None
+    no_personal_data: bool = False
 
     def __post_init__(self) -> None:
         Severity.parse(self.fail_on)
         if self.scan_max_age is not None:
             _duration(self.scan_max_age)
+        fractions = (
+            ("max_membership_auc", self.max_membership_auc),
+            ("max_demographic_parity_difference", self.max_demographic_parity_difference),
+            ("max_equalized_odds_difference", self.max_equalized_odds_difference),
+            ("max_label_issue_rate", self.max_label_issue_rate),
+        )
+        for name, value in fractions:
+            if value is not None and not 0 <= value <= 1:
+                raise ValueError(f"{name} must be within [0, 1], got {value}")
+        if self.max_backdoor_anomaly_index is not None and self.max_backdoor_anomaly_index < 0:
+            raise ValueError(f"max_backdoor_anomaly_index must be at least 0, got {self.max_backdoor_anomaly_index}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +265,9 @@ def evaluate_approve(gates: Gates, evidence: Evidence) -> GateResult:
         checks.append(_present("training_record_required", AttachmentKind.TRAINING_RECORD, evidence.version))
     if rules.baseline_required:
         checks.append(_present("baseline_required", AttachmentKind.BASELINE, evidence.version))
+    from mlwarden.registry._assess import assessment_checks  # it imports this module
+
+    checks.extend(assessment_checks(rules, evidence))
     return GateResult("approve", tuple(checks))
 
 

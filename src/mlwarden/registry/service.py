@@ -64,6 +64,7 @@ from mlwarden.registry.values import (
 if TYPE_CHECKING:
     from mlwarden.core.policy import Policy
     from mlwarden.core.suppressions import Suppression
+    from mlwarden.registry._assess import Step
     from mlwarden.registry.fsck import FsckReport
 
 __all__ = [
@@ -338,6 +339,27 @@ class Registry:
     def scan(self, actor: Principal, ref: str, *, modes: Sequence[str] = ("static", "dynamic")) -> VersionInfo:
         """Scan the stored bytes with mlwarden's scanner and store the JSON report (``received -> scanned``)."""
         return _register.scan(self._core, actor, ref, modes)
+
+    def test(
+        self,
+        actor: Principal,
+        ref: str,
+        steps: Sequence[Step],
+        *,
+        signing_key: Path | None = None,
+        password: bytes | None = None,
+    ) -> VersionInfo:
+        """Run model tests and data checks on the stored copy and attach their reports (received or scanned).
+
+        ``steps`` run in order, each on an :class:`~mlwarden.registry._assess.AssessInput` (the stored bytes,
+        re-hashed first); each returns a ``model_test`` or ``data_check`` report, which must be about this
+        version (a data check: about an attached dataset manifest's data). Reports are stored with
+        ``details.source = "registry"`` — the only ones the approve gates count — and, with ``signing_key``, a
+        signed statement over their SHA-256 in ``details.signature``. Needs the scan permission; audited.
+        """
+        from mlwarden.registry._assess import assess
+
+        return assess(self._core, actor, ref, steps, signing_key, password)
 
     # -- lifecycle ---------------------------------------------------------------------------------------------------
 

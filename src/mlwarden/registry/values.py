@@ -92,6 +92,8 @@ class AttachmentKind(StrEnum):
     TEST_REPORT = "test_report"
     BASELINE = "baseline"  # the guard's reference profile and calibrated thresholds, captured at approval
     BOM = "bom"
+    MODEL_TEST = "model_test"  # a model-test report (robustness, privacy, fairness...) about this version's bytes
+    DATA_CHECK = "data_check"  # a data-check report about a dataset whose manifest is attached to this version
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,176 @@
+"""Fairness with Fairlearn: positive rates and error rates of the model compared between sensitive groups.
+
+On the test rows (at most ``max_rows``, a seeded sample) the model's predicted classes are compared per group of
+``ctx.s_test`` with Fairlearn: ``MetricFrame`` gives accuracy, selection rate and count per group;
+``demographic_parity_difference`` (largest minus smallest selection rate) and ``equalized_odds_difference``
+(the larger of the between-group differences in true-positive and false-positive rates) give the gaps.
+
+Binary models: the positive outcome is class index ``positive_class`` (default 1). Multi-class models: each
+class is taken one-vs-rest as the positive outcome and the largest difference over the classes is reported
+(``per_class`` holds every class's; ``positive_class`` set to an index restricts it to that class).
+
+The 95 % intervals of the two differences come from ``bootstrap`` resamples of the rows (seeded; each resample
+recomputes the same statistic, the maximum over classes included; groups absent from a resample are left out of
+it, as Fairlearn does for groups absent from the data). The point values are Fairlearn's own.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from mlwarden.modeltest.model import ModelTestError, TestContext, TestResult
+
+DEFAULTS: dict[str, Any] = {"positive_class": None, "bootstrap": 1000}
+MISSING = "<missing>"
+
+
+def run(ctx: TestContext) -> TestResult:
+    """Demographic parity and equalized odds differences (bootstrap 95 % CIs) and per-group rates."""
+    started = time.perf_counter()
+    params = ctx.options.params("fairness", DEFAULTS)
+    seed = ctx.options.seed
+    if ctx.s_test is None:
+        raise ModelTestError("fairness: needs the sensitive attribute (--sensitive)")
+    resamples = params["bootstrap"]
+    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 100:
+        raise ModelTestError(f"fairness: bootstrap must be a whole number ≥ 100, got {resamples!r}")
+    n_classes = int(ctx.subject.n_classes)
+    positives = _positive_classes(params["positive_class"], n_classes)
+    index = np.random.default_rng(seed).permutation(len(ctx.x_test))[: ctx.options.max_rows]
+    groups = group_names(np.asarray(ctx.s_test, dtype=object)[index])
+    if len(set(groups.tolist())) < 2:
+        raise ModelTestError("fairness: the sensitive attribute has a single value in the test data")
+    y_true = np.asarray(ctx.y_test)[index]
+    y_pred = ctx.subject.predict(np.asarray(ctx.x_test)[index])
+    per_class = {int(k): _differences(y_true == k, y_pred == k, groups) for k in positives}
+    worst_dp = max(per_class, key=lambda k: per_class[k][0])
+    dp_ci, eo_ci = bootstrap_cis(y_true, y_pred, groups, positives, resamples, seed)
+    metrics = {
+        "demographic_parity_difference": per_class[worst_dp][0],
+        "demographic_parity_difference_ci95": dp_ci,
+        "equalized_odds_difference": max(v[1] for v in per_class.values()),
+        "equalized_odds_difference_ci95": eo_ci,
+        "by_group": by_group(y_true, y_pred, groups, worst_dp),
+        "selection_rate_class": worst_dp,
+        "per_class": {
+            str(k): {"demographic_parity_difference": dp, "equalized_odds_difference": eo}
+            for k, (dp, eo) in per_class.items()
+        },
+    }
+    parameters = {
+        **params,
+        "positive_classes": positives,
+        "multiclass": "one-vs-rest, maximum over classes" if n_classes > 2 else None,
+        "ci": "bootstrap over rows, percentile",
+    }
+    rows = {"test": len(index), "groups": len(set(groups.tolist()))}
+    return TestResult("fairness", parameters, seed, rows, time.perf_counter() - started, metrics)
+
+
+def _positive_classes(given: Any, n_classes: int) -> list[int]:
+    if given is None:
+        return [1] if n_classes == 2 else list(range(n_classes))
+    if isinstance(given, bool) or not isinstance(given, int) or not 0 <= given < n_classes:
+        raise ModelTestError(f"fairness: positive_class must be a class index 0…{n_classes - 1}, got {given!r}")
+    return [given]
+
+
+def group_names(values: np.ndarray) -> np.ndarray:
+    """The sensitive values as group names (text; missing values form the group ``<missing>``)."""
+    out = []
+    for v in values.tolist():
+        missing = v is None or (isinstance(v, float) and math.isnan(v))
+        out.append(MISSING if missing else _name(v))
+    return np.asarray(out, dtype=object)
+
+
+def _name(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _differences(true_pos: np.ndarray, pred_pos: np.ndarray, groups: np.ndarray) -> tuple[float, float]:
+    """Fairlearn's demographic parity and equalized odds differences for one positive outcome."""
+    from fairlearn.metrics import demographic_parity_difference, equalized_odds_difference
+
+    t, p = true_pos.astype(int), pred_pos.astype(int)
+    dp = float(demographic_parity_difference(t, p, sensitive_features=groups))
+    eo = float(equalized_odds_difference(t, p, sensitive_features=groups))
+    return dp, eo
+
+
+def by_group(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, positive: int) -> dict[str, dict[str, Any]]:
+    """Fairlearn ``MetricFrame``: accuracy, selection rate of class ``positive`` and count per group."""
+    from fairlearn.metrics import MetricFrame, count, selection_rate
+    from sklearn.metrics import accuracy_score
+
+    def positive_rate(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+        return float(selection_rate(y_true, y_pred, pos_label=positive))
+
+    frame = MetricFrame(
+        metrics={"accuracy": accuracy_score, "selection_rate": positive_rate, "count": count},
+        y_true=y_true,
+        y_pred=y_pred,
+        sensitive_features=groups,
+    )
+    table = frame.by_group
+    return {
+        str(g): {
+            "accuracy": float(table.loc[g, "accuracy"]),
+            "selection_rate": float(table.loc[g, "selection_rate"]),
+            "count": int(table.loc[g, "count"]),
+        }
+        for g in table.index
+    }
+
+
+def bootstrap_cis(
+    y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, positives: list[int], resamples: int, seed: int
+) -> tuple[list[float], list[float]]:
+    """Percentile 95 % intervals of both differences over ``resamples`` row resamples (seeded).
+
+    A resample is a weight per row (how often it was drawn), so every group's rates are weighted sums.
+    """
+    rng = np.random.default_rng(seed)
+    names, codes = np.unique(groups.astype(str), return_inverse=True)
+    member = np.eye(len(names))[codes]  # rows × groups
+    n = len(y_true)
+    dp = np.full(resamples, -np.inf)
+    eo = np.full(resamples, -np.inf)
+    chunk = max(1, 4_000_000 // n)
+    for start in range(0, resamples, chunk):
+        b = min(chunk, resamples - start)
+        drawn = rng.integers(0, n, (b, n)) + (np.arange(b) * n)[:, None]
+        weights = np.bincount(drawn.ravel(), minlength=b * n).reshape(b, n).astype(np.float64)  # times drawn
+        for k in positives:
+            d, e = _weighted_differences(weights, member, y_true == k, y_pred == k)
+            dp[start : start + b] = np.maximum(dp[start : start + b], d)
+            eo[start : start + b] = np.maximum(eo[start : start + b], e)
+    return _percentiles(dp), _percentiles(eo)
+
+
+def _weighted_differences(
+    weights: np.ndarray, member: np.ndarray, true_pos: np.ndarray, pred_pos: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per resample: max − min over groups of the selection rate, and of the TPR and FPR (the larger gap)."""
+
+    def gap(mask: np.ndarray | None) -> np.ndarray:
+        w = weights if mask is None else weights * mask
+        total = w @ member
+        hits = (w * pred_pos) @ member
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rate = np.where(total > 0, hits / np.where(total > 0, total, 1.0), np.nan)
+        spread = np.nanmax(rate, axis=1) - np.nanmin(rate, axis=1)
+        return np.nan_to_num(spread, nan=0.0)
+
+    return gap(None), np.maximum(gap(true_pos), gap(~true_pos))
+
+
+def _percentiles(values: np.ndarray) -> list[float]:
+    low, high = np.percentile(values, [2.5, 97.5])
+    return [float(low), float(high)]
