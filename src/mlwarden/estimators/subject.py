@@ -29,6 +29,9 @@ import numpy as np
 from mlwarden.core.errors import UsageError
 
 FRAMEWORKS = ("sklearn", "torch", "onnx", "keras")
+#: Rows per prediction call by framework: scikit-learn pays a fixed cost per call (a forest's ~3 ms), so it gets
+#: large batches; networks get batches whose activations stay small.
+BATCH = {"sklearn": 65_536, "onnx": 4096, "torch": 1024, "keras": 256}
 #: Probabilities below this are clipped before a logarithm (losses stay finite).
 EPS = 1e-12
 
@@ -49,7 +52,7 @@ class Subject:
         path: where it was loaded from (``<memory>`` for an object given directly).
         digest: ``sha256:<hex>`` of the model's bytes (empty for an object given directly).
         classes: the model's class labels in output order (scikit-learn's ``classes_``; ``0 … n-1`` otherwise).
-        batch_size: rows per prediction call.
+        batch_size: rows per prediction call (0: the framework's default, :data:`BATCH`).
     """
 
     framework: str
@@ -59,7 +62,7 @@ class Subject:
     path: str = "<memory>"
     digest: str = ""
     classes: tuple[Any, ...] = ()
-    batch_size: int = 256
+    batch_size: int = 0
     _predict: Callable[[np.ndarray], np.ndarray] | None = field(default=None, repr=False)
 
     @property
@@ -80,7 +83,8 @@ class Subject:
             return np.zeros((0, self.n_classes))
         fn = self._predict or _predictor(self.framework, self.model, self.n_classes)
         self._predict = fn
-        parts = [fn(x[i : i + self.batch_size]) for i in range(0, len(x), self.batch_size)]
+        step = self.batch_size or BATCH.get(self.framework, 256)
+        parts = [fn(x[i : i + step]) for i in range(0, len(x), step)]
         out = np.concatenate(parts).astype(np.float64, copy=False)
         if out.ndim != 2 or out.shape[1] != self.n_classes:
             raise EstimatorError(f"the model returned shape {out.shape}, expected (n, {self.n_classes})")
@@ -223,7 +227,7 @@ def _onnx_predictor(session: Any, n_classes: int) -> Callable[[np.ndarray], np.n
 
 
 def subject_from_object(
-    model: Any, sample: np.ndarray, *, path: str = "<memory>", digest: str = "", batch_size: int = 256
+    model: Any, sample: np.ndarray, *, path: str = "<memory>", digest: str = "", batch_size: int = 0
 ) -> Subject:
     """Wrap an already loaded model; ``sample`` (a few rows of the test data) fixes shapes and class count.
 
@@ -321,7 +325,7 @@ def load_subject(
     policy: Any = None,
     dynamic: bool = True,
     framework: str | None = None,
-    batch_size: int = 256,
+    batch_size: int = 0,
 ) -> Subject:
     """Scan and load the model at ``path`` with :func:`mlwarden.load`, then wrap it (see :func:`subject_from_object`).
 

@@ -134,41 +134,60 @@ def bootstrap_cis(
 ) -> tuple[list[float], list[float]]:
     """Percentile 95 % intervals of both differences over ``resamples`` row resamples (seeded).
 
-    A resample is a weight per row (how often it was drawn), so every group's rates are weighted sums.
+    A resample is a weight per row (how often it was drawn), so every group's counts are weighted sums: one
+    matrix product of the weights with six indicator columns per group (rows, predicted positive, true positive,
+    true and predicted positive, true negative, true negative and predicted positive). The counts are sums of
+    small integers, exact in float64, so the result does not depend on how the products are blocked.
     """
     rng = np.random.default_rng(seed)
     names, codes = np.unique(groups.astype(str), return_inverse=True)
     member = np.eye(len(names))[codes]  # rows × groups
-    n = len(y_true)
+    n, g = len(y_true), len(names)
+    columns = {k: _indicators(member, y_true == k, y_pred == k) for k in positives}
     dp = np.full(resamples, -np.inf)
     eo = np.full(resamples, -np.inf)
     chunk = max(1, 4_000_000 // n)
+    block = 100  # resamples per product: the weights of a block stay in cache
     for start in range(0, resamples, chunk):
-        b = min(chunk, resamples - start)
-        drawn = rng.integers(0, n, (b, n)) + (np.arange(b) * n)[:, None]
-        weights = np.bincount(drawn.ravel(), minlength=b * n).reshape(b, n).astype(np.float64)  # times drawn
-        for k in positives:
-            d, e = _weighted_differences(weights, member, y_true == k, y_pred == k)
-            dp[start : start + b] = np.maximum(dp[start : start + b], d)
-            eo[start : start + b] = np.maximum(eo[start : start + b], e)
+        drawn = rng.integers(0, n, (min(chunk, resamples - start), n))
+        for i in range(0, len(drawn), block):
+            part = drawn[i : i + block]
+            b = len(part)
+            weights = np.bincount((part + (np.arange(b) * n)[:, None]).ravel(), minlength=b * n)
+            weights = weights.reshape(b, n).astype(np.float64)  # times each row was drawn
+            rows = slice(start + i, start + i + b)
+            for k in positives:
+                d, e = _gaps(weights @ columns[k], g)
+                dp[rows] = np.maximum(dp[rows], d)
+                eo[rows] = np.maximum(eo[rows], e)
     return _percentiles(dp), _percentiles(eo)
+
+
+def _indicators(member: np.ndarray, true_pos: np.ndarray, pred_pos: np.ndarray) -> np.ndarray:
+    """Rows × (6 · groups): membership, and membership × (predicted, true, both, true negative, false positive)."""
+    t, p = true_pos[:, None], pred_pos[:, None]
+    return np.hstack([member, member * p, member * t, member * (t & p), member * ~t, member * (~t & p)])
+
+
+def _gaps(counts: np.ndarray, g: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per resample, from its weighted counts: the selection-rate gap, and the larger of the TPR and FPR gaps."""
+    dp = _spread(counts[:, 0:g], counts[:, g : 2 * g])
+    tpr = _spread(counts[:, 2 * g : 3 * g], counts[:, 3 * g : 4 * g])
+    return dp, np.maximum(tpr, _spread(counts[:, 4 * g : 5 * g], counts[:, 5 * g :]))
 
 
 def _weighted_differences(
     weights: np.ndarray, member: np.ndarray, true_pos: np.ndarray, pred_pos: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per resample: max − min over groups of the selection rate, and of the TPR and FPR (the larger gap)."""
+    """Per resample (a row of ``weights``): max − min over groups of the selection rate, and of TPR / FPR."""
+    return _gaps(weights @ _indicators(member, true_pos, pred_pos), member.shape[1])
 
-    def gap(mask: np.ndarray | None) -> np.ndarray:
-        w = weights if mask is None else weights * mask
-        total = w @ member
-        hits = (w * pred_pos) @ member
-        with np.errstate(invalid="ignore", divide="ignore"):
-            rate = np.where(total > 0, hits / np.where(total > 0, total, 1.0), np.nan)
-        spread = np.nanmax(rate, axis=1) - np.nanmin(rate, axis=1)
-        return np.nan_to_num(spread, nan=0.0)
 
-    return gap(None), np.maximum(gap(true_pos), gap(~true_pos))
+def _spread(total: np.ndarray, hits: np.ndarray) -> np.ndarray:
+    """Per resample: max − min over groups of ``hits / total`` (groups absent from a resample are ignored)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rate = np.where(total > 0, hits / np.where(total > 0, total, 1.0), np.nan)
+    return np.nan_to_num(np.nanmax(rate, axis=1) - np.nanmin(rate, axis=1), nan=0.0)
 
 
 def _percentiles(values: np.ndarray) -> list[float]:

@@ -54,6 +54,9 @@ LOW_FPR = 0.001
 ROC_POINTS = 200
 #: Fewer members (and as many non-members) than this and the attacks are not run.
 MIN_ROWS = 20
+#: Drawn rows per block of bootstrap resamples computed together (about 1.6 MB per int64 or float64 array: the
+#: random gathers stay in the CPU cache; one block of all 1000 resamples of 500 + 500 rows took 4× as long).
+BOOTSTRAP_BLOCK = 200_000
 
 
 # ----------------------------------------------------------------------------------------------- membership
@@ -139,14 +142,15 @@ def _loss_score(p: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def attack_entry(name: str, members: np.ndarray, nonmembers: np.ndarray, resamples: int, seed: int) -> dict[str, Any]:
     """One attack's figures from its scores (higher = more likely a member)."""
-    from sklearn.metrics import roc_auc_score, roc_curve
+    from sklearn.metrics import auc as area
+    from sklearn.metrics import roc_curve
 
     labels = np.r_[np.ones(len(members)), np.zeros(len(nonmembers))]
     scores = np.r_[members, nonmembers].astype(np.float64)
-    auc = float(roc_auc_score(labels, scores))
     fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
     resolution = 1.0 / len(nonmembers)
     shown_fpr, shown_tpr, _ = roc_curve(labels, scores)
+    auc = float(area(shown_fpr, shown_tpr))  # what roc_auc_score computes (the same curve, the same call)
     keep = np.unique(np.linspace(0, len(shown_fpr) - 1, min(ROC_POINTS, len(shown_fpr))).round().astype(int))
     return {
         "attack": name,
@@ -183,11 +187,14 @@ def bootstrap_auc_ci(members: np.ndarray, nonmembers: np.ndarray, resamples: int
     rng = np.random.default_rng(seed)
     nm, nn = len(members), len(nonmembers)
     aucs = np.empty(resamples)
-    chunk = max(1, 2_000_000 // (nm + nn))  # bounded memory
+    chunk = max(1, 2_000_000 // (nm + nn))  # resamples drawn at a time: bounded memory (and the draws' order)
+    block = max(1, BOOTSTRAP_BLOCK // (nm + nn))  # resamples computed at a time: their arrays stay in cache
     for start in range(0, resamples, chunk):
         b = min(chunk, resamples - start)
-        aucs[start : start + b] = resampled_aucs(members, nonmembers, rng.integers(0, nm, (b, nm)),
-                                                 rng.integers(0, nn, (b, nn)))  # fmt: skip
+        pick_m, pick_n = rng.integers(0, nm, (b, nm)), rng.integers(0, nn, (b, nn))
+        for i in range(0, b, block):  # each resample's AUC is its own: blocking changes the time, not the numbers
+            aucs[start + i : start + min(i + block, b)] = resampled_aucs(members, nonmembers, pick_m[i : i + block],
+                                                                         pick_n[i : i + block])  # fmt: skip
     low, high = np.percentile(aucs, [2.5, 97.5])
     return [float(low), float(high)]
 
