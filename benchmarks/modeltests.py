@@ -160,7 +160,7 @@ def membership(repeats: int) -> dict[str, Any]:
 
     return _compare("membership: ART shadow models, RandomForest, 1000 + 1000 rows", ours, art, "ART", repeats,
                     labels=["shadow AUC"], extra=("AUC CI low", "AUC CI high", "TPR@0.1%FPR", "gen. gap"),
-                    note="mlwarden also predicts all 2000 rows (256-row batches) for the accuracies, and computes "
+                    note="mlwarden also predicts all 2000 rows (one batch) for the accuracies, and computes "
                     "the AUC's 1000-resample bootstrap CI, the TPR at 0.1 % FPR and the ROC curve")  # fmt: skip
 
 
@@ -233,7 +233,7 @@ def _fairness(repeats: int, n_boot: int | None) -> dict[str, Any]:
                         "Fairlearn", repeats, labels=labels,
                         extra=("DP CI low", "DP CI high", "EO CI low", "EO CI high"),
                         note="mlwarden also computes 1000-resample bootstrap CIs of both differences, and predicts "
-                        "through the Subject (predict_proba argmax, 256-row batches)")  # fmt: skip
+                        "through the Subject (predict_proba argmax, one batch)")  # fmt: skip
     return _compare(f"fairness with CIs: Fairlearn MetricFrame(n_boot={n_boot}) on 2000 test rows", ours, fairlearn,
                     "Fairlearn", repeats, labels=[*labels, "DP CI low", "DP CI high"],
                     extra=("EO CI low", "EO CI high"), peer_warmup=False,

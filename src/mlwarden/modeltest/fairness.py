@@ -134,13 +134,26 @@ def bootstrap_cis(
 ) -> tuple[list[float], list[float]]:
     """Percentile 95 % intervals of both differences over ``resamples`` row resamples (seeded).
 
-    A resample is a weight per row (how often it was drawn), so every group's counts are weighted sums: one
+    Drawn as multinomial cell counts (:func:`_multinomial_cis`) unless groups × classes² is large; then as a weight
+    per row (how often it was drawn), so every group's counts are weighted sums: one
     matrix product of the weights with six indicator columns per group (rows, predicted positive, true positive,
     true and predicted positive, true negative, true negative and predicted positive). The counts are sums of
     small integers, exact in float64, so the result does not depend on how the products are blocked.
     """
-    rng = np.random.default_rng(seed)
     names, codes = np.unique(groups.astype(str), return_inverse=True)
+    k_classes = int(max(y_true.max(initial=0), y_pred.max(initial=0), *positives)) + 1
+    if len(names) * k_classes * k_classes <= 100_000:
+        return _multinomial_cis(codes, len(names), k_classes, y_true, y_pred, positives, resamples, seed)
+    return _row_cis(codes, len(names), y_true, y_pred, positives, resamples, seed)
+
+
+def _row_cis(
+    codes: np.ndarray, n_groups: int, y_true: np.ndarray, y_pred: np.ndarray, positives: list[int], resamples: int,
+    seed: int,
+) -> tuple[list[float], list[float]]:  # fmt: skip
+    """The bootstrap as row weights: each resample's counts are one product with the indicator columns."""
+    names = range(n_groups)
+    rng = np.random.default_rng(seed)
     member = np.eye(len(names))[codes]  # rows × groups
     n, g = len(y_true), len(names)
     columns = {k: _indicators(member, y_true == k, y_pred == k) for k in positives}
@@ -160,6 +173,34 @@ def bootstrap_cis(
                 d, e = _gaps(weights @ columns[k], g)
                 dp[rows] = np.maximum(dp[rows], d)
                 eo[rows] = np.maximum(eo[rows], e)
+    return _percentiles(dp), _percentiles(eo)
+
+
+def _multinomial_cis(
+    codes: np.ndarray, g: int, k: int, y_true: np.ndarray, y_pred: np.ndarray, positives: list[int], resamples: int,
+    seed: int,
+) -> tuple[list[float], list[float]]:  # fmt: skip
+    """The row bootstrap drawn as cell counts.
+
+    Every statistic depends on the rows only through the counts of (group, true class, predicted class), and
+    resampling n rows with replacement draws those counts from a multinomial(n, observed shares): the same
+    distribution, without materialising n × resamples row indices.
+    """
+    cells = np.bincount((codes * k + y_true) * k + y_pred, minlength=g * k * k)
+    rng = np.random.default_rng(seed)
+    draws = rng.multinomial(len(y_true), cells / cells.sum(), size=resamples).reshape(resamples, g, k, k)
+    draws = draws.astype(np.float64)
+    total = draws.sum(axis=(2, 3))
+    dp = np.full(resamples, -np.inf)
+    eo = np.full(resamples, -np.inf)
+    for c in positives:
+        predicted = draws[:, :, :, c].sum(axis=2)
+        true_pos = draws[:, :, c, :].sum(axis=2)
+        hits = draws[:, :, c, c]
+        tpr_gap = _spread(true_pos, hits)
+        fpr_gap = _spread(total - true_pos, predicted - hits)
+        dp = np.maximum(dp, _spread(total, predicted))
+        eo = np.maximum(eo, np.maximum(tpr_gap, fpr_gap))
     return _percentiles(dp), _percentiles(eo)
 
 
