@@ -37,7 +37,9 @@ def scan(
     the sandbox (bubblewrap) and what it did to the host is compared with its framework's profile.
 
     Args:
-        path: a file, a directory (scanned recursively), or an iterable of those.
+        path: a file, a directory (scanned recursively), a URL (``https://``, ``s3://BUCKET/PREFIX``,
+            ``hf://ORG/NAME[@REVISION]`` or any fsspec URL: read in place with ranged reads, static analysis only;
+            see docs/remote.md), or an iterable of those.
         policy: a :class:`Policy`, a path to a TOML policy file, or ``None`` for the safe default.
         jobs: worker processes; ``None`` uses every core.
         dynamic: also run the sandboxed dynamic analysis (``SandboxUnavailable`` if the sandbox cannot run).
@@ -49,7 +51,7 @@ def scan(
         The :class:`ScanReport`; ``report.exit_code()`` gives the CLI's 0/1/2 verdict.
 
     Raises:
-        UsageError: a path does not exist.
+        UsageError: a path does not exist, a URL names nothing (``RemoteError``), or ``dynamic`` with a URL.
         PolicyError: the policy file (or the suppressions file) is invalid.
     """
     from mlwarden.core.suppressions import load_suppressions

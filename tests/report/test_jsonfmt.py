@@ -81,7 +81,7 @@ def test_schema_rejects_what_it_should(validator: jsonschema.protocols.Validator
 
 def test_schema_version_is_documented_and_matches_the_schema() -> None:
     schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
-    assert schema["properties"]["schema_version"]["const"] == SCHEMA_VERSION == "1.2"
+    assert schema["properties"]["schema_version"]["const"] == SCHEMA_VERSION == "1.3"
     assert schema["$id"].endswith(":" + SCHEMA_VERSION)
     doc = (ROOT / "docs" / "reports.md").read_text(encoding="utf-8")
     assert f'"schema_version": "{SCHEMA_VERSION}"' in doc
@@ -89,12 +89,14 @@ def test_schema_version_is_documented_and_matches_the_schema() -> None:
     assert "`files[].dynamic`" in doc
     assert "| 1.2 |" in doc
     assert "`files[].findings[].suppressed`" in doc
+    assert "| 1.3 |" in doc
+    assert "`files[].remote`" in doc
     assert "report-schema.json" in doc
 
 
 def test_header_and_summary() -> None:
     data = parsed(sample_report())
-    assert data["schema_version"] == "1.2"
+    assert data["schema_version"] == "1.3"
     assert data["tool"] == {"name": "mlwarden", "version": "0.1.0"}
     assert data["started_at"] == "2025-01-02T03:04:05Z"
     assert data["duration"] == 12.5

@@ -162,7 +162,7 @@ def test_formats_are_the_four_documented_ones() -> None:
 def test_render_dispatches_to_each_format() -> None:
     report = sample_report()
     assert "Dangerous global imported" in render(report, "text")
-    assert json.loads(render(report, "json"))["schema_version"] == "1.2"
+    assert json.loads(render(report, "json"))["schema_version"] == "1.3"
     assert json.loads(render(report, "sarif"))["version"] == "2.1.0"
     assert render(report, "html").startswith("<!DOCTYPE html>")
 

@@ -80,7 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Scan model files and folders (recursively). Exit 0: clean at the failing "
         "severity; 1: findings at or above it; 2: usage error or unscannable file.",
     )
-    scan.add_argument("paths", nargs="+", metavar="PATH", help="files or directories to scan")
+    scan.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="files or directories to scan, or URLs (https://, s3://, hf://ORG/NAME[@REV], fsspec; docs/remote.md)",
+    )
     scan.add_argument("--format", "-f", choices=FORMATS, default="text", help="report format (default: text)")
     scan.add_argument("--output", "-o", metavar="FILE", help="write the report to FILE instead of stdout")
     scan.add_argument(
@@ -117,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_scan(args: argparse.Namespace) -> int:
     from mlwarden.core.policy import load_policy
     from mlwarden.report import render
-    from mlwarden.scan.engine import expand, scan_paths
+    from mlwarden.scan.engine import expand_targets, scan_paths
+    from mlwarden.scan.remote import is_remote
 
     if args.static_only:
         modes: tuple[str, ...] = ("static",)
@@ -132,7 +138,13 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     policy = load_policy(args.policy)
     if args.fail_on is not None:
         policy = policy.with_fail_on(args.fail_on)
-    files = expand(args.paths)
+    if any(is_remote(p) for p in args.paths):  # docs/remote.md: remote models are analysed statically, in place
+        if args.dynamic:
+            raise UsageError("dynamic analysis of remote models: download first (remote URLs are scanned statically)")
+        if not args.static_only:
+            print("mlwarden: note: remote URLs given: static analysis only for this run", file=sys.stderr)
+        modes = ("static",)
+    files = expand_targets(args.paths)
     suppressions = _suppressions(args)
     show_progress = not args.no_progress and sys.stderr.isatty() and len(files) > 1
     if show_progress:

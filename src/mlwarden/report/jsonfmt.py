@@ -20,7 +20,7 @@ from mlwarden.scan.result import FileResult, ScanReport
 
 #: Version of the JSON layout, not of the tool. Bump the minor number when fields are added, the major
 #: number when a field is removed, renamed or changes meaning (see docs/reports.md).
-SCHEMA_VERSION = "1.2"
+SCHEMA_VERSION = "1.3"
 TOOL_NAME = "mlwarden"
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -112,10 +112,29 @@ def _seconds(value: float) -> float:
     return round(value, 6) if isinstance(value, int | float) and 0 <= value < float("inf") else 0.0
 
 
-def file_dict(result: FileResult) -> dict[str, Any]:
-    """One scanned file as JSON data (the ``file`` definition of the schema)."""
-    worst = result.max_severity
+def remote_dict(result: FileResult) -> dict[str, Any] | None:
+    """What exactly was read of a remote object (the ``remote`` definition of the schema; docs/remote.md)."""
+    r = result.remote
+    if r is None:
+        return None
     return {
+        "url": r.url,
+        "etag": r.etag,
+        "version_id": r.version_id,
+        "last_modified": r.last_modified,
+        "revision": r.revision,
+        "commit": r.commit,
+        "sha256": r.sha256,
+        "bytes_read": r.bytes_read,
+        "requests": r.requests,
+        "read_digest": r.read_digest,
+    }
+
+
+def file_dict(result: FileResult) -> dict[str, Any]:
+    """One scanned file as JSON data (the ``file`` definition of the schema); ``remote`` only for a remote object."""
+    worst = result.max_severity
+    out = {
         "path": result.path,
         "size": result.size,
         "formats": [{"location": " ▸ ".join(chain), "format": fmt} for chain, fmt in result.formats],
@@ -125,6 +144,9 @@ def file_dict(result: FileResult) -> dict[str, Any]:
         "findings": [finding_dict(f) for f in result.findings],
         "dynamic": dynamic_dict(result),
     }
+    if result.remote is not None:
+        out["remote"] = remote_dict(result)
+    return out
 
 
 def to_dict(report: ScanReport) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from urllib.parse import quote
 from mlwarden.core.findings import Confidence, Finding, Rule, Severity, catalogue
 from mlwarden.report import clean, stack_of, truncate
 from mlwarden.report.jsonfmt import TOOL_NAME, dumps, dynamic_dict, suppression_use_dict, timestamp
+from mlwarden.scan.remote import is_remote
 from mlwarden.scan.result import ScanReport
 
 SARIF_SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
@@ -64,6 +65,8 @@ def artifact_location(path: str, root: Path | None = None) -> dict[str, str]:
         root: the source root (default: the current directory); absolute paths under it are made
             relative so that GitHub can match them to repository files.
     """
+    if is_remote(path):  # a remote object (docs/remote.md): its URL, already without credentials
+        return {"uri": path}
     pure = PurePath(path)
     if pure.is_absolute():
         pure = _relative_to_root(Path(path), Path(root) if root is not None else Path.cwd())

@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING
 from mlwarden._version import __version__
 from mlwarden.artifacts.artifact import Artifact
 from mlwarden.core.errors import UsageError
-from mlwarden.core.findings import Finding
+from mlwarden.core.findings import Finding, Location
 from mlwarden.core.policy import Policy
 from mlwarden.core.suppressions import Suppression, SuppressionUse, today
 from mlwarden.scan.context import INCOMPLETE, ScanContext
+from mlwarden.scan.remote import RemoteError, RemoteFile, is_remote, resolve
 from mlwarden.scan.result import FileResult, ScanReport
 from mlwarden.scan.suppressions import apply_suppressions, identities
 
@@ -49,6 +50,30 @@ def expand(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
         elif p not in seen:
             seen.add(p)
             out.append(p)
+    return out
+
+
+def expand_targets(paths: Iterable[str | os.PathLike[str] | RemoteFile]) -> list[Path | RemoteFile]:
+    """Like :func:`expand`, with ``scheme://`` URLs resolved to the remote objects they name (``docs/remote.md``).
+
+    Raises:
+        UsageError: a path does not exist; :class:`~mlwarden.scan.remote.RemoteError` for a URL that names nothing.
+    """
+    out: list[Path | RemoteFile] = []
+    seen: set[str] = set()
+    for raw in paths:
+        found: list[Path | RemoteFile]
+        if isinstance(raw, RemoteFile):
+            found = [raw]
+        elif is_remote(raw):
+            found = list(resolve(str(raw)))
+        else:
+            found = list(expand([raw]))
+        for item in found:
+            key = item.display if isinstance(item, RemoteFile) else str(item)
+            if key not in seen:
+                seen.add(key)
+                out.append(item)
     return out
 
 
@@ -110,6 +135,47 @@ def scan_file(path: Path, policy: Policy, modes: tuple[str, ...] = ("static",)) 
         time.monotonic() - started,
         framework=framework,
         timeline=timeline,
+    )
+
+
+def scan_remote(item: RemoteFile, policy: Policy) -> FileResult:
+    """Statically analyse one remote object with ranged reads; the result carries its provenance.
+
+    A transport failure (object gone, refused, changed mid-scan) makes the file an error (exit 2), never a finding
+    that could be mistaken for content: nothing reliable was analysed.
+    """
+    started = time.monotonic()
+    ctx = ScanContext(policy)
+    reader = None
+    try:
+        if item.size > policy.limits.max_file_size:
+            ctx.report(
+                INCOMPLETE.finding(
+                    Location((item.display,)),
+                    f"file is {item.size} bytes, max_file_size is {policy.limits.max_file_size}",
+                    limit="max_file_size",
+                )
+            )
+        else:
+            artifact, reader = item.artifact()
+            ctx.descend(artifact)
+            if reader.failure is not None:
+                raise RemoteError(reader.failure)
+            changed = item.verify() if item.verify is not None else None
+            if changed is not None:
+                raise RemoteError(changed)
+    except RemoteError as exc:
+        return FileResult(
+            item.display, item.size, (), (), time.monotonic() - started, error=str(exc), remote=item.provenance(reader)
+        )
+    formats = tuple((tuple(chain), fmt.value) for chain, fmt in ctx.formats)
+    return FileResult(
+        item.display,
+        item.size,
+        formats,
+        _apply_policy(ctx.findings, policy),
+        time.monotonic() - started,
+        remote=item.provenance(reader),
     )
 
 
@@ -185,7 +251,7 @@ def _scan_pooled(files: list[Path], policy: Policy, jobs: int, modes: tuple[str,
 
 
 def scan_paths(
-    paths: Iterable[str | os.PathLike[str]],
+    paths: Iterable[str | os.PathLike[str] | RemoteFile],
     policy: Policy | None = None,
     *,
     jobs: int | None = None,
@@ -199,6 +265,9 @@ def scan_paths(
     :class:`~mlwarden.scan.dynamic.sandbox.SandboxUnavailable` is raised before any file is touched.
     ``suppressions`` (reviewed, see ``mlwarden/scan/suppressions.py``) mark findings after the analysis.
     """
+    paths = list(paths)
+    if "dynamic" in modes and any(isinstance(p, RemoteFile) or is_remote(p) for p in paths):
+        raise UsageError("dynamic analysis of remote models: download first (remote URLs are scanned statically)")
     if "dynamic" in modes:
         from mlwarden.scan.dynamic.sandbox import check_available_cached
 
@@ -206,11 +275,18 @@ def scan_paths(
     policy = policy or Policy()
     started_at = datetime.now(UTC)
     t0 = time.monotonic()
-    files = expand(paths)
+    targets = expand_targets(paths)
+    files = [t for t in targets if isinstance(t, Path)]
     before = identities(files) if any(s.digest is not None for s in suppressions) else {}
     jobs = jobs if jobs and jobs > 0 else (os.cpu_count() or 1)
     results: list[FileResult] = []
-    if "dynamic" in modes and len(files) >= POOL_MIN_FILES:
+    if len(files) < len(targets):  # remote objects: one at a time, in this process (I/O bound, shared caches)
+        for target in targets:
+            result = scan_remote(target, policy) if isinstance(target, RemoteFile) else scan_file(target, policy, modes)
+            results.append(result)
+            if progress is not None:
+                progress(result)
+    elif "dynamic" in modes and len(files) >= POOL_MIN_FILES:
         results = _scan_pooled(files, policy, jobs, modes)
         for result in results:
             if progress is not None:

@@ -10,6 +10,28 @@ from mlwarden.core.suppressions import SuppressionUse
 
 
 @dataclass(frozen=True, slots=True)
+class RemoteProvenance:
+    """Exactly what was read of a remote object (``docs/remote.md``), so a result can be reproduced.
+
+    ``etag`` / ``version_id`` / ``last_modified`` are the store's own pins (for ``hf://`` files ``etag`` is the
+    Hub's blob id), ``commit`` the Hub commit the ``revision`` resolved to, ``sha256`` the content digest the store
+    declares (Hub LFS files). ``read_digest`` is the SHA-256 over the sorted ``"start end sha256"`` lines of the
+    ranges fetched; ``bytes_read`` / ``requests`` count them.
+    """
+
+    url: str
+    etag: str | None = None
+    version_id: str | None = None
+    last_modified: str | None = None
+    revision: str | None = None
+    commit: str | None = None
+    sha256: str | None = None
+    bytes_read: int = 0
+    requests: int = 0
+    read_digest: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class FileResult:
     """What happened to one top-level file.
 
@@ -25,6 +47,7 @@ class FileResult:
     error: str | None = None
     framework: str | None = None  # the framework the dynamic engine loaded it with (None: not run)
     timeline: tuple[tuple[str, str, float, int], ...] = ()  # (phase, status, seconds, events) per phase
+    remote: RemoteProvenance | None = None  # set for a remote object (URL): what exactly was read
 
     @property
     def max_severity(self) -> Severity | None:
