@@ -53,6 +53,12 @@ def add_parser(sub: Any) -> None:
                        help="rows sampled for the model-based checks (default 200000)")  # fmt: skip
     check.add_argument("--near-tolerance", type=float, default=0.05, metavar="SD",
                        help="near-duplicate bin width in standard deviations (default 0.05)")  # fmt: skip
+    check.add_argument("--pii-engine", choices=("builtin", "presidio"), default="builtin",
+                       help="personal-data engine: the guard's detectors (default) or Presidio "
+                       "(pip install 'mlwarden[presidio]'; much slower)")  # fmt: skip
+    check.add_argument("--presidio-spacy-model", metavar="NAME",
+                       help="with --pii-engine presidio: an installed spaCy model for names and places "
+                       "(default: none, pattern recognizers only)")  # fmt: skip
     check.set_defaults(run=_check)
 
     manifest = actions.choices["manifest"]
@@ -77,6 +83,8 @@ def _check(args: argparse.Namespace) -> int:
         near_tolerance=args.near_tolerance,
         model=args.model,
         dynamic=not args.no_dynamic,
+        pii_engine=args.pii_engine,
+        presidio_spacy_model=args.presidio_spacy_model,
     )
     report = check_dataset(args.data, options)
     text = render(report, args.format)

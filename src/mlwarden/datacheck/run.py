@@ -27,6 +27,7 @@ from mlwarden.datacheck.pii_scan import PiiScan
 from mlwarden.datacheck.readers import open_source
 
 DEFAULT_CHECKS = ("class_balance", "duplicates", "label_issues", "outliers", "pii")
+PII_ENGINES = ("builtin", "presidio")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +45,8 @@ class CheckOptions:
     image_size: int = 16
     model: str | None = None
     dynamic: bool = True  # the backdoor check's model load: also run the sandboxed dynamic analysis
+    pii_engine: str = "builtin"  # "builtin" (the guard's detectors) or "presidio" (the optional extra)
+    presidio_spacy_model: str | None = None  # presidio only: a spaCy model for named entities (default: patterns)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.checks) - CHECKS.keys())
@@ -60,6 +63,10 @@ class CheckOptions:
                 raise DataCheckError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
         if not 0 < self.near_tolerance < 10:
             raise DataCheckError(f"--near-tolerance must be within (0, 10), got {self.near_tolerance}")
+        if self.pii_engine not in PII_ENGINES:
+            raise DataCheckError(f"--pii-engine must be one of {list(PII_ENGINES)}, got {self.pii_engine!r}")
+        if self.presidio_spacy_model and self.pii_engine != "presidio":
+            raise DataCheckError("--presidio-spacy-model needs --pii-engine presidio")
 
 
 def _balance(counts: Counter[str], by_group: dict[str, Counter[str]], seconds: float, label: str) -> CheckResult:
@@ -79,6 +86,16 @@ def _balance(counts: Counter[str], by_group: dict[str, Counter[str]], seconds: f
         rates = {k: [c[k] / max(sum(c.values()), 1) for c in by_group.values()] for k in counts}
         metrics["max_group_rate_difference"] = {k: max(v) - min(v) for k, v in sorted(rates.items())}
     return CheckResult("class_balance", {"label": label}, None, total, seconds, metrics)
+
+
+def _pii_scanner(options: CheckOptions, columns: list[str]) -> tuple[PiiScan, dict[str, Any]]:
+    """The personal-data scanner ``options`` asks for, and the parameters the report states for it."""
+    if options.pii_engine == "presidio":
+        from mlwarden.datacheck.presidio import PresidioScan
+
+        scan = PresidioScan(columns, spacy_model=options.presidio_spacy_model)
+        return scan, scan.parameters()
+    return PiiScan(columns), {"engine": "builtin", "detectors": "all registered"}
 
 
 def _guarded(check_id: str, run: Callable[[], CheckResult], rows: int) -> CheckResult:
@@ -110,7 +127,7 @@ def check_dataset(path: Path | str, options: CheckOptions | None = None) -> Data
     wants = set(options.checks)
     needs_label = wants & {"class_balance", "label_issues"}
     text_columns = [c.name for c in source.columns if c.kind in ("categorical", "text", "identifier")]
-    pii = PiiScan(text_columns) if "pii" in wants else None
+    pii, pii_params = _pii_scanner(options, text_columns) if "pii" in wants else (None, {})
     dups = DuplicateScan(source.columns, label, source.scales, tolerance=options.near_tolerance)
     sample = FeatureSample(
         source.columns, options.max_model_rows, options.seed, extra=(label or "", options.sensitive or "")
@@ -171,7 +188,7 @@ def check_dataset(path: Path | str, options: CheckOptions | None = None) -> Data
     if pii is not None:
         metrics = pii.metrics()
         metrics["mb_per_second"] = metrics["bytes_scanned"] / 1e6 / max(timings["pii"], 1e-9)
-        results.append(CheckResult("pii", {"detectors": "all registered"}, None, rows, timings["pii"], metrics))
+        results.append(CheckResult("pii", pii_params, None, rows, timings["pii"], metrics))
     if "backdoor" in wants or options.model:
         from mlwarden.datacheck.poison import backdoor_check
 
