@@ -12,8 +12,9 @@ from scipy import stats
 
 from mlwarden.cli.main import main
 from mlwarden.core.errors import UsageError
-from mlwarden.monitor.batch import compare, read_table
+from mlwarden.monitor.batch import compare
 from mlwarden.monitor.drift import DriftConfig, ks_two_sample
+from mlwarden.monitor.tables import read_table
 
 
 def _table(rng: np.random.Generator, n: int, *, shift: float = 0.0, weights: tuple[float, ...] = (0.5, 0.3, 0.2)):

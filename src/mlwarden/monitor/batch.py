@@ -22,7 +22,6 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,95 +37,10 @@ from mlwarden.monitor.drift import (
     ks_two_sample,
     population_stability_index,
 )
+from mlwarden.monitor.tables import MISSING, Table
 
-MISSING = "<missing>"
 #: PSI bins per numeric feature (reference deciles, as the guard's baselines).
 BINS = BaselineConfig().n_bins
-#: Most rows read from either table (a clear error beyond; ``--max-rows`` raises it).
-MAX_ROWS = 10_000_000
-
-
-@dataclass(frozen=True, slots=True)
-class Table:
-    """A table read for drift: numeric columns as float64 (NaN for missing), categorical ones as strings."""
-
-    path: str
-    rows: int
-    numeric: dict[str, NDArray[np.float64]]
-    categorical: dict[str, NDArray[np.str_]]
-
-
-def read_table(path: Path | str, *, max_rows: int = MAX_ROWS, columns: list[str] | None = None) -> Table:
-    """Read CSV, Parquet (``.parquet``/``.pq``), JSON Lines (``.jsonl``/``.ndjson``) or NPY (2-D numeric).
-
-    Raises:
-        UsageError: missing, unreadable or empty file, too many rows, unknown columns.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{path}: no such file")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".npy":
-            arr = np.load(path, allow_pickle=False, mmap_mode="r")
-            if arr.ndim != 2 or arr.dtype.kind not in "iuf":
-                raise UsageError(f"{path}: an NPY table must be a 2-D numeric array, got {arr.dtype} {arr.shape}")
-            numeric = {str(i): np.asarray(arr[:, i], dtype=np.float64) for i in range(arr.shape[1])}
-            table = Table(str(path), int(arr.shape[0]), numeric, {})
-        else:
-            table = _read_arrow(path, suffix)
-    except UsageError:
-        raise
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{path}: cannot read it as a table: {str(exc)[:300]}") from None
-    if table.rows == 0:
-        raise UsageError(f"{path}: the table has no rows")
-    if table.rows > max_rows:
-        raise UsageError(f"{path}: {table.rows:,} rows is more than --max-rows {max_rows:,}")
-    if columns:
-        known = set(table.numeric) | set(table.categorical)
-        unknown = [c for c in columns if c not in known]
-        if unknown:
-            raise UsageError(f"{path}: no column(s) {unknown}")
-        keep = set(columns)
-        table = Table(
-            table.path,
-            table.rows,
-            {k: v for k, v in table.numeric.items() if k in keep},
-            {k: v for k, v in table.categorical.items() if k in keep},
-        )
-    return table
-
-
-def _read_arrow(path: Path, suffix: str) -> Table:
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if suffix in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
-
-        data = pq.read_table(path)
-    elif suffix in (".jsonl", ".ndjson"):
-        import pyarrow.json as pj
-
-        data = pj.read_json(path)
-    else:
-        import pyarrow.csv as pcsv
-
-        data = pcsv.read_csv(path)
-    numeric: dict[str, NDArray[np.float64]] = {}
-    categorical: dict[str, NDArray[np.str_]] = {}
-    for name, column in zip(data.column_names, data.columns, strict=True):
-        kind = column.type
-        if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
-            floats = pc.fill_null(column.cast(pa.float64()), float("nan")).combine_chunks()
-            numeric[name] = floats.to_numpy(zero_copy_only=True)  # no nulls left: a view, and no pandas import
-        else:
-            # Dictionary-encoded: the distinct values become Python strings once, the rows stay integer codes.
-            encoded = pc.fill_null(column.cast(pa.string()), MISSING).combine_chunks().dictionary_encode()
-            levels = np.asarray(encoded.dictionary.to_pylist(), dtype=str)
-            categorical[name] = levels[encoded.indices.to_numpy(zero_copy_only=True)]
-    return Table(str(path), data.num_rows, numeric, categorical)
 
 
 @dataclass(frozen=True, slots=True)
