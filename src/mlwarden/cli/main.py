@@ -40,6 +40,7 @@ COMMAND_MODULES = (
     "suppress_cmd",
     "datacheck_cmd",  # extends `data` (declared by provenance_cmd) with `check`
     "modeltest_cmd",  # `model test`
+    "bulk_cmd",  # `bulk scan|report` (docs/bulk.md)
 )
 FORMATS = ("text", "json", "sarif", "html")
 
