@@ -168,6 +168,17 @@ HEURISTIC_RULES: tuple[HeuristicRule, ...] = (
         r"(?:you (?:were|have been) (?:given|trained|told|programmed)|you (?:received"
         r"|got)|(?:given|provided) (?:to you|above))",
         r"\bfrom now on,? you (?:are|will|must|shall) (?:no longer|not|ignore|only|always)\b",
+        # "forget everything we discussed", "forget about all the assignments", "drop all your instructions"
+        rf"{_NOT}\bforget (?:about )?(?:all|everything)\b(?: [\w']+){{0,4}}? "
+        r"(?:assignments|tasks|information|instructions|discussed|talked about|so far|beforehand)\b",
+        rf"{_NOT}\b(?:drop|abandon|discard) (?:all )?(?:of )?your (?:instructions|thoughts|rules|programming)\b",
+        # German: "Ignorieren Sie die obigen Anweisungen", "Vergiss alles davor", "Abweichend zu vorherigen ..."
+        r"\b(?:ignorier(?:e|en sie)?|vergiss|vergessen sie|missachte)\b(?: \w+){0,3}? (?:obigen|vorherigen|bisherigen"
+        r"|vorangegangenen|vorigen|ganzen) (?:anweisungen|ausführungen|instruktionen|aufgaben|informationen|befehle)\b",
+        r"\b(?:die )?(?:obigen|vorherigen|bisherigen) (?:anweisungen|ausführungen|instruktionen) "
+        r"(?:ignorieren|vergessen)\b",
+        r"\bvergiss (?:alles|alle (?:vorherigen )?(?:aufgaben|anweisungen|instruktionen))\b",
+        r"\babweichend (?:zu|von) (?:den )?(?:vorherigen|obigen|bisherigen) (?:instruktionen|anweisungen)\b",
     ),
     _rule(
         "jailbreak_persona",
@@ -215,6 +226,24 @@ HEURISTIC_RULES: tuple[HeuristicRule, ...] = (
         r"(?:above|before|preceding)\b",
         r"\beverything (?:above|before) (?:this|my) (?:line|message|sentence|point)\b",
         r"\bwhat (?:were|have) you (?:been )?(?:told|instructed|programmed) to\b",
+        r"\bwhat (?:was|is) written (?:at the (?:beginning|start|top) of|in|above) (?:this|the|your) prompt\b",
+        r"\b(?:print|show|repeat|spell-? ?check)\b(?: \w+){0,4}? (?:the (?:above|previous|preceding) prompt"
+        r"|(?:all )?(?:of )?the text above)\b",
+        r"\b(?:zeige?|gib|wiederhole)\b(?: \w+){0,3}? (?:alle )?(?:deine|ihre|die) "
+        r"(?:prompt-?texte?|anweisungen|instruktionen)\b",
+    ),
+    _rule(
+        "task_switch",
+        0.5,
+        "Announces that the task given so far is over and new instructions follow (goal hijacking).",
+        "Well done! Now new tasks follow: ...",
+        r"\bnow (?:there )?(?:come|comes|follow|follows) (?:a few |some )?(?:more |new |further |additional )"
+        r"(?:tasks|instructions|assignments)\b",
+        r"\bnow (?:new|more|further) (?:tasks|instructions) follow\b",
+        r"\bconcentrate on your new (?:task|assignment)\b",
+        r"\b(?:nun|jetzt) (?:folgen|kommen) (?:aber )?(?:noch )?(?:ein paar |einige )?(?:neue|weitere) "
+        r"(?:aufgaben|anweisungen|instruktionen)\b",
+        r"\bkonzentriere dich (?:jetzt |nun )?auf deine neue aufgabe\b",
     ),
     _rule(
         "delimiter_injection",
