@@ -12,11 +12,13 @@ setup: system-deps $(STAMP)
 # Debian packages the sandbox needs: bubblewrap (namespaces), strace, libseccomp2 (the seccomp filter is compiled
 # by libseccomp, through the pyseccomp binding of the `sandbox` extra), util-linux (prlimit sets the rlimits,
 # setpriv drops root to the sandbox's own uid). Installed when missing and we are root; otherwise the command to
-# run is printed and dynamic analysis reports the sandbox as unavailable.
-SYSTEM_PKGS := bubblewrap strace libseccomp2 util-linux
+# run is printed and dynamic analysis reports the sandbox as unavailable. redis-server: the shared per-client state
+# of `mlwarden serve --workers N` (tests start a throw-away one); wrk: the load generator of benchmarks/guard_load.py.
+SYSTEM_PKGS := bubblewrap strace libseccomp2 util-linux redis-server wrk
 system-deps:
 	@if command -v bwrap >/dev/null && command -v strace >/dev/null && command -v prlimit >/dev/null \
-		&& command -v setpriv >/dev/null && /sbin/ldconfig -p | grep -q 'libseccomp\.so\.2'; then :; \
+		&& command -v setpriv >/dev/null && /sbin/ldconfig -p | grep -q 'libseccomp\.so\.2' \
+		&& command -v redis-server >/dev/null && command -v wrk >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PKGS) >/dev/null; \
 	else echo "install the Debian packages $(SYSTEM_PKGS) (sudo apt-get install $(SYSTEM_PKGS))"; fi

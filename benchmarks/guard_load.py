@@ -17,6 +17,10 @@ connections and a minimal HTTP/1.1 writer (see ``_Connection``). Server
 memory (RSS from /proc) is sampled every second. Runs alternate bare/guard for ``--rounds`` rounds of
 ``--duration`` seconds each so that machine noise hits both alike.
 
+With ``--wrk`` (or ``--wrk-only``) the same run also measures saturation throughput with wrk (``_wrk.py``):
+bare, the guard with one worker (state in memory, then in Redis) and ``mlwarden serve --workers 2 --redis``,
+one after another; targets: guard >= 0.8x bare, 2 workers above 1 (the machine's cores permitting).
+
 Writes ``bench-out/guard_load.json``. Not a test: it reports, it never fails on a target.
 """
 
@@ -40,6 +44,9 @@ from typing import Any
 
 import httpx
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _wrk
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE.parent / "bench-out"
@@ -255,7 +262,14 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds per run (default 60)")
     parser.add_argument("--rounds", type=int, default=1, help="bare/guard alternations (default 1)")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds of unmeasured load first (default 5)")
+    parser.add_argument("--wrk", action="store_true", help="also measure saturation with wrk: bare, guard, 2 workers")
+    parser.add_argument("--wrk-only", action="store_true", help="only the wrk saturation runs (no open-loop runs)")
+    parser.add_argument("--wrk-duration", type=float, default=15.0, help="seconds per wrk run (default 15)")
+    parser.add_argument("--wrk-connections", type=int, default=32, help="wrk connections (default 32)")
     args = parser.parse_args()
+    args.wrk = args.wrk or args.wrk_only
+    if args.wrk and _wrk.available() is None:
+        raise SystemExit("--wrk needs wrk (make system-deps installs Debian's)")
     OUT.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mlwarden-guard-bench-") as tmp:
         work = Path(tmp)
@@ -303,8 +317,9 @@ def main() -> int:
             guard_port,
         )
         results: dict[str, list[dict[str, Any]]] = {"bare": [], "guard": []}
+        saturation: dict[str, Any] = {}
         try:
-            plan = ((bare, []), (guard, client_tokens))
+            plan = ((bare, []), (guard, client_tokens)) if not args.wrk_only else ()
             for server, tokens in plan:
                 run(server, tokens, args.rate, args.warmup, take(server.name, args.warmup))
                 server.rss.clear()
@@ -320,6 +335,11 @@ def main() -> int:
                     server.rss.clear()
                     results[server.name].append(result)
                     print(f"{server.name:>5}: {json.dumps(result)}", flush=True)
+            if args.wrk:
+                guard_argv = [str(Path(sys.executable).parent / "mlwarden"), "serve", "--model", "fraud@production"]
+                guard_argv += ["--db", url, "--home", str(work / "home"), "--gates", str(work / "gates.toml")]
+                guard_argv += ["--policy", str(policy), "--log-level", "error"]
+                saturation = saturate(args, work, client_tokens, bare, guard, guard_argv, env)
         finally:
             for server in (bare, guard):
                 server.proc.send_signal(signal.SIGINT)
@@ -327,16 +347,81 @@ def main() -> int:
                     server.proc.wait(20)
                 except subprocess.TimeoutExpired:
                     server.proc.kill()
-    summary = _summary(results)
+    summary = _summary(results) if results["bare"] else {}
+    if saturation:
+        summary["saturation"] = saturation["summary"]
     report = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "args": vars(args),
         "results": results,
+        "saturation": saturation,
         "summary": summary,
     }
     (OUT / "guard_load.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def saturate(
+    args: argparse.Namespace,
+    work: Path,
+    tokens: list[str],
+    bare: Server,
+    guard: Server,
+    guard_argv: list[str],
+    env: dict[str, str],
+) -> dict[str, Any]:
+    """wrk flat out against bare, the guard (1 worker, state in memory), the guard with its state in Redis, and
+    the guard with ``--workers 2`` (state in Redis); one after another, each after a short unmeasured warm-up."""
+    lua = _wrk.script(work / "load.lua", tokens, N_FEATURES)
+    redis_port = _free_port()
+    redis = subprocess.Popen(
+        ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    runs: dict[str, dict[str, Any]] = {}
+    try:
+        for name, server, extra in (
+            ("bare", bare, None),
+            ("guard_1_worker", guard, None),
+            ("guard_1_worker_redis", None, ["--redis", redis_url]),
+            ("guard_2_workers_redis", None, ["--workers", "2", "--redis", redis_url]),
+        ):
+            started = None
+            if server is None and extra is not None:
+                port = _free_port()
+                started = server = start(name, [*guard_argv, "--port", str(port), *extra], env, port)
+            if server is None:
+                raise RuntimeError(f"{name}: no server")
+            try:
+                _wrk.run(server.url, lua, duration=3, connections=args.wrk_connections)  # warm-up, not measured
+                runs[name] = _wrk.run(server.url, lua, duration=args.wrk_duration, connections=args.wrk_connections)
+                print(f"wrk {name:>22}: {json.dumps(runs[name])}", flush=True)
+            finally:
+                if started is not None:
+                    started.proc.send_signal(signal.SIGINT)
+                    try:
+                        started.proc.wait(30)
+                    except subprocess.TimeoutExpired:
+                        started.proc.kill()
+    finally:
+        redis.terminate()
+        redis.wait(10)
+    rps = {n: r["requests_per_s"] for n, r in runs.items()}
+    return {
+        "runs": runs,
+        "summary": {
+            "requests_per_s": rps,
+            "guard_vs_bare": round(rps["guard_1_worker"] / rps["bare"], 2),
+            "redis_vs_memory_state": round(rps["guard_1_worker_redis"] / rps["guard_1_worker"], 2),
+            "two_workers_vs_one": round(rps["guard_2_workers_redis"] / rps["guard_1_worker_redis"], 2),
+            "throughput_target_guard_vs_bare": 0.8,
+            "errors": {n: r["non_2xx"] + r["socket_errors"] for n, r in runs.items()},
+            "p99_ms_at_saturation": {n: r["p99_ms"] for n, r in runs.items()},
+        },
+    }
 
 
 def _summary(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:

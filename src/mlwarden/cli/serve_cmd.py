@@ -17,6 +17,7 @@ import os
 import sys
 from pathlib import Path
 
+from mlwarden.cli import serve_scale
 from mlwarden.cli.api_cmd import _database_url, _is_loopback, _port, warn_if_plain_http
 from mlwarden.cli.registry_cmd import add_token_options, read_token
 from mlwarden.core.errors import UsageError
@@ -35,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         description="Resolve NAME@ALIAS (or NAME:VERSION) in the registry, verify the copy's digest and "
         "signature, load it through the safe loader, and serve /v1/models/NAME/predict behind the guard policy.",
     )
-    serve.add_argument("--model", required=True, metavar="REF", help="NAME@ALIAS (follows the alias) or NAME:VERSION")
+    serve.add_argument("--model", metavar="REF", help="NAME@ALIAS (follows the alias) or NAME:VERSION")
     serve.add_argument("--policy", metavar="FILE", help="guard policy YAML (default: built-in safe defaults)")
     serve.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default: {DEFAULT_HOST})")
     serve.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
@@ -73,6 +74,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default="warning",
         help="(default: warning)",
     )
+    serve_scale.add_scale_options(serve)  # --workers, --redis (serve_scale.py)
+    proxy = serve.add_argument_group("LLM proxy (instead of --model; docs/llm-proxy.md)")
+    proxy.add_argument("--upstream", metavar="URL", help="guard this OpenAI-compatible API (base URL, e.g. .../v1)")
+    proxy.add_argument("--api", choices=("openai",), default="openai", help="the upstream's API (default: openai)")
+    proxy.add_argument("--upstream-key-env", metavar="NAME", help="environment variable holding the upstream's key")
+    proxy.add_argument("--upstream-key-file", metavar="PATH", help="file holding the upstream's key")
+    proxy.add_argument("--fallback-upstream", metavar="URL", help="a second upstream tried when the first fails")
+    proxy.add_argument("--upstream-name", default="openai", help="name in audit subjects and token scopes")
     serve.set_defaults(run=run_serve)
 
 
@@ -101,6 +110,11 @@ def run_serve(args: argparse.Namespace) -> int:
 
     if bool(args.tls_cert) != bool(args.tls_key):
         raise UsageError("--tls-cert and --tls-key go together")
+    if bool(args.model) == bool(getattr(args, "upstream", None)):
+        raise UsageError("give --model (a registry version) or --upstream (an LLM API), exactly one")
+    if args.upstream:
+        serve_scale.refuse_workers_for_proxy(args)
+        return run_proxy(args)
     if args.poll <= 0:
         raise UsageError("--poll must be a positive number of seconds")
     metrics_token = check_metrics_token(args.metrics_token or os.environ.get(METRICS_TOKEN_ENV))
@@ -113,6 +127,10 @@ def run_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     policy = load_guard_policy(args.policy)
+    redis_url = serve_scale.redis_url(args, policy)
+    supervised = serve_scale.supervise_workers(args, redis_url, run_serve)  # --workers N: N processes
+    if supervised is not None:
+        return supervised
     signer = _signer(args.signing_key)
     token = read_token(args)
     home = Path(args.home) if args.home else None
@@ -124,6 +142,7 @@ def run_serve(args: argparse.Namespace) -> int:
         signer=signer,
         dynamic=args.dynamic,
         poll_s=args.poll,
+        redis_url=redis_url,
     )
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     service = GuardService(registry, actor, args.model, policy, options)
@@ -150,8 +169,38 @@ def run_serve(args: argparse.Namespace) -> int:
         )
         print(f"mlwarden: metrics on {args.metrics_host}:{args.metrics_port}", file=sys.stderr, flush=True)
     try:
-        server.run(main_config, metrics_config)
+        server.run(main_config, metrics_config, reuse_port=serve_scale.is_worker(args))
     finally:
         service.close()
+        registry.close()
+    return 0
+
+
+def run_proxy(args: argparse.Namespace) -> int:
+    """``mlwarden serve --upstream URL --api openai``: the guard in front of an OpenAI-compatible API."""
+    from mlwarden.registry.service import Registry
+    from mlwarden.serve import server
+    from mlwarden.serve.app import check_metrics_token
+    from mlwarden.serve.policy import load_guard_policy
+    from mlwarden.serve.proxy.app import create_proxy_app
+    from mlwarden.serve.proxy.service import ProxyService
+    from mlwarden.serve.proxy.upstream import Credential, Upstream
+
+    policy = load_guard_policy(args.policy)
+    credential = Credential.from_sources(args.upstream_key_env, args.upstream_key_file)
+    upstream = Upstream(args.upstream, policy.proxy.upstream, credential, fallback=args.fallback_upstream)
+    metrics_token = check_metrics_token(args.metrics_token or os.environ.get(METRICS_TOKEN_ENV))
+    home = Path(args.home) if args.home else None
+    registry = Registry.open(_database_url(args.db, home), home=home, gates=args.gates, upgrade=False)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    service = ProxyService(registry, policy, upstream, name=args.upstream_name)
+    warn_if_plain_http(args)
+    print(f"mlwarden: proxying {args.api} API on {args.host}:{args.port}", file=sys.stderr, flush=True)
+    listen = server.Listen(args.host, args.port, args.tls_cert, args.tls_key, args.log_level)
+    config = server.uvicorn_config(create_proxy_app(service, metrics_token=metrics_token), listen, policy.connections)
+    try:
+        server.run(config)
+    finally:
+        service.auditor.close()  # the upstream pool goes with the process (its loop is closed by now)
         registry.close()
     return 0

@@ -24,6 +24,7 @@ the number of concurrently active authenticated clients (client ids come from AP
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -355,3 +356,100 @@ class ExtractionMonitor:
         classes = len(state.classes) / self.n_classes if self.n_classes else None
         distinct = len(state.recent_counts) / len(state.recent)
         return CoverageStats(cells, classes, distinct)
+
+
+# -- one client's state as bytes (shared state: mlwarden.serve.state keeps it in Redis between workers) -----------
+
+#: Format tag of :meth:`ExtractionMonitor.export_client` blobs (a reader refuses other versions).
+STATE_FORMAT = 1
+
+
+def _pack_state(state: _ClientState, dim: int) -> bytes:
+    """``state`` as a small JSON header and raw float64/bytes arrays (no pickle: the blob is data, never code)."""
+    arrays: list[bytes] = []
+    sets = []
+    for cls, cset in state.sets.items():
+        sets.append([cls, cset.size, cset.head, cset.threshold, len(cset.set_dists)])
+        arrays.append(np.ascontiguousarray(cset.points[: cset.size], dtype=np.float64).tobytes())
+        arrays.append(np.asarray(cset.set_dists, dtype=np.float64).tobytes())
+    arrays.append(np.asarray(state.distances, dtype=np.float64).tobytes())
+    arrays.append(np.asarray(state.times, dtype=np.float64).tobytes())
+    arrays.append(b"".join(state.recent))
+    header = {
+        "v": STATE_FORMAT,
+        "dim": dim,
+        "sets": sets,
+        "n_distances": len(state.distances),
+        "n_times": len(state.times),
+        "n_recent": len(state.recent),
+        "cells": sorted(state.cells),
+        "classes": sorted(state.classes),
+        "queries": state.queries,
+        "prada_w": state.prada_w,
+        "alarm": state.prada_alarm,
+    }
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return len(head).to_bytes(4, "big") + head + b"".join(arrays)
+
+
+def _unpack_state(blob: bytes, dim: int, cap: int) -> _ClientState:
+    """The inverse of :func:`_pack_state`; raises :class:`UsageError` on anything malformed (fail closed)."""
+    try:
+        n = int.from_bytes(blob[:4], "big")
+        header = json.loads(blob[4 : 4 + n])
+        if header["v"] != STATE_FORMAT or header["dim"] != dim:
+            raise ValueError(f"format {header['v']} / dimension {header['dim']}, expected {STATE_FORMAT} / {dim}")
+        view, pos = memoryview(blob), 4 + n
+
+        def take(count: int, width: int = 8) -> memoryview:
+            nonlocal pos
+            part = view[pos : pos + count * width]
+            if len(part) != count * width:
+                raise ValueError("truncated")
+            pos += count * width
+            return part
+
+        state = _ClientState()
+        for cls, size, head_, threshold, n_dists in header["sets"]:
+            if not 0 <= size <= cap:
+                raise ValueError(f"a class set of {size} points exceeds the cap {cap}")
+            cset = _ClassSet(np.empty((cap, dim)), int(size), int(head_), float(threshold))
+            cset.points[:size] = np.frombuffer(take(size * dim), dtype=np.float64).reshape(size, dim)
+            cset.set_dists = np.frombuffer(take(n_dists), dtype=np.float64).tolist()
+            state.sets[int(cls)] = cset
+        state.distances = deque(np.frombuffer(take(header["n_distances"]), dtype=np.float64).tolist())
+        state.times = deque(np.frombuffer(take(header["n_times"]), dtype=np.float64).tolist())
+        raw = bytes(take(header["n_recent"], 16))
+        state.recent = deque(raw[i : i + 16] for i in range(0, len(raw), 16))
+        for key in state.recent:
+            state.recent_counts[key] = state.recent_counts.get(key, 0) + 1
+        state.cells = {int(c) for c in header["cells"]}
+        state.classes = {int(c) for c in header["classes"]}
+        state.queries = int(header["queries"])
+        state.prada_w = None if header["prada_w"] is None else float(header["prada_w"])
+        state.prada_alarm = bool(header["alarm"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"unreadable extraction state: {exc}") from None
+    return state
+
+
+def export_client(monitor: ExtractionMonitor, client: str) -> bytes | None:
+    """``client``'s state in ``monitor`` as bytes (``None`` when the monitor holds none)."""
+    state = monitor._clients.get(client)
+    if state is None or monitor._dim is None:
+        return None
+    return _pack_state(state, monitor._dim)
+
+
+def import_client(monitor: ExtractionMonitor, client: str, blob: bytes | None, dim: int) -> None:
+    """Replace ``client``'s state in ``monitor`` with ``blob`` (``None``: a client never seen).
+
+    Raises:
+        UsageError: the blob is malformed or was written for another input dimension.
+    """
+    monitor._clients.pop(client, None)
+    if monitor._dim is None:
+        monitor._dim = dim
+    if blob is not None:
+        monitor._state(client)  # the LRU bookkeeping (and eviction) of a new client
+        monitor._clients[client] = _unpack_state(blob, dim, monitor.config.max_set_per_class)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -26,6 +25,7 @@ from mlwarden.guard.redact import limit_scores, redact_json
 from mlwarden.serve.calibration import GuardBaseline, build_detector
 from mlwarden.serve.policy import GuardPolicy
 from mlwarden.serve.servable import Prediction, Servable
+from mlwarden.serve.state import LocalState, StateBackend
 
 Outcome = Literal["pass", "flag", "block", "throttle"]
 Decision = Literal["allowed", "flagged", "blocked", "throttled"]
@@ -104,7 +104,7 @@ class RequestGuard:
         if servable.input_kind == "text" and policy.prompt.action != "off":
             self.screen = load_screen(policy.prompt.screen, **policy.prompt.options)
         self.extraction: ExtractionMonitor | None = None
-        self._extraction_lock = threading.Lock()
+        self._local_state = LocalState(1.0, 1)  # only its lock is used: extraction statistics in this process
         if policy.extraction.action != "off" and servable.input_kind == "tabular" and servable.classes:
             config = policy.extraction.extraction_config()
             if "delta" not in policy.extraction.config and baseline is not None and baseline.extraction_delta:
@@ -217,19 +217,29 @@ class RequestGuard:
 
     # -- with the model's answer --------------------------------------------------------------------------------
 
-    def check_client(self, client: str, rows: np.ndarray, prediction: Prediction, now: float) -> CheckResult | None:
-        """Per-client extraction detection (PRADA distances, query rate, coverage); ``None`` when not applicable."""
+    def check_client(
+        self,
+        client: str,
+        rows: np.ndarray,
+        prediction: Prediction,
+        now: float,
+        state: StateBackend | None = None,
+        scope: str = "",
+    ) -> CheckResult | None:
+        """Per-client extraction detection (PRADA distances, query rate, coverage); ``None`` when not applicable.
+
+        ``state`` keeps the client's statistics (shared between workers when it is Redis; ``scope`` names the
+        served version there); without it they stay in this guard.
+
+        Raises:
+            StateUnavailableError: the shared state did not answer (the request fails closed).
+        """
         if self.extraction is None or prediction.scores is None:
             return None
-        classes = np.asarray(prediction.scores).argmax(axis=1)
-        with self._extraction_lock:
-            verdict = None
-            for row, cls in zip(rows, classes, strict=True):
-                verdict = self.extraction.observe(client, row, int(cls), now)
-                if verdict.action == "block":
-                    break
-        if not (verdict is not None):
-            raise RuntimeError("internal invariant broken: verdict is not None")
+        classes = np.asarray(prediction.scores).argmax(axis=1).tolist()
+        if state is None:
+            state = self._local_state
+        verdict = state.observe(self.extraction, scope, client, rows, classes, now)
         evidence = {
             "prada_w": None if verdict.prada_w is None else round(verdict.prada_w, 4),
             "delta": self.extraction.config.delta,

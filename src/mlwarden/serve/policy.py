@@ -23,6 +23,8 @@ from mlwarden.guard.redact import OutputLimits, RedactionConfig
 from mlwarden.monitor.playbooks import Playbook
 from mlwarden.monitor.runtime import MonitorConfig
 from mlwarden.serve.calibration import AdversarialSettings
+from mlwarden.serve.proxy.settings import ProxySettings
+from mlwarden.serve.state import StateSettings
 
 #: The ``format`` key a guard policy file carries.
 POLICY_FORMAT = "mlwarden.guard-policy/1"
@@ -185,6 +187,8 @@ class GuardPolicy(_Section):
     connections: ConnectionSettings = Field(default_factory=ConnectionSettings)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     playbooks: tuple[Playbook, ...] = ()
+    proxy: ProxySettings = Field(default_factory=ProxySettings)  # mlwarden serve --upstream (docs/llm-proxy.md)
+    state: StateSettings = Field(default_factory=StateSettings)  # shared per-client state (docs/guard.md)
 
     @field_validator("extraction")
     @classmethod

@@ -29,6 +29,7 @@ from mlwarden.registry.roles import Principal
 from mlwarden.serve.auditor import AuditBacklog
 from mlwarden.serve.auth import may_predict
 from mlwarden.serve.checks import CheckResult, Decision, decide
+from mlwarden.serve.state import StateUnavailableError
 
 if TYPE_CHECKING:
     from mlwarden.serve.deployment import Deployment
@@ -267,7 +268,7 @@ def handle_predict(  # noqa: C901 - the request path, check by check, in the ord
         why = may_predict(principal, f"model:{deployment.info.ref}")
         if why:
             raise _Refused(403, "forbidden", "this token may not call this model", detail=why)
-        rate = service.rates.take(principal.username)
+        rate = service.state.take(principal.username)
         if not rate.allowed:
             retry = str(max(1, int(rate.retry_after_s + 0.999)))
             raise _Refused(
@@ -290,7 +291,9 @@ def handle_predict(  # noqa: C901 - the request path, check by check, in the ord
             ) from None
         metrics.model_seconds.labels(model).observe(time.perf_counter() - model_started)
         if isinstance(rows, np.ndarray):
-            client = deployment.guard.check_client(principal.username, rows, prediction, time.time())
+            client = deployment.guard.check_client(
+                principal.username, rows, prediction, time.time(), service.state, deployment.info.digest
+            )
             if client is not None:
                 checks.append(client)
                 if client.outcome in ("throttle", "block"):
@@ -307,6 +310,16 @@ def handle_predict(  # noqa: C901 - the request path, check by check, in the ord
         if refused.status in (404, 413, 422):
             decision = "blocked"
         return _finish_refusal(service, principal, deployment, request_id, refused, checks, n_rows, started, decision)
+    except StateUnavailableError as exc:  # the shared state did not answer: fail closed, never decide without it
+        metrics.rejections.labels(model, "state_unavailable").inc()
+        log.error("request %s refused: %s", request_id, exc)
+        return _error(
+            503,
+            "state_unavailable",
+            "the guard's state store is unavailable; try again later",
+            request_id,
+            {"Retry-After": "5"},
+        )
     except MlwardenError as exc:  # e.g. non-finite scores, a detector's limit: refuse, never serve unchecked
         invalid = _Refused(422, "invalid_input", "the input could not be checked", detail=str(exc))
         return _finish_refusal(service, principal, deployment, request_id, invalid, checks, n_rows, started, "blocked")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import FrameType
@@ -17,6 +18,7 @@ from typing import Any
 
 import uvicorn
 
+from mlwarden.core.errors import UsageError
 from mlwarden.serve.connections import guarded_protocol
 from mlwarden.serve.policy import ConnectionSettings
 
@@ -87,31 +89,62 @@ class _Leader(uvicorn.Server):
             self.follower.should_exit = True
 
 
-async def serve_all(main: uvicorn.Server, metrics: uvicorn.Server | None = None) -> None:
+async def serve_all(
+    main: uvicorn.Server,
+    metrics: uvicorn.Server | None = None,
+    sockets: tuple[list[socket.socket] | None, list[socket.socket] | None] = (None, None),
+) -> None:
     """Run ``main`` and ``metrics`` until ``main`` stops.
 
     ``metrics`` starts first, so a port clash stops everything before the API listens; it should not capture
-    signals (see :func:`run`).
+    signals (see :func:`run`). ``sockets``: already bound listening sockets of each (``None``: uvicorn binds).
     """
     task: asyncio.Task[None] | None = None
     if metrics is not None:
-        task = asyncio.create_task(metrics.serve())
+        task = asyncio.create_task(metrics.serve(sockets=sockets[1]))
         while not metrics.started:
             if task.done():
                 await task  # its failure (it logged why), or a clean stop before it started
                 raise RuntimeError("the metrics listener stopped before it started")
             await asyncio.sleep(0.01)
     try:
-        await main.serve()
+        await main.serve(sockets=sockets[0])
     finally:
         if metrics is not None and task is not None:
             metrics.should_exit = True
             await task
 
 
-def run(main: uvicorn.Config, metrics: uvicorn.Config | None = None) -> None:
-    """Serve until SIGINT or SIGTERM (as ``uvicorn.run`` does, with the optional metrics listener)."""
+def run(main: uvicorn.Config, metrics: uvicorn.Config | None = None, *, reuse_port: bool = False) -> None:
+    """Serve until SIGINT or SIGTERM (as ``uvicorn.run`` does, with the optional metrics listener).
+
+    ``reuse_port``: bind the API's socket with ``SO_REUSEPORT``, so several worker processes listen on the same
+    address and the kernel spreads connections over them (``mlwarden serve --workers N``).
+    """
     follower = _Follower(metrics) if metrics is not None else None
     server = _Leader(main, follower)
+    sockets = ([reuse_port_socket(main)], None) if reuse_port else (None, None)
     with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=main.get_loop_factory()) as runner:
-        runner.run(serve_all(server, follower))
+        runner.run(serve_all(server, follower, sockets))
+
+
+def reuse_port_socket(config: uvicorn.Config) -> socket.socket:
+    """A listening TCP socket on ``config``'s address, bound with ``SO_REUSEADDR`` and ``SO_REUSEPORT``.
+
+    Raises:
+        UsageError: the platform has no ``SO_REUSEPORT`` or the address cannot be bound.
+    """
+    if not hasattr(socket, "SO_REUSEPORT"):
+        raise UsageError("several workers need SO_REUSEPORT (Linux, BSD, macOS)")
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((config.host, config.port))
+        sock.listen(config.backlog)
+        sock.set_inheritable(False)
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
+    return sock

@@ -36,8 +36,8 @@ from mlwarden.serve.auth import TokenCache
 from mlwarden.serve.deployment import Deployment, ServeError, prepare
 from mlwarden.serve.metrics import ServiceMetrics
 from mlwarden.serve.policy import GuardPolicy
-from mlwarden.serve.ratelimit import RateLimiter
 from mlwarden.serve.requests import Reply, handle_predict, settle
+from mlwarden.serve.state import StateBackend, make_state
 
 log = logging.getLogger("mlwarden.serve")
 
@@ -54,6 +54,8 @@ class ServiceOptions:
         poll_s: how often the registry is asked whether the served version or alias changed.
         tick_s: the background thread's period (drift tests run when due, at most this often).
         standby: keep the rollback target loaded.
+        redis_url: keep per-client state (rate buckets, extraction statistics) in this Redis, shared by every
+            worker using it (``mlwarden serve --redis``; overrides the policy's ``state.redis_url``).
     """
 
     history_dir: Path | None = None
@@ -63,6 +65,7 @@ class ServiceOptions:
     poll_s: float = 5.0
     tick_s: float = 0.25
     standby: bool = True
+    redis_url: str | None = None
 
 
 @dataclass
@@ -97,7 +100,13 @@ class GuardService:
         self.options = options or ServiceOptions()
         self.metrics = ServiceMetrics()
         self.tokens = TokenCache(registry, policy.limits.token_cache_s)
-        self.rates = RateLimiter(policy.limits.rate_per_s, policy.limits.burst, max_clients=policy.limits.max_clients)
+        self.state: StateBackend = make_state(
+            policy.state,
+            policy.limits.rate_per_s,
+            policy.limits.burst,
+            max_clients=policy.limits.max_clients,
+            redis_url=self.options.redis_url,
+        )
         self.records: deque[dict[str, Any]] = deque(maxlen=policy.limits.records_kept)
         self._current = _bound(prepare(registry, actor, model, policy, dynamic=self.options.dynamic))
         self._standby: Deployment | None = None
@@ -315,6 +324,7 @@ class GuardService:
         self._stop.set()
         self._thread.join(10)
         self.auditor.close()
+        self.state.close()
 
 
 def _bound(deployment: Deployment) -> Deployment:
