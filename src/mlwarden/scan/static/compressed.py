@@ -10,7 +10,10 @@ import bz2
 import gzip
 import io
 import lzma
+import os
 import re
+import shutil
+import tempfile
 import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, BinaryIO
@@ -19,7 +22,7 @@ from mlwarden.artifacts.artifact import HEAD_SIZE
 from mlwarden.artifacts.sniff import Format
 from mlwarden.core.errors import LimitExceeded
 from mlwarden.core.findings import Severity, rule
-from mlwarden.scan.context import MissingDependency
+from mlwarden.scan.context import INCOMPLETE, MissingDependency
 from mlwarden.scan.static.base import Handler
 
 if TYPE_CHECKING:
@@ -219,9 +222,41 @@ class CompressedHandler(Handler):
 
         with opener() as fh:
             head = fh.read(HEAD_SIZE)
-        child = artifact.child(f"<{fmt.value}>", None, opener, head)
+        name = f"<{fmt.value}>"
+        child = artifact.child(name, None, opener, head)
+        spooled: str | None = None
         try:
+            if sniff(child) not in _STREAMED:
+                # Zip central directories, HDF5 superblocks and protobuf field walks need to seek and to know the
+                # size, which a decoder cannot give: the layer is decompressed once (bounded by `limit`) into a
+                # private temporary file, and the content is analysed from there.
+                spooled, size = _spool(opener)
+                child = artifact.child(name, size, _file_opener(spooled), head)
             ctx.descend(child)
+        except LimitExceeded as exc:
+            ctx.report(INCOMPLETE.finding(child.location(), str(exc), limit=exc.limit))
         finally:
+            if spooled is not None:
+                os.unlink(spooled)
             if errors:
                 ctx.report(CORRUPT.finding(artifact.location(), errors[0], format=fmt.value))
+
+
+#: Inner formats analysed straight from the decoder: read front to back, never from the end.
+_STREAMED = frozenset({Format.PICKLE, Format.EMPTY})
+
+
+def _spool(opener: Callable[[], BinaryIO]) -> tuple[str, int]:
+    """Decompress everything ``opener`` yields into a new 0600 temporary file; its path and size."""
+    fd, path = tempfile.mkstemp(prefix="mlwarden-layer-")
+    try:
+        with os.fdopen(fd, "wb") as out, opener() as fh:
+            shutil.copyfileobj(fh, out, 1 << 20)
+            return path, out.tell()
+    except BaseException:
+        os.unlink(path)
+        raise
+
+
+def _file_opener(path: str) -> Callable[[], BinaryIO]:
+    return lambda: open(path, "rb")  # the caller closes the stream it asked for
