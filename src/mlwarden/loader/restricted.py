@@ -26,7 +26,7 @@ import types
 from collections.abc import Callable
 from typing import IO, Any
 
-from mlwarden.artifacts.pickle_ops import c_float, c_int
+from mlwarden.artifacts.pickle_ops import c_float, c_index, c_int, c_long
 from mlwarden.core.errors import UnsafeModelError
 from mlwarden.core.findings import Location, Rule
 from mlwarden.core.policy import Policy
@@ -240,11 +240,31 @@ def _load_float_c(self: Any) -> None:
     self.append(c_float(self.readline()[:-1]))
 
 
+def _load_long_c(self: Any) -> None:
+    self.append(c_long(self.readline()[:-1]))
+
+
+def _load_get_c(self: Any) -> None:
+    index = c_index(self.readline()[:-1])
+    try:
+        self.append(self.memo[index])
+    except KeyError:
+        raise pickle.UnpicklingError(f"Memo value not found at index {index}") from None
+
+
+def _load_put_c(self: Any) -> None:
+    index = c_index(self.readline()[:-1])
+    if index < 0:
+        raise ValueError("negative PUT argument")
+    self.memo[index] = self.stack[-1]
+
+
 def guarded_dispatch(base: dict[int, Callable[[Any], None]]) -> dict[int, Callable[[Any], None]]:
     """A copy of an unpickler dispatch table whose mutating opcodes check their target first.
 
-    Text numbers are read as ``_pickle`` (the C unpickler that ``pickle.load``, ``torch.load`` and the sandbox run)
-    reads them, not as ``pickle.py`` does (``F1_0``, octal ``I010``): what this loads is what the analysis saw.
+    Text numbers (INT, LONG, FLOAT, and GET/PUT indexes) are read as ``_pickle`` (the C unpickler that
+    ``pickle.load``, ``torch.load`` and the sandbox run) reads them — up to a NUL byte, octal ``I010`` — not as
+    ``pickle.py`` does: what this loads is what the analysis saw.
     Frames stay strict (``pickle.py`` refuses an argument that runs past its frame; the analysis reports it).
     """
     table = dict(base)
@@ -253,6 +273,9 @@ def guarded_dispatch(base: dict[int, Callable[[Any], None]]) -> dict[int, Callab
     table[pickle.REDUCE[0]] = _load_reduce_checked
     table[pickle.INT[0]] = _load_int_c
     table[pickle.FLOAT[0]] = _load_float_c
+    table[pickle.LONG[0]] = _load_long_c
+    table[pickle.GET[0]] = _load_get_c
+    table[pickle.PUT[0]] = _load_put_c
     return table
 
 
