@@ -32,6 +32,9 @@ import numpy as np
 
 from mlwarden.datacheck.model import CheckResult, DataCheckError, Rate
 from mlwarden.datacheck.readers import TableSource
+from mlwarden.estimators._art import import_art
+
+import_art()  # before any `art` import: ART resets logging at import (mlwarden.estimators._art)
 
 #: Consistency constant turning the median absolute deviation into a standard-deviation estimate (normal data).
 MAD_CONSISTENCY = 1.4826

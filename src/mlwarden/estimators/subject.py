@@ -27,6 +27,9 @@ from typing import Any
 import numpy as np
 
 from mlwarden.core.errors import UsageError
+from mlwarden.estimators._art import import_art
+
+import_art()  # before any `art` import: ART resets logging at import (mlwarden.estimators._art)
 
 FRAMEWORKS = ("sklearn", "torch", "onnx", "keras")
 #: Rows per prediction call by framework: scikit-learn pays a fixed cost per call (a forest's ~3 ms), so it gets

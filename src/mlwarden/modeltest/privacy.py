@@ -34,9 +34,12 @@ from typing import Any
 import numpy as np
 
 from mlwarden.datacheck.model import Rate
+from mlwarden.estimators._art import import_art
 from mlwarden.estimators.subject import EPS
 from mlwarden.modeltest.model import ModelTestError, TestContext, TestResult
 from mlwarden.modeltest.robustness import seeded
+
+import_art()  # before any `art` import: ART resets logging at import (mlwarden.estimators._art)
 
 MEMBERSHIP_DEFAULTS: dict[str, Any] = {
     "attacks": ["loss_threshold", "confidence_threshold", "shadow"],

@@ -33,7 +33,10 @@ from typing import Any
 import numpy as np
 
 from mlwarden.datacheck.model import Rate, wilson
+from mlwarden.estimators._art import import_art
 from mlwarden.modeltest.model import ModelTestError, TestContext, TestResult
+
+import_art()  # before any `art` import: ART resets logging at import (mlwarden.estimators._art)
 
 DEFAULTS: dict[str, Any] = {
     "attacks": "auto",
