@@ -38,8 +38,8 @@ def scan(
 
     Args:
         path: a file, a directory (scanned recursively), a URL (``https://``, ``s3://BUCKET/PREFIX``,
-            ``hf://ORG/NAME[@REVISION]`` or any fsspec URL: read in place with ranged reads, static analysis only;
-            see docs/remote.md), or an iterable of those.
+            ``hf://ORG/NAME[@REVISION]`` or any fsspec URL: read in place with ranged reads; with ``dynamic`` also
+            downloaded once into the private remote cache and run there; see docs/remote.md), or an iterable of those.
         policy: a :class:`Policy`, a path to a TOML policy file, or ``None`` for the safe default.
         jobs: worker processes; ``None`` uses every core.
         dynamic: also run the sandboxed dynamic analysis (``SandboxUnavailable`` if the sandbox cannot run).
@@ -51,7 +51,7 @@ def scan(
         The :class:`ScanReport`; ``report.exit_code()`` gives the CLI's 0/1/2 verdict.
 
     Raises:
-        UsageError: a path does not exist, a URL names nothing (``RemoteError``), or ``dynamic`` with a URL.
+        UsageError: a path does not exist, or a URL names nothing (``RemoteError``).
         PolicyError: the policy file (or the suppressions file) is invalid.
     """
     from mlwarden.core.suppressions import load_suppressions

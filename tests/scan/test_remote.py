@@ -18,7 +18,6 @@ import pytest
 
 import mlwarden
 from mlwarden.cli.main import main
-from mlwarden.core.errors import UsageError
 from mlwarden.core.policy import Limits, Policy
 from mlwarden.report.jsonfmt import to_dict
 from mlwarden.scan.engine import scan_remote
@@ -151,14 +150,6 @@ def test_http_object_replaced_mid_scan_fails_instead_of_mixing_versions(
     assert result.error is not None
     assert "changed during the scan" in result.error
     assert result.findings == ()
-
-
-def test_dynamic_analysis_of_a_remote_model_is_refused(http: RangeServer, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(UsageError, match="download first"):
-        mlwarden.scan(f"{http.url}/models/benign.pt", dynamic=True)
-    assert main(["scan", f"{http.url}/models/benign.pt", "--dynamic", "--no-progress"]) == 2
-    assert "download first" in capsys.readouterr().err
-    assert http.log == []  # refused before any request
 
 
 def test_max_file_size_applies_to_the_remote_size_before_reading(http: RangeServer) -> None:

@@ -102,6 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mode.add_argument("--dynamic", action="store_true", help="dynamic analysis only (sandboxed phases, no static scan)")
     scan.add_argument("--jobs", "-j", type=_positive, metavar="N", help="parallel worker processes (default: cores)")
+    scan.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="URLs with --dynamic: private download cache (default: $XDG_CACHE_HOME/mlwarden/remote; docs/remote.md)",
+    )
+    scan.add_argument(
+        "--cache-max-bytes", type=_positive, metavar="N", help="URLs with --dynamic: size bound of the download cache"
+    )
     scan.add_argument("--policy", metavar="FILE", help="TOML policy file (see docs/policy.md)")
     accepted = scan.add_mutually_exclusive_group()
     accepted.add_argument(
@@ -139,12 +147,22 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     policy = load_policy(args.policy)
     if args.fail_on is not None:
         policy = policy.with_fail_on(args.fail_on)
+    cache = None
     if any(is_remote(p) for p in args.paths):  # docs/remote.md: remote models are analysed statically, in place
-        if args.dynamic:
-            raise UsageError("dynamic analysis of remote models: download first (remote URLs are scanned statically)")
-        if not args.static_only:
-            print("mlwarden: note: remote URLs given: static analysis only for this run", file=sys.stderr)
-        modes = ("static",)
+        if args.dynamic:  # static in place, plus dynamic on a copy downloaded once into the private cache
+            from mlwarden.scan.remote_cache import DEFAULT_MAX_BYTES, RemoteCache
+
+            cache = RemoteCache(args.cache_dir, args.cache_max_bytes or DEFAULT_MAX_BYTES)
+            modes = ("static", "dynamic")
+            note = f"mlwarden: note: remote URLs are downloaded into {cache.directory} for dynamic analysis"
+            print(note, file=sys.stderr)
+        else:
+            if not args.static_only:
+                print(
+                    "mlwarden: note: remote URLs given: static analysis only for this run (--dynamic downloads them)",
+                    file=sys.stderr,
+                )
+            modes = ("static",)
     files = expand_targets(args.paths)
     suppressions = _suppressions(args)
     show_progress = not args.no_progress and sys.stderr.isatty() and len(files) > 1
@@ -162,9 +180,10 @@ def _cmd_scan(args: argparse.Namespace) -> int:
                 progress=lambda _r: bar.advance(task),
                 modes=modes,
                 suppressions=suppressions,
+                cache=cache,
             )
     else:
-        report = scan_paths(files, policy, jobs=args.jobs, modes=modes, suppressions=suppressions)
+        report = scan_paths(files, policy, jobs=args.jobs, modes=modes, suppressions=suppressions, cache=cache)
     to_terminal = not args.output and sys.stdout.isatty()
     text = render(report, args.format, color=to_terminal and args.format == "text", verbose=args.verbose)
     if args.output:

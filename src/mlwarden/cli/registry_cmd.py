@@ -12,6 +12,7 @@ failed rule printed) or a registry scan found problems; 2 any other error (one l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -98,7 +99,9 @@ def add_parser(sub: Any) -> None:
 
     register = command(sub, "register", _register, "register a new version of a model (state received)")
     register.add_argument("name", metavar="NAME")
-    register.add_argument("model_path", metavar="MODEL_PATH", help="model file or folder")
+    register.add_argument(
+        "model_path", metavar="MODEL_PATH", help="model file or folder, or a URL (downloaded first; docs/remote.md)"
+    )
     register.add_argument("--signature", metavar="SIG", help="signature bundle (mlwarden sign / model_signing)")
     register.add_argument("--dataset-manifest", dest="dataset_manifests", action="extend", nargs="+", default=[])
     register.add_argument("--training-record", metavar="R", help="signed training record (mlwarden record)")
@@ -329,17 +332,26 @@ def _token_list(args: argparse.Namespace) -> int:
 
 
 def _register(args: argparse.Namespace) -> int:
+    from mlwarden.scan.remote import is_remote
+
     def run(registry: Registry, who: Principal) -> None:
-        info = registry.register(
-            who,
-            args.name,
-            Path(args.model_path),
-            signature=Path(args.signature) if args.signature else None,
-            dataset_manifests=[Path(p) for p in args.dataset_manifests],
-            training_record=Path(args.training_record) if args.training_record else None,
-            framework=args.framework,
-            description=args.description,
-        )
+        with contextlib.ExitStack() as stack:
+            model_path = Path(args.model_path)
+            if is_remote(args.model_path):  # downloaded once into the private remote cache (docs/remote.md)
+                from mlwarden.core.policy import Policy
+                from mlwarden.scan.remote_cache import downloaded
+
+                model_path = stack.enter_context(downloaded(args.model_path, Policy().limits.max_file_size))
+            info = registry.register(
+                who,
+                args.name,
+                model_path,
+                signature=Path(args.signature) if args.signature else None,
+                dataset_manifests=[Path(p) for p in args.dataset_manifests],
+                training_record=Path(args.training_record) if args.training_record else None,
+                framework=args.framework,
+                description=args.description,
+            )
         print(f"registered {info.ref} {info.digest} ({len(info.files)} file(s)); state {info.state}")
 
     return _session(args, run)

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from mlwarden.artifacts.sniff import Format
-from mlwarden.core.errors import UnsafeModelError, UsageError
+from mlwarden.core.errors import LimitExceeded, UnsafeModelError, UsageError
 from mlwarden.core.findings import Finding
 from mlwarden.core.policy import Policy, load_policy
 from mlwarden.loader.frameworks import LOADERS, PICKLE_FAMILY, load_with
 from mlwarden.loader.private import CopiedFile, PrivateCopy, copy_model
+from mlwarden.scan.remote import is_remote, redact
 from mlwarden.scan.result import FileResult
 
 ARCHIVE = "archive"
@@ -94,19 +95,20 @@ def _scan(file: CopiedFile, display: str, policy: Policy, dynamic: bool) -> File
 
 
 def _analyse(
-    copy: PrivateCopy, source: Path, policy: Policy, framework: str | None, dynamic: bool
+    copy: PrivateCopy, source: Path, policy: Policy, framework: str | None, dynamic: bool, shown: str | None = None
 ) -> tuple[CopiedFile, str, list[Finding]]:
-    """Scan every copied file; return the file to load, its framework and all findings."""
+    """Scan every copied file; return the file to load, its framework and all findings (``shown``: a URL's name)."""
     findings: list[Finding] = []
     if not copy.is_folder:
         file = copy.files[0]
-        result = _scan(file, str(source), policy, dynamic)
+        display = shown or str(source)
+        result = _scan(file, display, policy, dynamic)
         findings.extend(result.findings)
         chosen = framework or detect_framework(file.path, result)
         if chosen is None:
-            _raise_if_unsafe(findings, policy, copy.digest, str(source))
+            _raise_if_unsafe(findings, policy, copy.digest, display)
             kinds = ", ".join(v for _, v in result.formats[:1]) or "unknown"
-            raise UsageError(f"{source}: no loader for this content ({kinds}); pass framework=...")
+            raise UsageError(f"{display}: no loader for this content ({kinds}); pass framework=...")
         return file, chosen, findings
     candidates: list[tuple[CopiedFile, str, FileResult]] = []
     for file in copy.files:
@@ -152,7 +154,9 @@ def load(
     """Load a model only if analysis of exactly the bytes being loaded passes.
 
     Args:
-        path: a model file, or a folder holding one model file (plus e.g. ONNX external data).
+        path: a model file, a folder holding one model file (plus e.g. ONNX external data), or the URL of one
+            remote file (``https://``, ``s3://``, ``hf://ORG/NAME@REV/FILE``; downloaded once into the private
+            remote cache, pinned and content-addressed, then copied and analysed like a local file; docs/remote.md).
         framework: ``pickle``, ``joblib``, ``torch``, ``torchscript``, ``numpy``, ``keras``, ``onnx``,
             ``safetensors``, ``gguf``, ``xgboost`` or ``lightgbm``; ``None`` chooses from the content (never
             from the file name).
@@ -181,11 +185,15 @@ def load(
         from mlwarden.scan.dynamic.sandbox import check_available_cached
 
         check_available_cached()  # before touching the model: never fall back to an unsandboxed analysis
-    source = Path(path)
+    shown = None
+    if is_remote(path):
+        source, shown = _remote(str(path), policy), redact(str(path))
+    else:
+        source = Path(path)
     copy = copy_model(source, policy.limits)
     try:
-        file, chosen, findings = _analyse(copy, source, policy, framework, dynamic)
-        display = str(source / file.relpath) if copy.is_folder else str(source)
+        file, chosen, findings = _analyse(copy, source, policy, framework, dynamic, shown)
+        display = shown or (str(source / file.relpath) if copy.is_folder else str(source))
         _raise_if_unsafe(findings, policy, copy.digest, display)
         try:
             if chosen == ARCHIVE:
@@ -196,6 +204,19 @@ def load(
             raise
     finally:
         copy.remove()
+
+
+def _remote(url: str, policy: Policy) -> Path:
+    """The cached copy of the one remote file ``url`` names (:mod:`mlwarden.scan.remote_cache`)."""
+    from mlwarden.scan.remote import resolve
+    from mlwarden.scan.remote_cache import RemoteCache
+
+    items = resolve(url)
+    if len(items) != 1:
+        raise UsageError(f"{redact(url)}: names {len(items)} files; load one file (hf://ORG/NAME[@REV]/FILE)")
+    if items[0].size > policy.limits.max_file_size:
+        raise LimitExceeded("max_file_size", f"{items[0].display} is {items[0].size} bytes (not downloaded)")
+    return RemoteCache().fetch(items[0], policy.limits.max_file_size).path
 
 
 def _load_archive(path: Path, display: str, policy: Policy, dynamic: bool, restricted: bool | None, depth: int) -> Any:

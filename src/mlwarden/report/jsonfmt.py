@@ -117,7 +117,7 @@ def remote_dict(result: FileResult) -> dict[str, Any] | None:
     r = result.remote
     if r is None:
         return None
-    return {
+    out: dict[str, Any] = {
         "url": r.url,
         "etag": r.etag,
         "version_id": r.version_id,
@@ -129,6 +129,9 @@ def remote_dict(result: FileResult) -> dict[str, Any] | None:
         "requests": r.requests,
         "read_digest": r.read_digest,
     }
+    if r.cached_sha256 is not None:  # only after dynamic analysis of a downloaded copy (docs/remote.md)
+        out["cached_sha256"] = r.cached_sha256
+    return out
 
 
 def file_dict(result: FileResult) -> dict[str, Any]:

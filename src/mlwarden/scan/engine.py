@@ -23,6 +23,7 @@ from mlwarden.scan.suppressions import apply_suppressions, identities
 
 if TYPE_CHECKING:
     from mlwarden.scan.dynamic.engine import DynamicResult
+    from mlwarden.scan.remote_cache import RemoteCache
 
 Progress = Callable[[FileResult], None]
 
@@ -138,8 +139,14 @@ def scan_file(path: Path, policy: Policy, modes: tuple[str, ...] = ("static",)) 
     )
 
 
-def scan_remote(item: RemoteFile, policy: Policy) -> FileResult:
+def scan_remote(
+    item: RemoteFile, policy: Policy, modes: tuple[str, ...] = ("static",), cache: RemoteCache | None = None
+) -> FileResult:
     """Statically analyse one remote object with ranged reads; the result carries its provenance.
+
+    With ``"dynamic"`` in ``modes`` the object is also downloaded once into ``cache`` (a private, content-addressed
+    :class:`~mlwarden.scan.remote_cache.RemoteCache`; the default one when ``None``) and that copy runs in the
+    sandbox; the provenance then carries the copy's sha256 (``docs/remote.md``).
 
     A transport failure (object gone, refused, changed mid-scan) makes the file an error (exit 2), never a finding
     that could be mistaken for content: nothing reliable was analysed.
@@ -147,6 +154,9 @@ def scan_remote(item: RemoteFile, policy: Policy) -> FileResult:
     started = time.monotonic()
     ctx = ScanContext(policy)
     reader = None
+    framework: str | None = None
+    timeline: tuple[tuple[str, str, float, int], ...] = ()
+    cached: str | None = None
     try:
         if item.size > policy.limits.max_file_size:
             ctx.report(
@@ -158,15 +168,30 @@ def scan_remote(item: RemoteFile, policy: Policy) -> FileResult:
             )
         else:
             artifact, reader = item.artifact()
-            ctx.descend(artifact)
+            walk = ctx if "static" in modes else ScanContext(policy)  # dynamic only: the layers pick the loader
+            walk.descend(artifact)
+            if walk is not ctx:
+                ctx.formats.extend(walk.formats)
             if reader.failure is not None:
                 raise RemoteError(reader.failure)
             changed = item.verify() if item.verify is not None else None
             if changed is not None:
                 raise RemoteError(changed)
+            if "dynamic" in modes:
+                from mlwarden.scan.remote_cache import RemoteCache
+
+                copy = (cache or RemoteCache()).fetch(item, policy.limits.max_file_size)
+                cached = copy.sha256
+                framework, timeline = _dynamic(copy.path, item.display, ctx, policy)
     except RemoteError as exc:
         return FileResult(
-            item.display, item.size, (), (), time.monotonic() - started, error=str(exc), remote=item.provenance(reader)
+            item.display,
+            item.size,
+            (),
+            (),
+            time.monotonic() - started,
+            error=str(exc),
+            remote=item.provenance(reader, cached),
         )
     formats = tuple((tuple(chain), fmt.value) for chain, fmt in ctx.formats)
     return FileResult(
@@ -175,7 +200,9 @@ def scan_remote(item: RemoteFile, policy: Policy) -> FileResult:
         formats,
         _apply_policy(ctx.findings, policy),
         time.monotonic() - started,
-        remote=item.provenance(reader),
+        framework=framework,
+        timeline=timeline,
+        remote=item.provenance(reader, cached),
     )
 
 
@@ -258,16 +285,17 @@ def scan_paths(
     progress: Progress | None = None,
     modes: tuple[str, ...] = ("static",),
     suppressions: Sequence[Suppression] = (),
+    cache: RemoteCache | None = None,
 ) -> ScanReport:
     """Scan files and directories and return the report (see :func:`mlwarden.scan`).
 
     ``modes`` holds ``"static"`` and/or ``"dynamic"``. With ``"dynamic"`` the sandbox is probed once up front:
     :class:`~mlwarden.scan.dynamic.sandbox.SandboxUnavailable` is raised before any file is touched.
     ``suppressions`` (reviewed, see ``mlwarden/scan/suppressions.py``) mark findings after the analysis.
+    Remote objects are analysed dynamically on a copy downloaded into ``cache`` (default: the user's private
+    remote cache; :mod:`mlwarden.scan.remote_cache`).
     """
     paths = list(paths)
-    if "dynamic" in modes and any(isinstance(p, RemoteFile) or is_remote(p) for p in paths):
-        raise UsageError("dynamic analysis of remote models: download first (remote URLs are scanned statically)")
     if "dynamic" in modes:
         from mlwarden.scan.dynamic.sandbox import check_available_cached
 
@@ -282,7 +310,11 @@ def scan_paths(
     results: list[FileResult] = []
     if len(files) < len(targets):  # remote objects: one at a time, in this process (I/O bound, shared caches)
         for target in targets:
-            result = scan_remote(target, policy) if isinstance(target, RemoteFile) else scan_file(target, policy, modes)
+            result = (
+                scan_remote(target, policy, modes, cache)
+                if isinstance(target, RemoteFile)
+                else scan_file(target, policy, modes)
+            )
             results.append(result)
             if progress is not None:
                 progress(result)

@@ -196,8 +196,8 @@ class RemoteFile:
         head = reader.read(0, HEAD_SIZE)
         return Artifact(chain=(self.display,), size=self.size, opener=lambda: _open(reader), head=head), reader
 
-    def provenance(self, reader: _Reader | None) -> RemoteProvenance:
-        """What was scanned, for the report."""
+    def provenance(self, reader: _Reader | None, cached_sha256: str | None = None) -> RemoteProvenance:
+        """What was scanned, for the report (``cached_sha256``: the downloaded copy dynamic analysis ran)."""
         return RemoteProvenance(
             url=self.display,
             etag=self.pins.get("etag"),
@@ -209,6 +209,7 @@ class RemoteFile:
             bytes_read=0 if reader is None else reader.bytes_read,
             requests=0 if reader is None else reader.requests,
             read_digest=None if reader is None else reader.digest(),
+            cached_sha256=cached_sha256,
         )
 
 

@@ -29,6 +29,7 @@ class RemoteProvenance:
     bytes_read: int = 0
     requests: int = 0
     read_digest: str | None = None
+    cached_sha256: str | None = None  # dynamic analysis: SHA-256 of the downloaded copy that ran (remote_cache.py)
 
 
 @dataclass(frozen=True, slots=True)
