@@ -305,7 +305,10 @@ def test_hf_missing_repository_or_revision(hub: RangeServer, url: str, message: 
         resolve(url)
 
 
-@pytest.mark.skipif(os.environ.get("MLWARDEN_TEST_REAL_HUB") != "1", reason="opt-in: MLWARDEN_TEST_REAL_HUB=1")
+@pytest.mark.skipif(
+    os.environ.get("MLWARDEN_TEST_REAL_HUB") != "1",
+    reason="optional: opt-in, set MLWARDEN_TEST_REAL_HUB=1 (reaches the real hub; never in CI)",
+)
 def test_real_hub_opt_in() -> None:  # pragma: no cover - never runs in CI
     report = mlwarden.scan("hf://hf-internal-testing/tiny-random-bert")
     assert not report.errors
