@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mlwarden.cli.output import emit_report
 from mlwarden.core.errors import UsageError
 
 EXIT_OK = 0
@@ -88,14 +89,7 @@ def _check(args: argparse.Namespace) -> int:
     )
     report = check_dataset(args.data, options)
     text = render(report, args.format)
-    if args.output:
-        try:
-            Path(args.output).write_text(text, encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"--output: cannot write {args.output}: {exc.strerror or exc}") from None
-        print(f"wrote {args.format} data-check report {args.output}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
+    emit_report(text, args.output, f"{args.format} data-check report")
     for result in report.checks:
         if result.status == "error":
             print(f"mlwarden: error: check {result.id} could not run: {result.reason}", file=sys.stderr)

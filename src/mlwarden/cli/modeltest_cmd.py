@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mlwarden.cli.output import emit_report
 from mlwarden.core.errors import UnsafeModelError, UsageError
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
@@ -111,14 +112,7 @@ def _test(args: argparse.Namespace) -> int:
             print(f"  {finding.rule_id} {finding.severity}: {finding.title}", file=sys.stderr)
         return EXIT_REFUSED
     text = render(report, args.format)
-    if args.output:
-        try:
-            Path(args.output).write_text(text, encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"--output: cannot write {args.output}: {exc.strerror or exc}") from None
-        print(f"wrote {args.format} model-test report {args.output}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
+    emit_report(text, args.output, f"{args.format} model-test report")
     for result in report.tests:
         if result.status == "error":
             print(f"mlwarden: error: test {result.id} could not run: {result.reason}", file=sys.stderr)

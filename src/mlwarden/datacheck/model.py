@@ -200,14 +200,15 @@ class DataCheckReport:
 
     def to_json(self) -> str:
         """:meth:`to_dict` as indented JSON (NaN never appears: non-finite numbers become ``null``)."""
-        return json.dumps(_finite(self.to_dict()), indent=2, sort_keys=False)
+        return json.dumps(json_safe(self.to_dict()), indent=2, sort_keys=False)
 
 
-def _finite(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by ``None`` (JSON has no NaN), through dicts and lists."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
+        return [json_safe(v) for v in value]
     return value

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlwarden.core.errors import UsageError
-from mlwarden.datacheck.model import _finite
+from mlwarden.datacheck.model import json_safe
 
 SCHEMA_ID = "https://mlwarden.dev/model-test/v1"
 SCHEMA_VERSION = "1.0"
@@ -166,7 +166,7 @@ class ModelTestReport:
 
     def to_json(self) -> str:
         """:meth:`to_dict` as indented JSON (non-finite numbers become ``null``)."""
-        return json.dumps(_finite(self.to_dict()), indent=2)
+        return json.dumps(json_safe(self.to_dict()), indent=2)
 
 
 @dataclass(frozen=True, slots=True)
