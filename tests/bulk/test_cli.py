@@ -56,7 +56,12 @@ def test_scan_exit_codes_and_report(tmp_path: Path, capsys: pytest.CaptureFixtur
         (["bulk", "scan", ".", "--results", "x.db", "--workers", "0"], "--workers"),
         (["bulk", "scan", "@missing.txt", "--results", "x.db", "--backend", "process"], "cannot read list file"),
         (["bulk", "scan", ".", "--results", "bad://", "--backend", "process"], "--results"),
-        (["bulk", "scan", "http://h/m.pt", "--results", "x.db", "--dynamic", "--backend", "process"], "download first"),
+        (["bulk", "scan", ".", "--results", "x.db", "--max-repos", "0"], "--max-repos"),
+        (
+            ["bulk", "scan", "hf://?sort=downloads", "--results", "x.db", "--backend", "process"],
+            "needs an organisation",
+        ),
+        (["bulk", "scan", "hf://org?colour=red", "--results", "x.db", "--backend", "process"], "unknown query key"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(

@@ -15,16 +15,18 @@ from typing import Any
 from mlwarden.bulk import BulkOptions, ResultStore, run_bulk
 from mlwarden.bulk.backends import RayBackend
 from mlwarden.bulk.sources import WorkItem
-from mlwarden.bulk.worker import scan_batch
+from mlwarden.bulk.worker import CacheSettings, scan_batch
 from mlwarden.core.policy import Policy
 from tests.bulk.helpers import make_folder
 
 
-def slow_task(items: list[WorkItem], policy: Policy, modes: tuple[str, ...]) -> list[dict[str, Any]]:
+def slow_task(
+    items: list[WorkItem], policy: Policy, modes: tuple[str, ...], cache: CacheSettings | None = None
+) -> list[dict[str, Any]]:
     """The real batch scan, except that a file named ``slow*`` hangs."""
     if any(Path(i.source).name.startswith("slow") for i in items):
         time.sleep(60)
-    return scan_batch(items, policy, modes)
+    return scan_batch(items, policy, modes, cache)
 
 
 def _plant(root: Path) -> tuple[Path, Path, Path]:

@@ -2,11 +2,15 @@
 
 ``RangeServer`` answers HEAD and single-range GETs (``Range: bytes=a-b``) with a strong ETag, honours
 ``If-Match`` (412 when it does not match), can require HTTP Basic auth, and logs every request with the number of
-body bytes it sent, so tests measure what a scan transferred. ``hub`` routes make it answer like the Hugging Face
-Hub for the two endpoints mlwarden calls (docs/remote.md):
+body bytes it sent, so tests measure what a scan transferred. ``hub`` (one repository) and ``hubs`` (more) make it
+answer like the Hugging Face Hub for the endpoints mlwarden calls (docs/remote.md):
 
 * ``GET /api/models/{repo}[/revision/{rev}]?blobs=True`` -> ``{"id", "sha", "siblings": [...]}``
 * ``GET|HEAD /{repo}/resolve/{commit}/{file}`` with Range, ``ETag`` and ``X-Repo-Commit``
+* ``GET /api/models?author=ORG&search=Q&filter=TAG&sort=KEY&limit=N&expand=sha`` (what ``HfApi.list_models``
+  sends) -> ``[{"_id", "id", "modelId", "sha"?}]`` at most ``page_size`` per page, the next page named by a
+  ``Link: <...>; rel="next"`` header as the Hub paginates; ``sha`` (``main``'s commit) only when
+  ``expand=sha`` is asked, as the Hub does
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import socket
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 
 def free_port() -> int:
@@ -35,6 +39,8 @@ class Hub:
     repo: str
     commits: dict[str, dict[str, bytes]]
     branches: dict[str, str]
+    tags: tuple[str, ...] = ()
+    downloads: int = 0
 
     def commit_of(self, rev: str) -> str | None:
         return self.branches.get(rev) or (rev if rev in self.commits else None)
@@ -45,6 +51,8 @@ class RangeServer:
     files: dict[str, bytes] = field(default_factory=dict)
     auth: tuple[str, str] | None = None
     hub: Hub | None = None
+    hubs: list[Hub] = field(default_factory=list)
+    page_size: int = 1000
     log: list[tuple[str, str, int]] = field(default_factory=list)
     redirects: dict[str, str] = field(default_factory=dict)
     auth_seen: list[str] = field(default_factory=list)
@@ -87,18 +95,45 @@ class RangeServer:
         path = unquote(urlsplit(h.path).path)
         if path in self.redirects:
             return self._send(h, 302, b"", {"Location": self.redirects[path]}, body)
-        if self.hub is not None:
+        repos = ([self.hub] if self.hub is not None else []) + self.hubs
+        if repos:
             self.auth_seen.append(h.command + " " + h.path + " " + h.headers.get("Authorization", ""))
-        if self.hub is not None and self._hub(h, path, body):
+        if path == "/api/models" and repos:
+            return self._listing(h, repos, parse_qs(urlsplit(h.path).query), body)
+        if any(self._hub(h, path, body, repo) for repo in repos):
             return None
+        if repos and path.startswith("/api/models/"):
+            return self._send(h, 404, b"{}", {"X-Error-Code": "RepoNotFound"}, body)
         data = self.files.get(path)
         if data is None:
             return self._send(h, 404, b"not found", {}, body)
         return self._serve(h, data, {}, body)
 
-    def _hub(self, h: BaseHTTPRequestHandler, path: str, body: bool) -> bool:
-        hub = self.hub
-        assert hub is not None
+    def _listing(self, h: BaseHTTPRequestHandler, repos: list[Hub], query: dict[str, list[str]], body: bool) -> None:
+        """``GET /api/models``: filter, sort, cut at ``limit``, one page of ``page_size`` from ``cursor``."""
+        found = [r for r in repos if "author" not in query or r.repo.split("/")[0] == query["author"][0]]
+        found = [r for r in found if "search" not in query or query["search"][0].lower() in r.repo.lower()]
+        found = [r for r in found if all(tag in r.tags for tag in query.get("filter", []))]
+        if query.get("sort") == ["downloads"]:
+            found.sort(key=lambda r: -r.downloads)
+        if "limit" in query:
+            found = found[: int(query["limit"][0])]
+        start = int(query.get("cursor", ["0"])[0])
+        page = found[start : start + self.page_size]
+        docs: list[dict[str, object]] = []
+        for r in page:
+            doc: dict[str, object] = {"_id": hashlib.sha1(r.repo.encode()).hexdigest()[:24], "id": r.repo}  # noqa: S324
+            doc["modelId"] = r.repo
+            if "sha" in query.get("expand", []) and r.commit_of("main"):
+                doc["sha"] = r.commit_of("main")
+            docs.append(doc)
+        headers = {"Content-Type": "application/json"}
+        if start + self.page_size < len(found):
+            rest = {k: v for k, v in query.items() if k != "cursor"} | {"cursor": [str(start + self.page_size)]}
+            headers["Link"] = f'<{self.url}/api/models?{urlencode(rest, doseq=True)}>; rel="next"'
+        self._send(h, 200, json.dumps(docs).encode(), headers, body)
+
+    def _hub(self, h: BaseHTTPRequestHandler, path: str, body: bool, hub: Hub) -> bool:
         m = re.fullmatch(rf"/api/models/{re.escape(hub.repo)}(?:/revision/([^/]+))?", path)
         if m:
             commit = hub.commit_of(m.group(1) or "main")
@@ -108,9 +143,6 @@ class RangeServer:
             siblings = [_sibling(name, data) for name, data in sorted(hub.commits[commit].items())]
             doc = {"id": hub.repo, "modelId": hub.repo, "sha": commit, "siblings": siblings, "private": False}
             self._send(h, 200, json.dumps(doc).encode(), {"Content-Type": "application/json"}, body)
-            return True
-        if path.startswith("/api/models/"):
-            self._send(h, 404, b"{}", {"X-Error-Code": "RepoNotFound"}, body)
             return True
         m = re.fullmatch(rf"/{re.escape(hub.repo)}/resolve/([^/]+)/(.+)", path)
         if m:

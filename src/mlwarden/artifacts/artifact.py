@@ -12,9 +12,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from mlwarden.core.findings import Location
+
+if TYPE_CHECKING:
+    from mlwarden.artifacts.folder import Folder
 
 HEAD_SIZE = 64 * 1024
 _CHUNK = 1024 * 1024
@@ -33,6 +36,8 @@ class Artifact:
         fs_path: the file on disk when these bytes are exactly that file (folder-aware checks need it).
         depth: how many containers / layers enclose it (0 for a file on disk).
         notes: facts about how it was obtained (e.g. ``"zip-flag-encrypted"``) that handlers may use.
+        folder: the folder around the file these bytes came from, on disk or remote; members and layers inherit
+            it (:mod:`mlwarden.artifacts.folder` says when a check may use it).
     """
 
     chain: tuple[str, ...]
@@ -42,10 +47,13 @@ class Artifact:
     fs_path: Path | None = None
     depth: int = 0
     notes: frozenset[str] = field(default_factory=frozenset)
+    folder: Folder | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_path(cls, path: Path, display: str | None = None) -> Artifact:
         """An artifact for a regular file (raises ``OSError`` when it cannot be read)."""
+        from mlwarden.artifacts.folder import LocalFolder
+
         with open(path, "rb") as fh:
             head = fh.read(HEAD_SIZE)
             size = os.fstat(fh.fileno()).st_size
@@ -55,6 +63,7 @@ class Artifact:
             opener=lambda: open(path, "rb"),
             head=head,
             fs_path=path,
+            folder=LocalFolder(path.parent),
         )
 
     @classmethod
@@ -97,7 +106,13 @@ class Artifact:
     ) -> Artifact:
         """An artifact contained in this one (an archive member or a decoded layer)."""
         return Artifact(
-            chain=(*self.chain, name), size=size, opener=opener, head=head, depth=self.depth + 1, notes=notes
+            chain=(*self.chain, name),
+            size=size,
+            opener=opener,
+            head=head,
+            depth=self.depth + 1,
+            notes=notes,
+            folder=self.folder,
         )
 
 

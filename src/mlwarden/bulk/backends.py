@@ -13,10 +13,11 @@ from typing import Any, Protocol
 
 from mlwarden.bulk.sources import WorkItem
 from mlwarden.bulk.store import BulkError
+from mlwarden.bulk.worker import CacheSettings, scan_batch
 from mlwarden.core.policy import Policy
 
 Rows = list[dict[str, Any]]
-Task = Callable[[list[WorkItem], Policy, tuple[str, ...]], Rows]
+Task = Callable[[list[WorkItem], Policy, tuple[str, ...], CacheSettings | None], Rows]
 Outcome = tuple[Any, "Rows | BaseException"]
 
 
@@ -27,8 +28,10 @@ class Backend(Protocol):
     capacity: int  # batches to keep in flight (one per worker CPU: a batch starts when it is submitted)
     grace: float  # seconds added to every deadline: a fresh worker's start-up (imports) is not the artifact's fault
 
-    def submit(self, batch: list[WorkItem], policy: Policy, modes: tuple[str, ...]) -> Any:
-        """Start ``batch``; return a handle."""
+    def submit(
+        self, batch: list[WorkItem], policy: Policy, modes: tuple[str, ...], cache: CacheSettings | None = None
+    ) -> Any:
+        """Start ``batch`` (``cache``: where its remote objects are downloaded for dynamic analysis); a handle."""
 
     def wait(self, handles: Sequence[Any], timeout: float) -> list[Outcome]:
         """Every finished handle (at least one unless ``timeout`` seconds pass first) with its rows or exception."""
@@ -61,8 +64,6 @@ class RayBackend:
             import ray
         except ImportError:
             raise BulkError("Ray is not installed: pip install 'mlwarden[bulk]', or use --backend process") from None
-        from mlwarden.bulk.worker import scan_batch
-
         self._ray = ray
         self._owned = False
         if not ray.is_initialized():
@@ -79,9 +80,11 @@ class RayBackend:
         self.capacity = max(1, cpus if address else min(workers, cpus))
         self._remote = ray.remote(num_cpus=1, max_retries=0)(task or scan_batch)
 
-    def submit(self, batch: list[WorkItem], policy: Policy, modes: tuple[str, ...]) -> Any:
+    def submit(
+        self, batch: list[WorkItem], policy: Policy, modes: tuple[str, ...], cache: CacheSettings | None = None
+    ) -> Any:
         """Start one Ray task for ``batch``."""
-        return self._remote.remote(batch, policy, modes)
+        return self._remote.remote(batch, policy, modes, cache)
 
     def wait(self, handles: Sequence[Any], timeout: float) -> list[Outcome]:
         """``ray.wait`` for the first, then collect every other one already finished."""
@@ -122,20 +125,20 @@ class ProcessBackend:
 
     def __init__(self, workers: int, task: Task | None = None) -> None:
         """Start a pool of ``workers`` processes."""
-        from mlwarden.bulk.worker import scan_batch
-
         self.capacity = max(1, workers)
         self._task: Task = task or scan_batch
         self._pool = cf.ProcessPoolExecutor(max_workers=self.capacity)
         self._live: set[cf.Future[Rows]] = set()
 
-    def submit(self, batch: list[WorkItem], policy: Policy, modes: tuple[str, ...]) -> Any:
+    def submit(
+        self, batch: list[WorkItem], policy: Policy, modes: tuple[str, ...], cache: CacheSettings | None = None
+    ) -> Any:
         """Submit ``batch`` (a broken pool is replaced first)."""
         try:
-            future = self._pool.submit(self._task, batch, policy, modes)
+            future = self._pool.submit(self._task, batch, policy, modes, cache)
         except cf.process.BrokenProcessPool:
             self._restart()
-            future = self._pool.submit(self._task, batch, policy, modes)
+            future = self._pool.submit(self._task, batch, policy, modes, cache)
         self._live.add(future)
         return future
 

@@ -20,12 +20,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlwarden.bulk.backends import Backend, Rows, Task, make_backend
+from mlwarden.bulk.hub import DEFAULT_MAX_REPOS
 from mlwarden.bulk.sources import WorkItem, already_done, expand_sources
-from mlwarden.bulk.store import BulkError, ResultStore
-from mlwarden.bulk.worker import error_row
+from mlwarden.bulk.store import ResultStore
+from mlwarden.bulk.worker import CacheSettings, error_row
 from mlwarden.core.policy import Policy
 
 OnRow = Callable[[dict[str, Any]], None]
+OnNote = Callable[[str], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +43,8 @@ class BulkOptions:
         batch_size: artifacts per task (default 8 static, 16 dynamic: the warm pool's import is paid per batch).
         retry_failed: also dispatch items whose newest row is ``failed`` or ``timeout``.
         grace: seconds added to each batch's deadline for a worker's start-up (``None``: the backend's default).
+        max_repos: bound on the repositories one Hub listing source (``hf://ORG``, ``hf://?search=``) expands to.
+        cache: where workers download remote objects for dynamic analysis (``None``: each worker's default cache).
     """
 
     modes: tuple[str, ...] = ("static",)
@@ -51,6 +55,8 @@ class BulkOptions:
     batch_size: int | None = None
     retry_failed: bool = False
     grace: float | None = None
+    max_repos: int = DEFAULT_MAX_REPOS
+    cache: CacheSettings | None = None
 
     def batch(self) -> int:
         """The effective batch size."""
@@ -99,6 +105,7 @@ def run_bulk(
     backend: Backend | None = None,
     task: Task | None = None,
     on_row: OnRow | None = None,
+    on_note: OnNote | None = None,
 ) -> RunStats:
     """Scan every artifact of ``sources`` into ``store``; see the module docstring for the guarantees.
 
@@ -110,17 +117,17 @@ def run_bulk(
         backend: an already started backend (tests share one); else one is made from ``options`` and closed.
         task: the function run per batch (default :func:`mlwarden.bulk.worker.scan_batch`).
         on_row: called with every row after it is committed.
+        on_note: called with notes while planning (a Hub listing cut at ``options.max_repos``).
 
     Raises:
-        BulkError: bad sources, or a backend that cannot start. An exception from ``on_row`` (or a
-            KeyboardInterrupt) stops the run: it is marked ``interrupted`` and what was committed stays.
+        BulkError: bad sources (or a Hub listing that fails), or a backend that cannot start. An exception from
+            ``on_row`` (or a KeyboardInterrupt) stops the run: it is marked ``interrupted`` and what was committed
+            stays.
     """
     options = options or BulkOptions()
     policy = policy or Policy()
-    if "dynamic" in options.modes and any("://" in s for s in sources):
-        raise BulkError("dynamic analysis of remote models: download first (remote URLs are scanned statically)")
     started = time.monotonic()
-    items = expand_sources(sources)
+    items = expand_sources(sources, max_repos=options.max_repos, on_note=on_note)
     todo, skipped = plan(items, store, retry_failed=options.retry_failed)
     owned = backend is None
     engine = backend or make_backend(options.backend, options.workers, options.address, task)
@@ -176,7 +183,7 @@ class _Loop:
             batch = self.queue.popleft()
             self.store.dispatched(self.stats.run_id, len(batch))
             self.stats.dispatched += len(batch)
-            handle = self.backend.submit(batch, self.policy, self.options.modes)
+            handle = self.backend.submit(batch, self.policy, self.options.modes, self.options.cache)
             grace = self.backend.grace if self.options.grace is None else self.options.grace
             self.flights[handle] = _Flight(batch, time.monotonic() + grace + self.options.timeout * len(batch))
 

@@ -2,7 +2,10 @@
 
 Rows are plain data so they cross process and machine boundaries (Ray, a process pool) unchanged. The worker
 computes the digest itself: the coordinator never reads the artifacts. A batch of local files in dynamic mode goes
-through :func:`mlwarden.scan.engine.scan_paths`, whose warm pool imports each framework once per batch.
+through :func:`mlwarden.scan.engine.scan_paths`, whose warm pool imports each framework once per batch. A remote
+object in dynamic mode goes through :func:`mlwarden.scan.engine.scan_remote`, exactly as ``mlwarden scan URL
+--dynamic``: static analysis in place, then the copy downloaded once into the worker's private
+:class:`~mlwarden.scan.remote_cache.RemoteCache` runs in the sandbox.
 """
 
 from __future__ import annotations
@@ -10,14 +13,37 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlwarden.bulk.sources import WorkItem
 from mlwarden.core.policy import Policy
 from mlwarden.report.jsonfmt import file_dict
 from mlwarden.scan.result import FileResult
 from mlwarden.scan.suppressions import file_digest
+
+if TYPE_CHECKING:
+    from mlwarden.scan.remote_cache import RemoteCache
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSettings:
+    """Where a worker downloads remote models for dynamic analysis (built on the worker, so ``None`` is its default).
+
+    Attributes:
+        directory: the cache folder on the worker's machine; ``None``: ``$XDG_CACHE_HOME/mlwarden/remote`` there.
+        max_bytes: bound on all cached copies together (``None``: the cache's default, 20 GiB).
+    """
+
+    directory: str | None = None
+    max_bytes: int | None = None
+
+    def cache(self) -> RemoteCache:
+        """The :class:`~mlwarden.scan.remote_cache.RemoteCache` these settings name."""
+        from mlwarden.scan.remote_cache import DEFAULT_MAX_BYTES, RemoteCache
+
+        return RemoteCache(self.directory, self.max_bytes or DEFAULT_MAX_BYTES)
 
 
 def verdict(result: FileResult, policy: Policy) -> str:
@@ -68,14 +94,20 @@ def error_row(item: WorkItem, status: str, error: str, seconds: float = 0.0) -> 
     }
 
 
-def _remote(item: WorkItem, policy: Policy) -> dict[str, Any]:
+def _remote(item: WorkItem, policy: Policy, modes: tuple[str, ...], cache: CacheSettings | None) -> dict[str, Any]:
+    """Scan one remote object; with ``dynamic`` in ``modes`` its cached copy runs in the sandbox.
+
+    The digest stays the store's pin (what planning compares to skip it next time); the copy's own sha256 is in the
+    result's provenance (``remote.cached_sha256``). A download that fails or does not fit the cache is a failed row.
+    """
     from mlwarden.scan.engine import scan_remote
     from mlwarden.scan.remote import resolve
 
     found = resolve(item.source)
     if len(found) != 1:
         return error_row(item, "failed", f"{item.source}: resolves to {len(found)} objects, expected 1")
-    result = scan_remote(found[0], policy)
+    remote_cache = (cache or CacheSettings()).cache() if "dynamic" in modes else None
+    result = scan_remote(found[0], policy, modes, remote_cache)
     prov = result.remote
     digest = None if prov is None else (prov.sha256 or prov.etag or prov.version_id or prov.read_digest)
     return row_of(item, result, digest, policy)
@@ -96,12 +128,21 @@ def _local_dynamic(items: list[WorkItem], policy: Policy, modes: tuple[str, ...]
     return out
 
 
-def scan_batch(items: list[WorkItem], policy: Policy, modes: tuple[str, ...]) -> list[dict[str, Any]]:
-    """Scan every item of the batch; one row each, never an exception for bad content or a vanished file."""
+def scan_batch(
+    items: list[WorkItem], policy: Policy, modes: tuple[str, ...], cache: CacheSettings | None = None
+) -> list[dict[str, Any]]:
+    """Scan every item of the batch; one row each, never an exception for bad content or a vanished file.
+
+    Args:
+        items: the batch.
+        policy: the scan policy.
+        modes: ``static`` and/or ``dynamic``.
+        cache: where remote objects are downloaded for dynamic analysis (``None``: the worker's default cache).
+    """
     from mlwarden.scan.engine import scan_file
 
-    local = [i for i in items if not i.remote]
-    rows: dict[str, dict[str, Any]] = {}
+    local = [i for i in items if not i.remote and i.error is None]
+    rows: dict[str, dict[str, Any]] = {i.source: error_row(i, "failed", i.error) for i in items if i.error}
     if "dynamic" in modes and local:
         started = time.monotonic()
         try:
@@ -118,7 +159,7 @@ def scan_batch(items: list[WorkItem], policy: Policy, modes: tuple[str, ...]) ->
         started = time.monotonic()
         try:
             if item.remote:
-                rows[item.source] = _remote(item, policy)
+                rows[item.source] = _remote(item, policy, modes, cache)
             else:
                 digest = file_digest(item.source)
                 rows[item.source] = row_of(item, scan_file(Path(item.source), policy, modes), digest, policy)

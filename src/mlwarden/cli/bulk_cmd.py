@@ -27,7 +27,12 @@ def add_parser(sub: Any) -> None:
         help="scan SOURCEs (folders, files, @list files, URLs/prefixes) into --results",
         description="Scan every artifact of the SOURCEs; a re-run only dispatches what the store does not have done.",
     )
-    scan.add_argument("sources", nargs="+", metavar="SOURCE", help="folder, file, @LISTFILE, or remote URL/prefix")
+    scan.add_argument(
+        "sources",
+        nargs="+",
+        metavar="SOURCE",
+        help="folder, file, @LISTFILE, remote URL/prefix, or a Hub listing (hf://ORG, hf://?search=QUERY&...)",
+    )
     scan.add_argument("--results", required=True, metavar="DB", help="SQLite file or SQLAlchemy URL (postgresql+...)")
     scan.add_argument("--ray", metavar="ADDRESS", help="Ray cluster address (default: start a local Ray)")
     scan.add_argument("--backend", choices=("ray", "process"), default="ray", help="execution engine (default ray)")
@@ -36,6 +41,17 @@ def add_parser(sub: Any) -> None:
     scan.add_argument("--batch-size", type=int, metavar="N", help="artifacts per task (default 8 static, 16 dynamic)")
     scan.add_argument("--retry-failed", action="store_true", help="also re-dispatch failed and timed-out artifacts")
     scan.add_argument("--policy", metavar="FILE", help="TOML policy file (see docs/policy.md)")
+    scan.add_argument(
+        "--max-repos", type=int, default=1000, metavar="N", help="repositories per Hub listing source (default 1000)"
+    )
+    scan.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="URLs with --dynamic: each worker's download cache (default: $XDG_CACHE_HOME/mlwarden/remote there)",
+    )
+    scan.add_argument(
+        "--cache-max-bytes", type=int, metavar="N", help="URLs with --dynamic: size bound of the download cache"
+    )
     mode = scan.add_mutually_exclusive_group()
     mode.add_argument("--dynamic", action="store_true", help="also run the sandboxed dynamic analysis")
     mode.add_argument("--dynamic-only", action="store_true", help="dynamic analysis only")
@@ -51,11 +67,14 @@ def add_parser(sub: Any) -> None:
 
 def _scan(args: argparse.Namespace) -> int:
     from mlwarden.bulk import BulkOptions, ResultStore, run_bulk
+    from mlwarden.bulk.worker import CacheSettings
     from mlwarden.core.policy import load_policy
     from mlwarden.report import clean
 
     if args.workers < 1 or args.timeout <= 0 or (args.batch_size is not None and args.batch_size < 1):
         raise UsageError("--workers and --batch-size must be >= 1, --timeout > 0")
+    if args.max_repos < 1 or (args.cache_max_bytes is not None and args.cache_max_bytes < 1):
+        raise UsageError("--max-repos and --cache-max-bytes must be >= 1")
     modes: tuple[str, ...] = (
         ("dynamic",) if args.dynamic_only else ("static", "dynamic") if args.dynamic else ("static",)
     )
@@ -67,6 +86,8 @@ def _scan(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         batch_size=args.batch_size,
         retry_failed=args.retry_failed,
+        max_repos=args.max_repos,
+        cache=CacheSettings(args.cache_dir, args.cache_max_bytes),
     )
     policy = load_policy(args.policy)
     store = ResultStore.open(args.results)
@@ -75,8 +96,11 @@ def _scan(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"{row['status']:<7} {row['verdict']:<5} {row['seconds']:8.3f}s {clean(row['source'])}", flush=True)
 
+    def note(text: str) -> None:
+        print(f"mlwarden: note: {clean(text)}", file=sys.stderr, flush=True)
+
     try:
-        stats = run_bulk(args.sources, store, policy, options, on_row=progress)
+        stats = run_bulk(args.sources, store, policy, options, on_row=progress, on_note=note)
         rows = store.rows()
     finally:
         store.dispose()

@@ -337,11 +337,12 @@ def _register(args: argparse.Namespace) -> int:
     def run(registry: Registry, who: Principal) -> None:
         with contextlib.ExitStack() as stack:
             model_path = Path(args.model_path)
+            source = None
             if is_remote(args.model_path):  # downloaded once into the private remote cache (docs/remote.md)
                 from mlwarden.core.policy import Policy
-                from mlwarden.scan.remote_cache import downloaded
+                from mlwarden.registry.source import download
 
-                model_path = stack.enter_context(downloaded(args.model_path, Policy().limits.max_file_size))
+                model_path, source = stack.enter_context(download(args.model_path, Policy().limits.max_file_size))
             info = registry.register(
                 who,
                 args.name,
@@ -351,10 +352,24 @@ def _register(args: argparse.Namespace) -> int:
                 training_record=Path(args.training_record) if args.training_record else None,
                 framework=args.framework,
                 description=args.description,
+                source=source,
             )
         print(f"registered {info.ref} {info.digest} ({len(info.files)} file(s)); state {info.state}")
+        if info.source is not None:
+            print(f"  from {_source_line(info.source)}")
 
     return _session(args, run)
+
+
+def _source_line(source: dict[str, Any]) -> str:
+    """``URL @ revision (commit C)`` / ``URL etag E`` for one line of output."""
+    parts = [str(source.get("url", "?"))]
+    if source.get("revision"):
+        parts.append(f"@ {source['revision']}")
+    for key in ("commit", "version_id", "etag"):
+        if source.get(key):
+            parts.append(f"{key} {source[key]}")
+    return "  ".join(parts)
 
 
 def _attach(args: argparse.Namespace) -> int:
@@ -429,6 +444,8 @@ def jsonable(value: Any) -> Any:
         out = {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
         if hasattr(value, "ref"):
             out["ref"] = value.ref
+        if hasattr(value, "source"):  # a version: where it was downloaded from, or None
+            out["source"] = jsonable(value.source)
         return out
     if isinstance(value, Enum):
         return value.value
@@ -451,6 +468,7 @@ def _text(info: VersionInfo) -> str:
         f"  framework:    {info.framework or '-'}",
         f"  submitted by: {info.submitted_by} at {info.created_at:%Y-%m-%d %H:%M:%S} UTC",
         f"  aliases:      {', '.join(info.aliases) or '-'}",
+        *_source_lines(info.source),
         "  files:",
         *(f"    {f.digest[:16]}…  {f.size:>12}  {f.path}" for f in info.files),
         "  attachments:",
@@ -460,6 +478,18 @@ def _text(info: VersionInfo) -> str:
         ),
     ]
     return "\n".join(lines)
+
+
+def _source_lines(source: dict[str, Any] | None) -> list[str]:
+    if source is None:
+        return []
+    lines = [f"  source:       {source.get('url', '?')}"]
+    for key in ("revision", "commit", "version_id", "etag", "last_modified", "sha256"):
+        if source.get(key):
+            lines.append(f"    {key + ':':<14}{source[key]}")
+    if source.get("files", 1) != 1:
+        lines.append(f"    {'files:':<14}{source['files']} (per-file pins in the source attachment)")
+    return lines
 
 
 def _roles(values: list[str]) -> list[str]:

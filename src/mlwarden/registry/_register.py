@@ -16,7 +16,7 @@ import functools
 import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -43,6 +43,9 @@ from mlwarden.registry.roles import Permission, Principal
 from mlwarden.registry.states import TRANSITIONS, Action, State, check_transition
 from mlwarden.registry.values import BASELINE_FORMAT, AttachmentKind, VersionInfo, check_name, check_text, parse_ref
 
+if TYPE_CHECKING:
+    from mlwarden.registry.source import ModelSource
+
 T = TypeVar("T")
 #: States evidence may be attached in: once approved it is frozen (a new approval needs a new version).
 _ATTACHABLE = frozenset({State.RECEIVED.value, State.SCANNED.value})
@@ -64,6 +67,7 @@ def register(
     training_record: Path | None,
     framework: str | None,
     description: str,
+    source: ModelSource | None = None,
 ) -> VersionInfo:
     """Store a new version of ``name`` (state ``received``); see :meth:`Registry.register`."""
     with attempt(core, actor, "register", f"model:{name}", Permission.REGISTER) as act:
@@ -85,6 +89,11 @@ def register(
         with core.blobs.staging(in_use=functools.partial(referenced, core)) as stage:
             manifest = stage.add_model(Path(model_path), max_bytes=core.max_artifact_bytes)
             act.digests = {"artifact": digest_ref(manifest.digest)}
+            recorded = source.checked(manifest.files) if source is not None else None
+            source_item = stage.add_bytes(recorded.document()) if recorded is not None else None
+            if recorded is not None and source_item is not None:
+                act.details = {**act.details, "source": recorded.summary()}
+                act.digests["source"] = digest_ref(source_item.digest)
             staged = [(kind, path, stage.add_file(path)) for kind, path in evidence]
             datasets = [_validate(kind, item.temp, path) for kind, path, item in staged]
             for kind, path, item in staged:
@@ -108,7 +117,8 @@ def register(
                 last = session.scalar(select(func.max(VersionRow.number)).where(VersionRow.model_id == model.id))
                 number = (last or 0) + 1
                 act.resolved(f"model:{name}:{number}")
-                bom = stage.add_bytes(_bom(name, number, manifest, framework, packages, datasets).encode("utf-8"))
+                bom_text = _bom(name, number, manifest, framework, packages, datasets, recorded)
+                bom = stage.add_bytes(bom_text.encode("utf-8"))
                 bom_slot.append(bom)
                 now = utcnow()
                 row = VersionRow(
@@ -132,6 +142,10 @@ def register(
                 )
                 for kind, path, item in [*staged, (AttachmentKind.BOM, Path(f"{name}-{number}.cdx.json"), bom)]:
                     session.add(_attachment(row.id, kind, path.name, item, actor))
+                if recorded is not None and source_item is not None:
+                    filename = f"{name}-{number}.source.json"
+                    summary = recorded.summary()
+                    session.add(_attachment(row.id, AttachmentKind.SOURCE, filename, source_item, actor, summary))
                 session.flush()
                 session.refresh(row)
                 core.audit.append(session, act.event(allowed=True, files=len(manifest.files), framework=framework))
@@ -156,10 +170,12 @@ def attach(core: Core, actor: Principal, ref: str, kind: AttachmentKind | str, p
         try:
             kind = AttachmentKind(kind)
         except ValueError:
-            kinds = ", ".join(k.value for k in AttachmentKind if k is not AttachmentKind.BOM)
+            kinds = ", ".join(k.value for k in AttachmentKind if k not in (AttachmentKind.BOM, AttachmentKind.SOURCE))
             raise BadInput(f"unknown attachment kind {kind!r} (expected one of: {kinds})") from None
         if kind is AttachmentKind.BOM:
             raise BadInput("the registry writes a version's ML-BOM itself at registration; it cannot be attached")
+        if kind is AttachmentKind.SOURCE:
+            raise BadInput("the registry records a version's source itself at registration; it cannot be attached")
         check_text("file name", Path(path).name, max_length=255)
         act.details = {"kind": kind.value, "filename": Path(path).name}
         _check_attachment_file(Path(path))
@@ -372,10 +388,17 @@ def _bom(
     framework: str | None,
     packages: dict[str, str],
     datasets: list[object],
+    source: ModelSource | None = None,
 ) -> str:
     from mlwarden.integrity.bom import DatasetRef, build_bom
 
     refs = [d for d in datasets if isinstance(d, DatasetRef)]
+    properties = {"mlwarden:registry": f"{name}:{number}"}
+    if source is not None:  # where the bytes were downloaded from (redacted) and the commit that pinned them
+        summary = source.summary()
+        properties["mlwarden:source"] = summary["url"]
+        if summary.get("commit"):
+            properties["mlwarden:source-commit"] = summary["commit"]
     return build_bom(
         name=name,
         version=str(number),
@@ -383,5 +406,5 @@ def _bom(
         framework=framework,
         packages=packages,
         datasets=refs,
-        properties={"mlwarden:registry": f"{name}:{number}"},
+        properties=properties,
     )

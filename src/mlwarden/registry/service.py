@@ -66,6 +66,7 @@ if TYPE_CHECKING:
     from mlwarden.core.suppressions import Suppression
     from mlwarden.registry._assess import Step
     from mlwarden.registry.fsck import FsckReport
+    from mlwarden.registry.source import ModelSource
 
 __all__ = [
     "AttachmentInfo",
@@ -314,11 +315,14 @@ class Registry:
         training_record: Path | None = None,
         framework: str | None = None,
         description: str = "",
+        source: ModelSource | None = None,
     ) -> VersionInfo:
         """Store a new version of ``name`` (created on first use), state ``received``.
 
         The model's bytes are copied into the blob store while hashed; the signature, dataset manifests and
         training record are checked to parse and stored as attachments; an ML-BOM (CycloneDX 1.6) is written.
+        ``source`` (a model downloaded from a URL) must describe exactly these bytes; it is redacted and stored as
+        the ``source`` attachment, and its summary goes into the audit event.
         """
         return _register.register(
             self._core,
@@ -330,6 +334,7 @@ class Registry:
             training_record=training_record,
             framework=framework,
             description=description,
+            source=source,
         )
 
     def attach(self, actor: Principal, ref: str, kind: AttachmentKind | str, path: Path) -> VersionInfo:

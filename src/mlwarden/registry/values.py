@@ -83,7 +83,7 @@ BASELINE_FORMAT = "mlwarden.guard-baseline/1"
 
 
 class AttachmentKind(StrEnum):
-    """What an attachment is; ``bom`` is written by the registry itself at registration."""
+    """What an attachment is; ``bom`` and ``source`` are written by the registry itself at registration."""
 
     SIGNATURE = "signature"
     DATASET_MANIFEST = "dataset_manifest"
@@ -94,6 +94,7 @@ class AttachmentKind(StrEnum):
     BOM = "bom"
     MODEL_TEST = "model_test"  # a model-test report (robustness, privacy, fairness...) about this version's bytes
     DATA_CHECK = "data_check"  # a data-check report about a dataset whose manifest is attached to this version
+    SOURCE = "source"  # the URL the version was downloaded from, its pins and digests (written at registration)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +201,16 @@ class VersionInfo:
     def total_size(self) -> int:
         """Bytes over every file of the artifact."""
         return sum(f.size for f in self.files)
+
+    @property
+    def source(self) -> dict[str, Any] | None:
+        """Where the version was downloaded from, or ``None`` when it was registered from local files.
+
+        ``url`` (redacted), ``revision``, ``commit``, ``etag``, ``version_id``, ``sha256``, ``files``: see
+        :mod:`mlwarden.registry.source`.
+        """
+        found = next((a for a in self.attachments if a.kind == AttachmentKind.SOURCE), None)
+        return None if found is None else dict(found.details)
 
     def latest(self, kind: AttachmentKind) -> AttachmentInfo | None:
         """The attachment of ``kind`` in force, or None.

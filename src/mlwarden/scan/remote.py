@@ -20,12 +20,15 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from mlwarden.artifacts.artifact import HEAD_SIZE, Artifact
 from mlwarden.core.errors import UsageError
 from mlwarden.scan.result import RemoteProvenance
+
+if TYPE_CHECKING:
+    from mlwarden.scan.remote_folder import Listing
 
 #: Smallest range fetched (a zip local header or a 256-byte storage head costs one block).
 BLOCK_SIZE = 4 * 1024
@@ -47,6 +50,10 @@ _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 class RemoteError(UsageError):
     """A remote model could not be resolved or read (missing object, refused access, no range support)."""
+
+
+class RemoteNotFoundError(RemoteError):
+    """The object does not exist (HTTP 404, no such key); a neighbour lookup reads this as "missing"."""
 
 
 def is_remote(target: object) -> bool:
@@ -182,6 +189,8 @@ class RemoteFile:
         fetch: returns the bytes ``[start, end)`` of exactly the pinned object.
         pins: provenance known before reading (etag, version_id, last_modified, commit, revision, sha256).
         verify: re-reads the metadata after the scan; returns an error text if the object changed, else ``None``.
+        listing: the objects around it, for checks that look beside a model (:mod:`mlwarden.scan.remote_folder`).
+        key: its key in ``listing``.
     """
 
     display: str
@@ -189,12 +198,22 @@ class RemoteFile:
     fetch: Callable[[int, int], bytes]
     pins: dict[str, str]
     verify: Callable[[], str | None] | None = None
+    listing: Listing | None = None
+    key: str = ""
 
     def artifact(self) -> tuple[Artifact, _Reader]:
         """The artifact handlers analyse, and the reader that counts what they fetched."""
         reader = _Reader(self.fetch, self.size)
         head = reader.read(0, HEAD_SIZE)
-        return Artifact(chain=(self.display,), size=self.size, opener=lambda: _open(reader), head=head), reader
+        folder = None
+        if self.listing is not None:
+            from mlwarden.scan.remote_folder import RemoteFolder, parent_key
+
+            folder = RemoteFolder(self.listing, parent_key(self.key), reader)
+        return (
+            Artifact(chain=(self.display,), size=self.size, opener=lambda: _open(reader), head=head, folder=folder),
+            reader,
+        )
 
     def provenance(self, reader: _Reader | None, cached_sha256: str | None = None) -> RemoteProvenance:
         """What was scanned, for the report (``cached_sha256``: the downloaded copy dynamic analysis ran)."""
@@ -248,19 +267,44 @@ def _fsspec_files(url: str) -> list[RemoteFile]:
     except ImportError as exc:
         raise RemoteError(f"{display}: transport not installed ({exc.name}); pip install 'mlwarden[remote]'") from None
     except FileNotFoundError:
-        raise RemoteError(f"{display}: no such object or prefix") from None
+        raise RemoteNotFoundError(f"{display}: no such object or prefix") from None
     except (OSError, ValueError) as exc:
         raise RemoteError(f"{display}: {_scrub(str(exc), url)}") from None
+    scheme = display.split("://", 1)[0]
     if info.get("type") == "file":
-        return [_fsspec_file(fs, path, info, display)]
+        item = _fsspec_file(fs, path, info, display)
+        item.listing, item.key = _fsspec_lookups(fs, scheme), path  # no listing: one info() per name asked about
+        return [item]
     found = fs.find(path, maxdepth=MAX_LIST_DEPTH, withdirs=False, detail=True)
     files = sorted((p, i) for p, i in found.items() if i.get("type") == "file")
     if not files:
         raise RemoteError(f"{display}: no files under this prefix")
     if len(files) > MAX_FILES:
         raise RemoteError(f"{display}: {len(files)} files under this prefix, more than {MAX_FILES}; narrow it")
-    scheme = display.split("://", 1)[0]
-    return [_fsspec_file(fs, p, i, f"{scheme}://{p}") for p, i in files]
+    from mlwarden.scan.remote_folder import Listing
+
+    items = {p: _fsspec_file(fs, p, i, f"{scheme}://{p}") for p, i in files}
+    listing = Listing(items, items.get)  # complete below the prefix: the checks beside a file cost no request
+    for p, item in items.items():
+        item.listing, item.key = listing, p
+    return list(items.values())
+
+
+def _fsspec_lookups(fs: Any, scheme: str) -> Listing:
+    """A listing that asks ``fs.info`` about each name (a single object: nothing around it was listed)."""
+    from mlwarden.scan.remote_folder import DIRECTORY, Listing
+
+    def lookup(key: str) -> RemoteFile | Literal["directory"] | None:
+        display = f"{scheme}://{key}"
+        try:
+            info = fs.info(key)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise RemoteError(f"{display}: {type(exc).__name__} when looking it up") from None
+        return _fsspec_file(fs, key, info, display) if info.get("type") == "file" else DIRECTORY
+
+    return Listing(None, lookup)
 
 
 def _fsspec_pins(info: dict[str, Any]) -> dict[str, str]:

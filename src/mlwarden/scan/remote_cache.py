@@ -12,6 +12,11 @@ sandbox a file, so the object is downloaded once, whole, into this cache and ana
   object that moves during the download is an error, never a mixed copy. A declared sha256 (Hub LFS) must match.
 * A file larger than ``max_file_size`` (the policy's) or than the cache itself is refused before any byte is read;
   room for a new copy is made by evicting the least recently used copies.
+* Several processes may share one cache (bulk workers, two ``mlwarden scan`` runs): every change to the index or
+  the blobs (reuse bookkeeping, eviction, committing a download) happens under an exclusive ``fcntl.flock`` on
+  ``<cache>/lock``. Downloads and re-hashing run outside the lock, into ``tmp/``; a finished download is committed
+  by an atomic rename under it, after evicting what the bound requires at that moment, so concurrent downloads
+  cannot together overrun the bound or evict twice.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from mlwarden.scan.remote import RemoteError, RemoteFile
 
@@ -97,14 +103,30 @@ class RemoteCache:
             reused = self._reuse(key, item)
             if reused is not None:
                 return reused
-        copy = self._download(item)
-        if key is not None:
-            self._write_index(key, item, copy)
-        return copy
+        return self._download(item, key)
 
     def total_bytes(self) -> int:
         """Bytes held by all copies now."""
         return sum(size for _, size, _ in self._blobs())
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the cache's exclusive lock (``flock`` on ``<cache>/lock``): one process changes the cache at a time.
+
+        The lock is advisory and per open file: it coordinates processes on one machine (``flock`` on a network file
+        system may not). It is released when the block ends, or by the kernel if the process dies.
+        """
+        import fcntl  # POSIX only, as the sandbox that uses the cache
+
+        try:
+            fd = os.open(self.directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise RemoteError(f"remote cache {self.directory}: cannot open its lock file: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing the only descriptor releases the lock
 
     # --- layout -----------------------------------------------------------------------------------------
 
@@ -142,33 +164,54 @@ class RemoteCache:
     # --- reuse ------------------------------------------------------------------------------------------
 
     def _reuse(self, key: str, item: RemoteFile) -> CachedCopy | None:
+        """The cached copy of this pinned version, re-hashed; ``None`` when there is none (or it was damaged).
+
+        The copy is hashed outside the lock (it may be large) through a descriptor opened under it, so what was
+        hashed is the inode the index named; the verdict is applied under the lock again, and only to that inode.
+        """
         index = self.directory / "pins" / f"{key}.json"
-        try:
-            sha256 = str(json.loads(index.read_text(encoding="utf-8"))["sha256"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+        with self.locked():
+            try:
+                sha256 = str(json.loads(index.read_text(encoding="utf-8"))["sha256"])
+                handle = open(self._blob(sha256), "rb")  # closed below, after hashing
+            except (OSError, ValueError, KeyError, TypeError):
+                return None
+            os.utime(handle.fileno())  # most recently used: an eviction meanwhile prefers other copies
+        with handle:
+            inode = os.fstat(handle.fileno()).st_ino
+            digest, size = _hash_stream(handle)
         blob = self._blob(sha256)
-        try:
-            digest, size = _hash_file(blob)
-        except OSError:
-            return None
-        if digest != sha256 or size != item.size:  # damaged or replaced: drop it and download again
-            blob.unlink(missing_ok=True)
-            index.unlink(missing_ok=True)
-            return None
-        os.utime(blob)  # most recently used
+        with self.locked():
+            current = _inode(blob)
+            if digest != sha256 or size != item.size:  # damaged or replaced: drop it and download again
+                if current == inode:
+                    blob.unlink(missing_ok=True)
+                    self._drop_index(index, sha256)
+                return None
+            if current != inode:  # evicted (or replaced) while it was hashed
+                return None
         return CachedCopy(blob, sha256, size, downloaded=False)
 
     def _write_index(self, key: str, item: RemoteFile, copy: CachedCopy) -> None:
         doc = {"url": item.display, "pins": item.pins, "size": copy.size, "sha256": copy.sha256}
         _atomic_write(self.directory / "pins" / f"{key}.json", json.dumps(doc, sort_keys=True).encode(), self.directory)
 
+    @staticmethod
+    def _drop_index(index: Path, sha256: str) -> None:
+        """Remove ``index`` if it still names ``sha256`` (another process may have re-pointed it)."""
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            if json.loads(index.read_text(encoding="utf-8"))["sha256"] == sha256:
+                index.unlink(missing_ok=True)
+
     # --- download ---------------------------------------------------------------------------------------
 
-    def _download(self, item: RemoteFile) -> CachedCopy:
+    def _download(self, item: RemoteFile, key: str | None) -> CachedCopy:
+        """Download ``item`` into ``tmp/`` (no lock held), then commit it under the lock (evict, rename, index)."""
         _check_pins(item, "before the download")
-        self._evict(item.size)
+        with self.locked():  # room before the download too, so one process alone never holds more than the bound
+            self._evict(item.size)
         fd, tmp = tempfile.mkstemp(dir=self.directory / "tmp", prefix="dl-")
+        committed = False
         try:
             digest = hashlib.sha256()
             with os.fdopen(fd, "wb") as out:
@@ -186,14 +229,24 @@ class RemoteCache:
                     f"{item.display}: downloaded bytes have sha256 {sha256}, the store declares {declared}"
                 )
             os.chmod(tmp, 0o600)
-            os.replace(tmp, self._blob(sha256))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return CachedCopy(self._blob(sha256), sha256, item.size, downloaded=True)
+            blob = self._blob(sha256)
+            with self.locked():
+                if _inode(blob) is None:  # else the same bytes were committed meanwhile: no room to make
+                    self._evict(item.size)  # other processes may have committed copies while this one downloaded
+                os.replace(tmp, blob)  # verified bytes; also heals a copy damaged since another process committed it
+                committed = True
+                if key is not None:
+                    self._write_index(key, item, CachedCopy(blob, sha256, item.size, downloaded=True))
+        finally:
+            if not committed:  # a failed download: no partial file stays
+                Path(tmp).unlink(missing_ok=True)
+        return CachedCopy(blob, sha256, item.size, downloaded=True)
 
     def _evict(self, incoming: int) -> None:
-        """Drop least recently used copies (and their index entries) until ``incoming`` more bytes fit."""
+        """Drop least recently used copies (and their index entries) until ``incoming`` more bytes fit.
+
+        Called with the lock held.
+        """
         blobs = sorted(self._blobs(), key=lambda b: b[2])
         total = sum(size for _, size, _ in blobs)
         dropped: set[str] = set()
@@ -262,14 +315,20 @@ def _check_pins(item: RemoteFile, when: str) -> None:
         raise RemoteError(f"{changed} ({when})")
 
 
-def _hash_file(path: Path) -> tuple[str, int]:
+def _hash_stream(fh: BinaryIO) -> tuple[str, int]:
     digest = hashlib.sha256()
     size = 0
-    with open(path, "rb") as fh:
-        while block := fh.read(1024 * 1024):
-            digest.update(block)
-            size += len(block)
+    while block := fh.read(1024 * 1024):
+        digest.update(block)
+        size += len(block)
     return digest.hexdigest(), size
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return None
 
 
 def _atomic_write(path: Path, data: bytes, root: Path) -> None:

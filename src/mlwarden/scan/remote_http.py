@@ -12,10 +12,22 @@ from __future__ import annotations
 import os
 import re
 import time
-from typing import Any
-from urllib.parse import quote, urljoin, urlsplit, urlunsplit
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 
-from mlwarden.scan.remote import MAX_FILES, MAX_REDIRECTS, RETRIES, TIMEOUT, RemoteError, RemoteFile, redact
+from mlwarden.scan.remote import (
+    MAX_FILES,
+    MAX_REDIRECTS,
+    RETRIES,
+    TIMEOUT,
+    RemoteError,
+    RemoteFile,
+    RemoteNotFoundError,
+    redact,
+)
+
+if TYPE_CHECKING:
+    from mlwarden.scan.remote_folder import Listing
 
 _RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
@@ -79,7 +91,7 @@ def _check(resp: Any, display: str) -> None:
     if resp.status_code in (401, 403):
         raise RemoteError(f"{display}: access refused (HTTP {resp.status_code}); check the credentials")
     if resp.status_code == 404:
-        raise RemoteError(f"{display}: no such object (HTTP 404)")
+        raise RemoteNotFoundError(f"{display}: no such object (HTTP 404)")
     if resp.status_code == 412:
         raise RemoteError(f"{display}: object changed during the scan (If-Match failed)")
     if resp.status_code >= 400:
@@ -139,7 +151,10 @@ def _fetcher(client: _Client, display: str, size: int, etag: str | None) -> Any:
 
 
 def http_file(url: str) -> RemoteFile:
-    """An ``http(s)://`` object read with ranged GETs (one URL is one file: no listing over HTTP)."""
+    """An ``http(s)://`` object read with ranged GETs (one URL is one file: no listing over HTTP).
+
+    The names a check asks about beside it are looked up with a HEAD each (:func:`_http_lookups`).
+    """
     display = redact(url)
     client = _Client(url, {"Accept-Encoding": "identity"}, any_host=False)
     size, pins = _metadata(client, display)
@@ -149,7 +164,28 @@ def http_file(url: str) -> RemoteFile:
         changed = [k for k in ("etag", "last_modified") if pins.get(k) != now.get(k)]
         return f"{display}: object changed during the scan ({', '.join(changed)})" if changed else None
 
-    return RemoteFile(display, size, _fetcher(client, display, size, pins.get("etag")), pins, verify)
+    item = RemoteFile(display, size, _fetcher(client, display, size, pins.get("etag")), pins, verify)
+    item.listing, item.key = _http_lookups(url), unquote(urlsplit(url).path).lstrip("/")
+    return item
+
+
+def _http_lookups(url: str) -> Listing:
+    """Names beside an HTTP object, each looked up with a HEAD on the same host and credentials.
+
+    The sibling's URL is the object's with the path replaced and no query: a presigned URL's signature covers one
+    object only, so a sibling of a presigned URL is refused (and the scan of the file is an error, not clean).
+    """
+    from mlwarden.scan.remote_folder import Listing
+
+    parts = urlsplit(url)
+
+    def lookup(key: str) -> RemoteFile | None:
+        try:
+            return http_file(urlunsplit((parts.scheme, parts.netloc, quote("/" + key), "", "")))
+        except RemoteNotFoundError:
+            return None
+
+    return Listing(None, lookup)
 
 
 def _endpoint() -> str:
@@ -192,20 +228,32 @@ def hf_files(url: str) -> list[RemoteFile]:
     if len(siblings) > MAX_FILES:
         raise RemoteError(f"hf://{repo}: {len(siblings)} files, more than {MAX_FILES}; name a path in it")
     headers = {"Accept-Encoding": "identity", **({"Authorization": f"Bearer {token}"} if token else {})}
-    out = []
-    for s in sorted(siblings, key=lambda s: s.rfilename):
-        display = f"hf://{repo}@{commit}/{s.rfilename}"
-        client = _Client(f"{endpoint}/{repo}/resolve/{commit}/{quote(s.rfilename)}", headers, any_host=True)
-        size = s.lfs.size if s.lfs is not None else s.size
-        if size is None:
-            size, _ = _metadata(client, display)
-        pins = {"commit": commit, "revision": revision or "main"}
-        if s.lfs is not None:
-            pins["sha256"] = s.lfs.sha256
-        if s.blob_id:
-            pins["etag"] = s.blob_id
-        out.append(RemoteFile(display, int(size), _fetcher(client, display, int(size), None), pins))
-    return out
+    everything = {s.rfilename: s for s in info.siblings or ()}
+    built: dict[str, RemoteFile] = {}
+
+    def make(name: str) -> RemoteFile | None:
+        s = everything.get(name)
+        if s is None:
+            return None
+        if name not in built:
+            display = f"hf://{repo}@{commit}/{s.rfilename}"
+            client = _Client(f"{endpoint}/{repo}/resolve/{commit}/{quote(s.rfilename)}", headers, any_host=True)
+            size = s.lfs.size if s.lfs is not None else s.size
+            if size is None:
+                size, _ = _metadata(client, display)
+            pins = {"commit": commit, "revision": revision or "main"}
+            if s.lfs is not None:
+                pins["sha256"] = s.lfs.sha256
+            if s.blob_id:
+                pins["etag"] = s.blob_id
+            built[name] = RemoteFile(display, int(size), _fetcher(client, display, int(size), None), pins)
+            built[name].listing, built[name].key = listing, name
+        return built[name]
+
+    from mlwarden.scan.remote_folder import Listing
+
+    listing = Listing(everything, make)  # the whole repository at the commit: checks beside a file cost no request
+    return [f for f in (make(s.rfilename) for s in sorted(siblings, key=lambda s: s.rfilename)) if f is not None]
 
 
 def _status(exc: Any) -> object:

@@ -4,7 +4,8 @@ Neither file is code, but both steer code: ``chat_template`` is a Jinja template
 (litellm CVE-2024-2952 rendered it unsandboxed), and ``auto_map`` names Python modules that
 ``transformers`` imports and runs when a user passes ``trust_remote_code=True`` — from this folder, or
 from *another* repository with the ``"repo--module.Class"`` form. Templates go to the shared template
-analysis; code references are reported with the module they name and whether its file is shipped here.
+analysis; code references are reported with the module they name and whether its file is shipped here (in the
+folder on disk, or in the listing of the remote repository or prefix the file was read from).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import re
 from typing import TYPE_CHECKING, Any
 
+from mlwarden.artifacts.folder import file_folder
 from mlwarden.artifacts.sniff import Format
 from mlwarden.core.findings import Confidence, Severity, rule
 from mlwarden.scan.static.base import Handler
@@ -82,6 +84,7 @@ def _references(value: Any) -> list[str]:
 
 
 def _describe(reference: str, artifact: Artifact) -> tuple[str, dict[str, Any]]:
+    folder = file_folder(artifact)  # on disk, or the listing of a remote prefix / repository
     repo, _, local = reference.rpartition("--")
     module, _, cls = local.rpartition(".")
     facts: dict[str, Any] = {"reference": reference, "module": module or local, "class": cls}
@@ -89,10 +92,12 @@ def _describe(reference: str, artifact: Artifact) -> tuple[str, dict[str, Any]]:
     if repo:
         facts["repository"] = repo
         text += f" fetched from another repository {repo!r}"
-    elif artifact.fs_path is not None and module:
-        present = (artifact.fs_path.parent / f"{module.replace('.', '/')}.py").is_file()
+    elif folder is not None and module:
+        present = folder.is_file(f"{module.replace('.', '/')}.py")
         facts["file_present"] = present
-        text += f" ({module}.py {'present' if present else 'NOT present'} beside {artifact.fs_path.name})"
+        url = artifact.chain[0].split("?", 1)[0]  # a remote file's display URL (its query is redacted)
+        name = artifact.fs_path.name if artifact.fs_path is not None else url.rsplit("/", 1)[-1]
+        text += f" ({module}.py {'present' if present else 'NOT present'} beside {name})"
     if module and not all(_IDENTIFIER.match(p) for p in module.split(".")):
         facts["suspicious_module_name"] = True
         text += " [module name is not a Python identifier]"

@@ -29,18 +29,17 @@ why the INFO finding lists the op types.
 
 The graph is walked with :mod:`mlwarden.artifacts.protobuf`: tensor payloads are skipped by seeking,
 subgraphs (``If``/``Loop``/``Scan`` bodies, function bodies, training graphs) are followed to a bounded
-depth, and any malformed structure is a finding.
+depth, and any malformed structure is a finding. External data locations are checked against the model's
+:class:`~mlwarden.artifacts.folder.Folder`: the folder on disk, or the listing of a remote prefix or repository
+(existence only: the data itself is never read).
 """
 
 from __future__ import annotations
 
-import os
-import re
-import stat
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from mlwarden.artifacts.artifact import Artifact
+from mlwarden.artifacts.folder import file_folder, relative_path_problem
 from mlwarden.artifacts.protobuf import VARINT, ProtobufError, WireField, WireReader, expect, open_seekable
 from mlwarden.artifacts.sniff import Format
 from mlwarden.core.errors import LimitExceeded
@@ -231,37 +230,6 @@ class _Walker:
             self.s.external.setdefault(location, []).append((name, f.offset))
 
 
-def relative_path_problem(location: str) -> str | None:
-    """Why a relative file reference is unsafe whatever is on disk (absolute, `..`, NUL), or ``None``."""
-    if location.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", location):
-        return "absolute path"
-    if "\x00" in location:
-        return "NUL byte in path"
-    if ".." in re.split(r"[\\/]+", location):
-        return "'..' component"
-    return None
-
-
-def disk_problem(base: Path, location: str) -> tuple[str, bool] | None:
-    """``(problem, is_traversal)`` for a lexically clean location checked against the model's folder."""
-    target = base / location
-    try:
-        base_real = base.resolve()
-        real = target.resolve()
-        if real != base_real and base_real not in real.parents:
-            return f"resolves outside the model folder to {real}", True
-        st = os.lstat(target)
-    except FileNotFoundError:
-        return "file not found beside the model", False
-    except (OSError, RuntimeError) as exc:
-        return f"cannot be examined: {exc}", True
-    if stat.S_ISLNK(st.st_mode):
-        return f"is a symlink to {os.readlink(target)}", True
-    if not stat.S_ISREG(st.st_mode):
-        return "is not a regular file (device, FIFO, socket or directory)", True
-    return None
-
-
 def _examples(items: list[tuple[str, int]]) -> list[str]:
     return [name or "<unnamed>" for name, _ in items[:_EXAMPLES]]
 
@@ -317,7 +285,7 @@ class OnnxHandler(Handler):
                     count=count,
                 )
             )
-        base = artifact.fs_path.parent if artifact.fs_path is not None else None
+        folder = file_folder(artifact)  # on disk, or the listing of a remote prefix / repository
         for location, tensors in sorted(s.external.items()):
             where = artifact.location(tensors[0][1])
             evidence = f"external data location {location!r} of tensor(s) {', '.join(_examples(tensors))}"
@@ -329,9 +297,9 @@ class OnnxHandler(Handler):
                     )
                 )
                 continue
-            if base is None:
+            if folder is None:
                 continue
-            found = disk_problem(base, location)
+            found = folder.problem(location)
             if found is None:
                 continue
             problem, traversal = found

@@ -18,7 +18,8 @@ Constructing the wrapper is harmless (the classes are allowlisted); at every BUI
 * a state the scanner cannot read (computed, truncated, or setting attributes the wrapper does not have, which
   would shadow ``read`` itself) — MEDIUM.
 
-Siblings resolve against the folder of the file on disk, also through compression layers (``model.pkl.z``): joblib
+Siblings resolve against the folder of the file (:mod:`mlwarden.artifacts.folder`: on disk, or the listing of the
+remote prefix or repository it was read from), also through compression layers (``model.pkl.z``): joblib
 decompresses in memory and keeps the path. A pickle inside an archive or embedded in another pickle has no folder
 joblib would use, so only the name is checked. Pickles inside a sibling are loaded by numpy's plain unpickler, which
 never calls ``read()``: wrappers there are not followed (no loops between files).
@@ -26,13 +27,11 @@ never calls ``read()``: wrappers there are not followed (no loops between files)
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
 
-from mlwarden.artifacts.artifact import HEAD_SIZE, Artifact
+from mlwarden.artifacts.folder import layer_folder, relative_path_problem
 from mlwarden.core.findings import Severity, rule
-from mlwarden.scan.static.onnx import disk_problem, relative_path_problem
 from mlwarden.scan.static.pickle.emulator import Call, Container, Global, render
 
 if TYPE_CHECKING:
@@ -114,14 +113,14 @@ def check(analyzer: PickleAnalyzer, target: Any, state: Any, pos: int) -> None:
     if lexical is not None:
         analyzer.extra.append(TRAVERSAL.finding(where, f"{cls} loads {name!r}: {lexical}", filename=name))
         return
-    folder = _folder(artifact)
+    folder = layer_folder(artifact)  # the folder on disk, or the listing of a remote prefix / repository
     if folder is None:
         return
     seen = _SEEN.setdefault(analyzer, set())
     if name in seen:
         return
     seen.add(name)
-    found = disk_problem(folder, name)
+    found = folder.problem(name)
     if found is not None:
         text, traversal = found
         target_rule = TRAVERSAL if traversal else MISSING
@@ -129,18 +128,7 @@ def check(analyzer: PickleAnalyzer, target: Any, state: Any, pos: int) -> None:
         return
     if cls.endswith(".ZNDArrayWrapper"):
         return  # raw array bytes handed to ndarray.__setstate__: never unpickled, nothing more to analyse
-    path = folder / name
-    with path.open("rb") as fh:
-        head = fh.read(HEAD_SIZE)
-    sibling = Artifact(
-        chain=(*artifact.chain, f"{_SIBLING}{name}>"),
-        size=path.stat().st_size,
-        opener=lambda: path.open("rb"),
-        head=head,
-        fs_path=path,
-        depth=artifact.depth + 1,
-    )
-    ctx.descend(sibling)
+    ctx.descend(folder.open(name, (*artifact.chain, f"{_SIBLING}{name}>"), artifact.depth + 1))
 
 
 def _filename(cls: str, target: Call, state: Any) -> tuple[str | None, str | None]:
@@ -165,17 +153,6 @@ def _filename(cls: str, target: Call, state: Any) -> tuple[str | None, str | Non
         return None, "no literal file name"
     extra = sorted(set(fields) - WRAPPERS[cls])
     return name, (f"state sets attributes {extra} the wrapper does not have" if extra else None)
-
-
-def _folder(artifact: Artifact) -> Path | None:
-    """The folder joblib resolves names against: the file on disk, seen through compression layers only."""
-    if artifact.fs_path is not None:
-        return artifact.fs_path.parent
-    layers = artifact.chain[1:]
-    if layers and all(part.startswith("<") and part.endswith(">") and " " not in part for part in layers):
-        path = Path(artifact.chain[0])
-        return path.parent if path.is_file() else None
-    return None
 
 
 __all__ = ["MISSING", "TRAVERSAL", "UNCHECKABLE", "WRAPPERS", "check", "wrapper_class"]
