@@ -238,6 +238,31 @@ def test_remote_object_over_max_file_size_is_a_finding_and_never_downloaded(
     assert cache.total_bytes() == 0
 
 
+@needs_sandbox
+def test_dynamic_downloads_only_what_a_loader_would_run(tmp_path: Path) -> None:
+    """``--dynamic`` over a repository: a README and a config are scanned in place and never downloaded (no
+    loader runs them); a pickle is (which of pickle, joblib or torch loads it needs its bytes)."""
+    files = {
+        "/m/README.md": b"# a model card\n" * 200,
+        "/m/config.json": json.dumps({"model_type": "bert", "hidden_size": 8}).encode(),
+        "/m/model.pkl": pickle.dumps({"weights": [0.5] * 16}, protocol=4),
+    }
+    srv = RangeServer(files=files).start()
+    try:
+        cache = RemoteCache(tmp_path / "cache")
+        report = scan_paths([f"{srv.url}{p}" for p in files], modes=("static", "dynamic"), cache=cache)
+        by_name = {r.path.rsplit("/", 1)[1]: r for r in report.files}
+        assert by_name["README.md"].remote is not None
+        assert by_name["README.md"].remote.cached_sha256 is None
+        assert by_name["config.json"].remote is not None
+        assert by_name["config.json"].remote.cached_sha256 is None
+        assert by_name["model.pkl"].remote is not None
+        assert by_name["model.pkl"].remote.cached_sha256 == hashlib.sha256(files["/m/model.pkl"]).hexdigest()
+        assert cache.total_bytes() == len(files["/m/model.pkl"])
+    finally:
+        srv.stop()
+
+
 # --- mlwarden.load(URL) ------------------------------------------------------------------------------------------
 
 

@@ -177,7 +177,7 @@ def scan_remote(
             changed = item.verify() if item.verify is not None else None
             if changed is not None:
                 raise RemoteError(changed)
-            if "dynamic" in modes:
+            if "dynamic" in modes and _may_run(ctx):  # what no loader runs is not downloaded (README, config)
                 from mlwarden.scan.remote_cache import RemoteCache
 
                 copy = (cache or RemoteCache()).fetch(item, policy.limits.max_file_size)
@@ -204,6 +204,12 @@ def scan_remote(
         timeline=timeline,
         remote=item.provenance(reader, cached),
     )
+
+
+def _may_run(ctx: ScanContext) -> bool:
+    from mlwarden.scan.dynamic.engine import may_run
+
+    return may_run(ctx.formats)
 
 
 def _dynamic(

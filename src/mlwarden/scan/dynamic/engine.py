@@ -158,6 +158,16 @@ class DynamicResult:
     seconds: float = 0.0
 
 
+def may_run(formats: list[tuple[tuple[str, ...], Format]]) -> bool:
+    """Whether :func:`choose_framework` can pick a loader for a file with these layers, without reading the file.
+
+    A remote object is downloaded for the sandbox only when this holds (a README or a config never runs).
+    """
+    if formats and formats[0][1] is Format.PICKLE:  # pickle, joblib or legacy torch: which one needs the bytes
+        return True
+    return choose_framework(Path(), formats) is not None
+
+
 def choose_framework(path: Path, formats: list[tuple[tuple[str, ...], Format]]) -> str | None:
     """The framework that loads this file, from the static scan's view of its layers (None: no loader runs it)."""
     if not formats:
