@@ -14,7 +14,9 @@ Both servers are uvicorn processes on 127.0.0.1 with one worker, serving the sam
 The load generator is open-loop (requests are sent on a fixed schedule whatever the answers, so a slow server
 shows up as latency, not as a lower rate), one row per request, on asyncio with a bounded pool of keep-alive
 connections and a minimal HTTP/1.1 writer (see ``_Connection``). Server
-memory (RSS from /proc) is sampled every second. Runs alternate bare/guard for ``--rounds`` rounds of
+memory (RSS from /proc) is sampled every second; ``cpu_us_per_request`` is the CPU time (user + system, from
+/proc) of the server process per answered request, and of the processes below it (the guard's monitor process).
+Runs alternate bare/guard for ``--rounds`` rounds of
 ``--duration`` seconds each so that machine noise hits both alike.
 
 With ``--wrk`` (or ``--wrk-only``) the same run also measures saturation throughput with wrk (``_wrk.py``):
@@ -136,6 +138,28 @@ class Server:
         return 0
 
 
+def cpu_split(pid: int) -> tuple[float, float]:
+    """CPU seconds (user + system) of ``pid`` itself and of every live process below it (the guard's monitor
+    process, the workers of ``--workers N``); 0 for a process that is gone."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    times: dict[int, float] = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+        times[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    below, todo = 0.0, list(children.get(pid, ()))
+    while todo:
+        current = todo.pop()
+        below += times.get(current, 0.0)
+        todo.extend(children.get(current, ()))
+    return times.get(pid, 0.0), below
+
+
 def start(name: str, argv: list[str], env: dict[str, str], port: int) -> Server:
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
@@ -248,11 +272,18 @@ def run(server: Server, tokens: list[str], rate: float, duration: float, rows: n
     stop = threading.Event()
     watcher = threading.Thread(target=_watch, args=(server, stop), daemon=True)
     watcher.start()
+    own, below = cpu_split(server.proc.pid)
     try:
         result = asyncio.run(load(server, tokens, rate, duration, rows))
     finally:
         stop.set()
         watcher.join()
+    own_after, below_after = cpu_split(server.proc.pid)
+    answered = max(1, result["answered"])
+    result["cpu_us_per_request"] = {  # the server process; the processes below it (the guard's monitor process)
+        "server": round((own_after - own) / answered * 1e6, 1),
+        "children": round((below_after - below) / answered * 1e6, 1),
+    }
     return result
 
 
@@ -397,7 +428,14 @@ def saturate(
                 raise RuntimeError(f"{name}: no server")
             try:
                 _wrk.run(server.url, lua, duration=3, connections=args.wrk_connections)  # warm-up, not measured
+                own, below = cpu_split(server.proc.pid)
                 runs[name] = _wrk.run(server.url, lua, duration=args.wrk_duration, connections=args.wrk_connections)
+                own_after, below_after = cpu_split(server.proc.pid)
+                served = max(1, runs[name]["requests"])
+                runs[name]["cpu_us_per_request"] = {
+                    "server": round((own_after - own) / served * 1e6, 1),
+                    "children": round((below_after - below) / served * 1e6, 1),
+                }
                 print(f"wrk {name:>22}: {json.dumps(runs[name])}", flush=True)
             finally:
                 if started is not None:
@@ -420,6 +458,7 @@ def saturate(
             "throughput_target_guard_vs_bare": 0.8,
             "errors": {n: r["non_2xx"] + r["socket_errors"] for n, r in runs.items()},
             "p99_ms_at_saturation": {n: r["p99_ms"] for n, r in runs.items()},
+            "cpu_us_per_request": {n: r["cpu_us_per_request"] for n, r in runs.items()},
         },
     }
 

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -78,6 +79,7 @@ def test_two_workers_share_one_port_and_one_clients_limit(world: World, tmp_path
                 )
             codes.append(answer.status_code)
         per_worker = [_answered(httpx.get(f"http://127.0.0.1:{metrics_port + i}/metrics").text) for i in range(2)]
+        states = _monitor_states(port, carol, expect_requests=8)
     finally:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
@@ -90,6 +92,59 @@ def test_two_workers_share_one_port_and_one_clients_limit(world: World, tmp_path
     assert proc.returncode == 0, err.decode()
     assert "Traceback" not in err.decode()
     assert err.decode().count("serving fraud:1") == 2
+    # one monitor process for both workers: it saw every decision, whichever worker made it
+    assert {s["monitor_process"]["pid"] for s in states} == {states[0]["monitor_process"]["pid"]}
+    assert states[0]["monitor_process"]["request_processes"] == 2
+    events = [e for e in world.registry.audit().entries() if e.action == "guard.predict"]
+    assert len(events) == 20  # written by the monitor process, none lost when the service stopped
+    assert sum(e.allowed for e in events) == 8
+
+
+def _monitor_states(port: int, token: str, expect_requests: int) -> list[dict]:  # type: ignore[type-arg]
+    """The monitor state as several connections (so both workers) report it, once it counted ``expect_requests``."""
+    deadline = time.monotonic() + 30
+    while True:
+        states = []
+        for _ in range(6):
+            with httpx.Client(timeout=10) as fresh:
+                states.append(
+                    fresh.get(
+                        f"http://127.0.0.1:{port}/v1/models/fraud/monitor", headers={"Authorization": f"Bearer {token}"}
+                    ).json()
+                )
+        if all(s.get("requests") == expect_requests for s in states):
+            return states
+        assert time.monotonic() < deadline, states
+        time.sleep(0.2)
+
+
+def test_workers_stop_when_their_monitor_process_dies(world: World, tmp_path: Path) -> None:
+    """The shared monitor process holds the audit trail: when it is killed the service stops, with an error."""
+    redis = RedisServer()
+    world.release("fraud", train_sklearn(tmp_path / "fraud.joblib", seed=1))
+    carol = world.user("carol", "viewer")
+    port, metrics_port = _free_port(), _free_pair()
+    while port in (metrics_port, metrics_port + 1):
+        port = _free_port()
+    env = {**os.environ, "MLWARDEN_TOKEN": world.tokens["dave"]}
+    env.pop("MLWARDEN_METRICS_TOKEN", None)
+    argv = [sys.executable, "-c", DRIVER, "serve", "--model", "fraud@production", "--port", str(port)]
+    argv += ["--workers", "2", "--redis", redis.url, "--metrics-port", str(metrics_port)]
+    proc = subprocess.Popen([*argv, *_registry_args(world)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for i in range(2):
+            _wait_healthy(proc, f"http://127.0.0.1:{metrics_port + i}/metrics")
+        (state, *_) = _monitor_states(port, carol, expect_requests=0)
+        os.kill(state["monitor_process"]["pid"], signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        redis.stop()
+    assert proc.returncode != 0
+    assert "the monitor process exited" in err.decode()
+    assert "Traceback" not in err.decode()
 
 
 @pytest.mark.parametrize(

@@ -39,11 +39,35 @@ class Script:
     hang_s: float = 0.0  # wait this long before answering
     usage: bool = True
     break_after: int | None = None  # drop the connection after this many streamed pieces
+    tool_args: str | None = None  # answer with a tool call with these arguments (streamed: in ``chunks``)
+    logprobs: bool = False  # add logprobs: the text in tokens of 3 characters
     requests: list[dict[str, Any]] = field(default_factory=list)
 
     def pieces(self) -> list[str]:
         """The streamed pieces."""
         return self.chunks if self.chunks is not None else [self.reply[i : i + 8] for i in range(0, len(self.reply), 8)]
+
+
+def logprob_entries(text: str) -> list[dict[str, Any]]:
+    """``logprobs.content`` for ``text``: tokens of 3 characters, each with itself as the only alternative."""
+    tokens = [text[i : i + 3] for i in range(0, len(text), 3)]
+    return [
+        {
+            "token": t,
+            "logprob": -0.5,
+            "bytes": list(t.encode()),
+            "top_logprobs": [{"token": t, "logprob": -0.5, "bytes": list(t.encode())}],
+        }
+        for t in tokens
+    ]
+
+
+def _tool_call(arguments: str, first: bool) -> dict[str, Any]:
+    call: dict[str, Any] = {"index": 0, "function": {"arguments": arguments}}
+    if first:
+        call |= {"id": "call_1", "type": "function"}
+        call["function"]["name"] = "send_mail"
+    return call
 
 
 def _usage() -> dict[str, int]:
@@ -64,12 +88,17 @@ async def _stream(script: Script, body: dict[str, Any], chat: bool) -> AsyncIter
     with_usage = bool((body.get("stream_options") or {}).get("include_usage")) and script.usage
     extra = {"usage": None} if with_usage else {}
 
-    def chunk(text: str | None, finish: str | None = None) -> bytes:
-        if chat:
-            delta: dict[str, Any] = {} if text is None else {"content": text}
+    def chunk(text: str | None, finish: str | None = None, first: bool = False) -> bytes:
+        if chat and script.tool_args is not None:
+            delta: dict[str, Any] = {} if text is None else {"tool_calls": [_tool_call(text, first)]}
             choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
+        elif chat:
+            delta = {} if text is None else {"content": text}
+            choice = {"index": 0, "delta": delta, "finish_reason": finish}
         else:
             choice = {"index": 0, "text": text or "", "finish_reason": finish}
+        if script.logprobs and text is not None and script.tool_args is None:
+            choice["logprobs"] = {"content": logprob_entries(text), "refusal": None}
         return b"data: " + json.dumps(base | {"choices": [choice]} | extra).encode() + b"\n\n"
 
     if chat:
@@ -82,13 +111,16 @@ async def _stream(script: Script, body: dict[str, Any], chat: bool) -> AsyncIter
             ).encode()
             + b"\n\n"
         )
-    for i, piece in enumerate(script.pieces()):
+    pieces = script.pieces()
+    if script.tool_args is not None:
+        pieces = script.chunks or [script.tool_args]
+    for i, piece in enumerate(pieces):
         if script.break_after is not None and i == script.break_after:
             raise ConnectionAbortedError("the upstream test server drops the stream")  # uvicorn cuts the body
         if script.delay_s:
             await asyncio.sleep(script.delay_s)
-        yield chunk(piece)
-    yield chunk(None, "stop")
+        yield chunk(piece, first=i == 0)
+    yield chunk(None, "tool_calls" if script.tool_args is not None else "stop")
     if with_usage:
         yield b"data: " + json.dumps(base | {"choices": [], "usage": _usage()}).encode() + b"\n\n"
     yield b"data: [DONE]\n\n"
@@ -120,12 +152,19 @@ def upstream_app(script: Script) -> Starlette:
         chat = path.endswith("/chat/completions")
         if body.get("stream"):
             return StreamingResponse(_stream(script, body, chat), media_type="text/event-stream")
-        if chat:
-            choice: dict[str, Any] = {
+        if chat and script.tool_args is not None:
+            call = _tool_call(script.tool_args, True)
+            del call["index"]
+            tool_message: dict[str, Any] = {"role": "assistant", "content": None, "tool_calls": [call]}
+            choice: dict[str, Any] = {"index": 0, "message": tool_message, "finish_reason": "tool_calls"}
+        elif chat:
+            choice = {
                 "index": 0,
                 "message": {"role": "assistant", "content": script.reply},
                 "finish_reason": "stop",
             }
+            if script.logprobs:
+                choice["logprobs"] = {"content": logprob_entries(script.reply), "refusal": None}
         else:
             choice = {"index": 0, "text": script.reply, "finish_reason": "stop"}
         doc = {

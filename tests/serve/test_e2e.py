@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import httpx
 import numpy as np
@@ -185,14 +186,17 @@ def webhook() -> Iterator[tuple[str, list[dict]]]:  # type: ignore[type-arg]
         thread.join(5)
 
 
+@pytest.mark.parametrize("monitor", ["thread", "process"])
 def test_drift_raises_an_alert_and_the_playbook_rolls_back_without_downtime(
     world: World,
     tmp_path: Path,
     webhook: tuple[str, list[dict]],  # type: ignore[type-arg]
+    monitor: Literal["thread", "process"],
 ) -> None:
     """A stream shifted by 1 sigma on every feature, mixed with a second client's normal traffic: the drift alert
     fires, the playbook writes a signed forensics bundle, quarantines v2, rolls production back to v1 (kept warm),
-    calls the webhook; the second client, hammering the service meanwhile, gets only 200s."""
+    calls the webhook; the second client, hammering the service meanwhile, gets only 200s. With the monitor in a
+    process of its own, the playbook acts through the registry and the request process swaps when told to."""
     from cryptography.hazmat.primitives.asymmetric import ec
 
     hook_url, received = webhook
@@ -228,7 +232,11 @@ def test_drift_raises_an_alert_and_the_playbook_rolls_back_without_downtime(
         }
     )
     options = ServiceOptions(
-        forensics_dir=tmp_path / "forensics", signer=signer, history_dir=tmp_path / "history", tick_s=0.05
+        forensics_dir=tmp_path / "forensics",
+        signer=signer,
+        history_dir=tmp_path / "history",
+        tick_s=0.05,
+        monitor=monitor,
     )
     statuses: list[int] = []
     stop = threading.Event()

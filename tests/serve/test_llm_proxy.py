@@ -124,7 +124,7 @@ def live(
         finally:
             server.should_exit = True
             thread.join(timeout=20)
-            service.auditor.close()
+            service.shutdown()
 
 
 def _ask(client: openai.OpenAI, text: str, **kw: Any) -> Any:
@@ -140,7 +140,7 @@ def test_non_streamed_answer_is_masked_and_charged_from_usage(world: World) -> N
         answer = _ask(p.client(world.tokens["carol"]), "How do I pay?")
         content = answer.choices[0].message.content
         assert content == "Write to [REDACTED:email] and pay with [REDACTED:credit_card]. Thanks!"
-        assert p.service.budgets.check("carol").tokens >= PROMPT_TOKENS + COMPLETION_TOKENS  # from usage
+        assert p.service.budgets.used("carol").tokens >= PROMPT_TOKENS + COMPLETION_TOKENS  # from usage
         record = p.audit(world)[-1]
         assert record.action == "proxy.allow"
         assert record.details["usage"]["estimated"] is False

@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from mlwarden.cli import serve_scale
 from mlwarden.cli.api_cmd import _database_url, _is_loopback, _port, warn_if_plain_http
@@ -49,6 +50,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     serve.add_argument("--signing-key", metavar="KEY", help="ECDSA private key (PEM) signing forensics bundles")
     serve.add_argument("--dynamic", action="store_true", help="also run the sandboxed dynamic analysis on load")
     serve.add_argument("--poll", type=float, default=5.0, metavar="S", help="registry poll period (default: 5)")
+    serve.add_argument(
+        "--monitor",
+        choices=("process", "thread"),
+        default="process",
+        help="run audit writes, drift tests, control charts and playbooks in a monitor process of their own "
+        "(default), or in a thread of the request process (docs/guard.md)",
+    )
     serve.add_argument(
         "--metrics-port",
         type=_port,
@@ -101,19 +109,17 @@ def run_serve(args: argparse.Namespace) -> int:
         from mlwarden.serve import server
         from mlwarden.serve.app import check_metrics_token, create_guard_app, create_metrics_app
         from mlwarden.serve.policy import load_guard_policy
-        from mlwarden.serve.service import GuardService, ServiceOptions
+        from mlwarden.serve.service import GuardService
     except ImportError as exc:
         raise UsageError(
             f"mlwarden serve needs the server and guard extras: pip install 'mlwarden[server,guard]' ({exc})"
         ) from None
-    from mlwarden.registry.service import Registry
 
     if bool(args.tls_cert) != bool(args.tls_key):
         raise UsageError("--tls-cert and --tls-key go together")
     if bool(args.model) == bool(getattr(args, "upstream", None)):
         raise UsageError("give --model (a registry version) or --upstream (an LLM API), exactly one")
     if args.upstream:
-        serve_scale.refuse_workers_for_proxy(args)
         return run_proxy(args)
     if args.poll <= 0:
         raise UsageError("--poll must be a positive number of seconds")
@@ -128,22 +134,11 @@ def run_serve(args: argparse.Namespace) -> int:
         )
     policy = load_guard_policy(args.policy)
     redis_url = serve_scale.redis_url(args, policy)
-    supervised = serve_scale.supervise_workers(args, redis_url, run_serve)  # --workers N: N processes
+    shared = _SharedMonitor(args, policy, redis_url) if args.monitor == "process" else None
+    supervised = serve_scale.supervise_workers(args, redis_url, run_serve, shared)  # --workers N: N processes
     if supervised is not None:
         return supervised
-    signer = _signer(args.signing_key)
-    token = read_token(args)
-    home = Path(args.home) if args.home else None
-    registry = Registry.open(_database_url(args.db, home), home=home, gates=args.gates, upgrade=False)
-    actor = registry.authenticate(token.strip())
-    options = ServiceOptions(
-        history_dir=Path(args.history_dir) if args.history_dir else None,
-        forensics_dir=Path(args.forensics_dir),
-        signer=signer,
-        dynamic=args.dynamic,
-        poll_s=args.poll,
-        redis_url=redis_url,
-    )
+    registry, actor, options = _open_service(args, redis_url)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     service = GuardService(registry, actor, args.model, policy, options)
     # Everything loaded so far (frameworks, the model) lives as long as the process: move it out of the garbage
@@ -176,6 +171,52 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_service(args: argparse.Namespace, redis_url: str | None) -> tuple[Any, Any, Any]:
+    """The registry, the service's principal (from its token) and the service options of ``mlwarden serve``."""
+    from mlwarden.registry.service import Registry
+    from mlwarden.serve.service import ServiceOptions
+
+    signer = _signer(args.signing_key)
+    token = read_token(args)
+    home = Path(args.home) if args.home else None
+    registry = Registry.open(_database_url(args.db, home), home=home, gates=args.gates, upgrade=False)
+    try:
+        actor = registry.authenticate(token.strip())
+    except BaseException:
+        registry.close()
+        raise
+    options = ServiceOptions(
+        history_dir=Path(args.history_dir) if args.history_dir else None,
+        forensics_dir=Path(args.forensics_dir),
+        signer=signer,
+        dynamic=args.dynamic,
+        poll_s=args.poll,
+        redis_url=redis_url,
+        monitor=args.monitor,
+        log_level=args.log_level.upper(),
+        monitor_conn=getattr(args, "monitor_conn", None),
+    )
+    return registry, actor, options
+
+
+class _SharedMonitor:
+    """Starts the monitor process ``--workers N`` share (in the supervisor, before the workers)."""
+
+    def __init__(self, args: argparse.Namespace, policy: Any, redis_url: str | None) -> None:
+        self.args, self.policy, self.redis_url = args, policy, redis_url
+
+    def __call__(self, workers: int) -> tuple[Any, Any]:
+        from mlwarden.serve.monitor_host import spawn_shared
+        from mlwarden.serve.service import monitor_host_config
+
+        registry, actor, options = _open_service(self.args, self.redis_url)
+        try:
+            config = monitor_host_config(registry, actor, self.args.model, self.policy, options)
+        finally:
+            registry.close()
+        return spawn_shared(config, workers)
+
+
 def run_proxy(args: argparse.Namespace) -> int:
     """``mlwarden serve --upstream URL --api openai``: the guard in front of an OpenAI-compatible API."""
     from mlwarden.registry.service import Registry
@@ -187,20 +228,32 @@ def run_proxy(args: argparse.Namespace) -> int:
     from mlwarden.serve.proxy.upstream import Credential, Upstream
 
     policy = load_guard_policy(args.policy)
+    redis_url = serve_scale.redis_url(args, policy)  # budgets and cut-offs shared by --workers N
+    supervised = serve_scale.supervise_workers(args, redis_url, run_serve)
+    if supervised is not None:
+        return supervised
     credential = Credential.from_sources(args.upstream_key_env, args.upstream_key_file)
     upstream = Upstream(args.upstream, policy.proxy.upstream, credential, fallback=args.fallback_upstream)
     metrics_token = check_metrics_token(args.metrics_token or os.environ.get(METRICS_TOKEN_ENV))
     home = Path(args.home) if args.home else None
     registry = Registry.open(_database_url(args.db, home), home=home, gates=args.gates, upgrade=False)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    service = ProxyService(registry, policy, upstream, name=args.upstream_name)
+    service = ProxyService(
+        registry,
+        policy,
+        upstream,
+        name=args.upstream_name,
+        redis_url=redis_url,
+        signer=_signer(args.signing_key),
+        forensics_dir=Path(args.forensics_dir),
+    )
     warn_if_plain_http(args)
     print(f"mlwarden: proxying {args.api} API on {args.host}:{args.port}", file=sys.stderr, flush=True)
     listen = server.Listen(args.host, args.port, args.tls_cert, args.tls_key, args.log_level)
     config = server.uvicorn_config(create_proxy_app(service, metrics_token=metrics_token), listen, policy.connections)
     try:
-        server.run(config)
+        server.run(config, reuse_port=serve_scale.is_worker(args))
     finally:
-        service.auditor.close()  # the upstream pool goes with the process (its loop is closed by now)
+        service.shutdown()  # the upstream pool goes with the process (its loop is closed by now)
         registry.close()
     return 0

@@ -54,14 +54,16 @@ def is_worker(args: argparse.Namespace) -> bool:
     return getattr(args, "worker_index", None) is not None
 
 
-def refuse_workers_for_proxy(args: argparse.Namespace) -> None:
-    """The LLM proxy runs as one process for now: ``--workers N > 1`` is refused rather than ignored."""
-    if getattr(args, "workers", 1) > 1:
-        raise UsageError("--workers is for --model; the LLM proxy (--upstream) runs as one process")
-
-
-def supervise_workers(args: argparse.Namespace, url: str | None, target: Callable[[Any], int]) -> int | None:
+def supervise_workers(
+    args: argparse.Namespace,
+    url: str | None,
+    target: Callable[[Any], int],
+    monitor: Callable[[int], tuple[Any, Any]] | None = None,
+) -> int | None:
     """Start ``--workers`` processes running ``target`` and supervise them; ``None`` when this is a single process.
+
+    ``monitor(n)``, when given, starts the monitor process the ``n`` workers share (see
+    :func:`mlwarden.serve.workers.supervise`); it runs after the checks, before any worker starts.
 
     Raises:
         UsageError: N > 1 without Redis, without a fixed port, or with metrics ports that clash with ``--port``;
@@ -84,7 +86,7 @@ def supervise_workers(args: argparse.Namespace, url: str | None, target: Callabl
     from mlwarden.serve.workers import supervise
 
     make_state(StateSettings(), 1.0, 1, max_clients=1, redis_url=url).close()  # pings it
-    return supervise(_EachWorker(target), args, n)
+    return supervise(_EachWorker(target), args, n, monitor=monitor(n) if monitor is not None else None)
 
 
 class _EachWorker:  # a class, not a closure, so the spawned process can unpickle it

@@ -20,6 +20,15 @@ Severity = Literal["info", "warning", "critical"]
 SEVERITY_RANK: Mapping[str, int] = {"info": 0, "warning": 1, "critical": 2}
 #: Per-request metrics the monitor keeps (charts and rates).
 METRICS = ("confidence", "latency_ms", "error_rate", "flagged_rate")
+#: Per-request metrics of the LLM proxy's traffic, per route (:mod:`mlwarden.serve.proxy.monitor`).
+PROXY_METRICS = (
+    "refusal_rate",
+    "block_rate",
+    "screen_score",
+    "prompt_chars",
+    "upstream_latency_ms",
+    "upstream_error_rate",
+)
 CHARTS = ("cusum", "ewma")
 _ON = re.compile(r"^(drift|chart:(?P<cm>[a-z_]+):(?P<chart>[a-z]+)|rate:(?P<rm>[a-z_]+))$")
 
@@ -110,8 +119,8 @@ class AlertRule(BaseModel):
         if not match:
             raise ValueError("must be 'drift', 'chart:<metric>:<cusum|ewma>' or 'rate:<metric>'")
         metric = match.group("cm") or match.group("rm")
-        if metric is not None and metric not in METRICS:
-            raise ValueError(f"unknown metric {metric!r} (known: {', '.join(METRICS)})")
+        if metric is not None and metric not in METRICS + PROXY_METRICS:
+            raise ValueError(f"unknown metric {metric!r} (known: {', '.join(METRICS + PROXY_METRICS)})")
         if match.group("chart") is not None and match.group("chart") not in CHARTS:
             raise ValueError(f"unknown chart {match.group('chart')!r} (known: cusum, ewma)")
         return value

@@ -177,8 +177,10 @@ class PlaybookRunner:
         forensics_dir: Path,
         clock: Callable[[], float] = time.time,
         opener: Callable[..., Any] = urllib.request.urlopen,
+        subject: str | None = None,
     ) -> None:
         self.playbooks = tuple(playbooks)
+        self.subject = subject  # the audit events' subject (default: model:<served ref>)
         self.control = control
         self._audit = audit
         self.signer = signer
@@ -212,7 +214,7 @@ class PlaybookRunner:
     def _run(self, book: Playbook, step: Any, alert: Alert, done: list[StepResult]) -> StepResult:
         started = self._clock()
         began = time.monotonic()
-        subject = f"model:{self.control.model_ref}"
+        subject = self.subject or f"model:{self.control.model_ref}"
         try:
             details = dict(self._do(book, step, alert, done))
             result = StepResult(book.name, step.action, True, started, time.monotonic() - began, details)

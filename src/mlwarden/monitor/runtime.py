@@ -13,12 +13,13 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from mlwarden.core.errors import UsageError
 from mlwarden.monitor.alerts import DEFAULT_RULES, METRICS, Alert, AlertRule
 from mlwarden.monitor.baseline import Baseline, bin_index
 from mlwarden.monitor.drift import DriftConfig, DriftDetector, DriftReport
@@ -137,9 +138,14 @@ class Monitor:
         history: History | None = None,
         registry: Any = None,
         clock: Callable[[], float] = time.time,
+        metrics: Sequence[str] = METRICS,
     ) -> None:
         self.config = config
         self.model = model
+        self.metrics = tuple(metrics)
+        unknown = [r.on for r in config.alerts if r.kind != "drift" and r.on.split(":")[1] not in self.metrics]
+        if unknown:
+            raise UsageError(f"alert rules on metrics this monitor does not keep: {', '.join(unknown)}")
         self.history = history
         self._clock = clock
         self._lock = threading.Lock()
@@ -159,9 +165,9 @@ class Monitor:
             )
             width = len(baseline.numeric_names) if baseline else 0
             self._inputs = VectorWindow(width, cfg.window) if width else None
-            self._values = {m: ScalarWindow(cfg.window) for m in METRICS}
+            self._values = {m: ScalarWindow(cfg.window) for m in self.metrics}
             self._charts: dict[tuple[str, str], Cusum | Ewma] = {}
-            for metric in METRICS:
+            for metric in self.metrics:
                 known = metric == "confidence" and confidence_reference and cfg.charts.confidence_from_baseline
                 mean, sigma = confidence_reference if known and confidence_reference else (None, None)
                 if sigma is not None and sigma <= 0:
@@ -176,7 +182,7 @@ class Monitor:
                     EwmaConfig(lam=c.ewma_lambda, L=c.ewma_L, mean=mean, sigma=sigma, warmup=c.warmup, min_sigma=1e-3)
                 )
             self._last: dict[tuple[str, str], ChartPoint] = {}
-            self._pending: dict[str, list[float]] = {m: [0.0, 0] for m in METRICS}  # running sum and count
+            self._pending: dict[str, list[float]] = {m: [0.0, 0] for m in self.metrics}  # running sum and count
             self._alarms: dict[tuple[str, str], ChartPoint] = {}
             self._new_rows = 0
             self._requests = 0
@@ -207,6 +213,30 @@ class Monitor:
             for value in confidence or ():
                 if math.isfinite(value):
                     self._update("confidence", float(value))
+
+    def observe_values(self, values: Mapping[str, float | None], features: np.ndarray | None = None) -> None:
+        """Record one event of a monitor built with its own ``metrics`` (the LLM proxy's); never runs a test.
+
+        ``values`` maps metric names to this event's value (``None`` or a missing name: not measured this time);
+        ``features`` (rows by the baseline's numeric features) go to the drift window as in :meth:`observe`.
+        """
+        with self._lock:
+            self._requests += 1
+            if features is not None and self._inputs is not None and features.shape[1] == self._inputs.n_features:
+                self._inputs.extend(features)
+                self._new_rows += len(features)
+            for metric, value in values.items():
+                if value is not None and metric in self._values and math.isfinite(value):
+                    self._update(metric, float(value))
+
+    def set_baseline(self, baseline: Baseline) -> None:
+        """Adopt a reference for the drift tests (e.g. one learned from a warm-up) without restarting the charts."""
+        with self._lock:
+            self.baseline = baseline
+            self._detector = DriftDetector(baseline, self.config.drift.config()) if baseline.numeric_names else None
+            width = len(baseline.numeric_names)
+            self._inputs = VectorWindow(width, self.config.window) if width else None
+            self._new_rows = 0
 
     def _update(self, metric: str, value: float) -> None:
         self._values[metric].append(value)
@@ -249,7 +279,7 @@ class Monitor:
                 self._new_rows = 0
                 self._last_drift = now
             alarms, self._alarms = self._alarms, {}
-            rates = {m: self._values[m].mean() for m in METRICS}
+            rates = {m: self._values[m].mean() for m in self.metrics}
             charts = dict(self._last)
         report = self._detector.check(rows) if rows is not None and self._detector is not None else None
         if report is not None:
@@ -435,7 +465,7 @@ class Monitor:
                 "model": self.model,
                 "requests": self._requests,
                 "window_rows": len(self._inputs) if self._inputs is not None else 0,
-                "rates": {m: self._values[m].mean() for m in METRICS},
+                "rates": {m: self._values[m].mean() for m in self.metrics},
                 "drift": None
                 if report is None
                 else {

@@ -23,6 +23,7 @@ from mlwarden.guard.extraction import ExtractionMonitor
 from mlwarden.guard.prompt_screen import PromptScreen, load_screen
 from mlwarden.guard.redact import limit_scores, redact_json
 from mlwarden.serve.calibration import GuardBaseline, build_detector
+from mlwarden.serve.fastcheck import FusedSqueezeNoise, fuse
 from mlwarden.serve.policy import GuardPolicy
 from mlwarden.serve.servable import Prediction, Servable
 from mlwarden.serve.state import LocalState, StateBackend
@@ -34,6 +35,9 @@ _RANK = {"pass": 0, "flag": 1, "throttle": 2, "block": 3}
 _DECISION: dict[str, Decision] = {"pass": "allowed", "flag": "flagged", "throttle": "throttled", "block": "blocked"}
 #: Rows whose evidence is listed in one check result (the count is always complete).
 MAX_ROWS_IN_EVIDENCE = 8
+#: Output strings remembered as free of PII per served version (field names and class labels; see
+#: :meth:`RequestGuard._strings_to_scan`).
+MAX_CLEAN_STRINGS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +88,7 @@ class RequestGuard:
         self.baseline = baseline
         self.redaction = policy.output.redaction()
         self.limits = policy.output.limits()
+        self._clean: set[str] = set()
         self._lo: np.ndarray | None = None
         self._hi: np.ndarray | None = None
         self._names: tuple[str, ...] = ()
@@ -96,10 +101,15 @@ class RequestGuard:
             self._hi = np.array([f.maximum for f in numeric]) + margin
             self._names = tuple(profile.numeric_names)
         self.detector: CombinedDetector | None = None
+        #: The same check as ``detector`` in one model call, when it is the default combination (fastcheck.py).
+        self.fused: FusedSqueezeNoise | None = None
         if baseline is not None and baseline.adversarial_thresholds and policy.adversarial.action != "off":
             self.detector = build_detector(
                 servable, baseline.adversarial, baseline.adversarial_thresholds, baseline.value_range
             )
+            fns = servable.proba_fns()
+            if self.detector is not None and fns is not None:
+                self.fused = fuse(self.detector, *fns, seed=baseline.adversarial.seed)
         self.screen: PromptScreen | None = None
         if servable.input_kind == "text" and policy.prompt.action != "off":
             self.screen = load_screen(policy.prompt.screen, **policy.prompt.options)
@@ -172,7 +182,7 @@ class RequestGuard:
     def _adversarial(self, rows: np.ndarray) -> CheckResult:
         if not (self.detector is not None):
             raise RuntimeError("internal invariant broken: self.detector is not None")
-        scores = self.detector.check(rows)
+        scores = self.fused.check(rows) if self.fused is not None else self.detector.check(rows)
         flagged = [(i, s) for i, s in enumerate(scores) if s.flagged]
         top = max(scores, key=lambda s: s.score / s.threshold if s.threshold > 0 else s.score)
         evidence: dict[str, Any] = {
@@ -255,6 +265,44 @@ class RequestGuard:
 
     # -- on the way out -----------------------------------------------------------------------------------------
 
+    def _strings_to_scan(self, value: Any) -> set[str] | None:
+        """Every string :func:`redact_json` would scan in ``value`` (keys, texts, long integers as text).
+
+        ``None`` when ``value`` is not plainly within the redaction limits or holds a type :func:`redact_json`
+        refuses: then it runs and decides. A classifier's answer is made of a few strings (field names, class
+        labels) that repeat on every request; once a walk over them found nothing, the same strings are known
+        clean (PII detection is a function of the string and the configuration, both fixed here), so the
+        regular expressions are not run over them again (:data:`MAX_CLEAN_STRINGS` remembered).
+        """
+        config = self.redaction
+        found: set[str] = set()
+        nodes = chars = 0
+        stack: list[tuple[Any, int]] = [(value, 0)]
+        while stack:
+            item, depth = stack.pop()
+            nodes += 1
+            if depth * 2 > config.max_depth or nodes * 2 > config.max_nodes or chars * 2 > config.max_total_chars:
+                return None
+            if isinstance(item, str):
+                found.add(item)
+                chars += len(item)
+            elif isinstance(item, bool) or item is None or isinstance(item, float):
+                continue
+            elif isinstance(item, int):
+                if config.scan_integers and abs(item) >= 100_000_000:
+                    return None
+            elif isinstance(item, dict):
+                for key, child in item.items():
+                    if isinstance(key, str) and config.mask_keys:
+                        found.add(key)
+                        chars += len(key)
+                    stack.append((child, depth + 1))
+            elif isinstance(item, list):
+                stack.extend((child, depth + 1) for child in item)
+            else:
+                return None
+        return found if chars * 2 <= config.max_total_chars else None
+
     def filter_output(self, prediction: Prediction) -> tuple[list[dict[str, Any]], list[CheckResult]]:
         """The response rows after leakage reduction and PII masking, with what was changed.
 
@@ -285,8 +333,15 @@ class RequestGuard:
             rows = [{"value": _json_scalar(v)} for v in prediction.labels]
         if self.policy.output.pii_action == "off":
             return rows, results
+        strings = self._strings_to_scan(rows)
+        if strings is not None and strings <= self._clean:
+            return rows, results  # exactly what redact_json would find: nothing (see _strings_to_scan)
         redacted = redact_json(rows, self.redaction)
         if not redacted.changed:
+            if strings is not None:
+                if len(self._clean) + len(strings) > MAX_CLEAN_STRINGS:
+                    self._clean = set()
+                self._clean |= strings
             return rows, results
         found = sorted({m.detector for _, matches in redacted.redactions for m in matches})
         pointers = [p for p, _ in redacted.redactions][:MAX_ROWS_IN_EVIDENCE]

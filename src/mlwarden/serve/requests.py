@@ -289,7 +289,7 @@ def handle_predict(  # noqa: C901 - the request path, check by check, in the ord
             raise _Refused(
                 500, "model_error", "the model failed; quote the request_id", detail="the model failed (service log)"
             ) from None
-        metrics.model_seconds.labels(model).observe(time.perf_counter() - model_started)
+        metrics.child(metrics.model_seconds, model).observe(time.perf_counter() - model_started)
         if isinstance(rows, np.ndarray):
             client = deployment.guard.check_client(
                 principal.username, rows, prediction, time.time(), service.state, deployment.info.digest
@@ -343,14 +343,17 @@ def handle_predict(  # noqa: C901 - the request path, check by check, in the ord
             return _error(503, "audit_unavailable", "the audit log is unavailable; try again later", request_id)
     _record(service, principal, request_id, decision, rows, outputs)
     _count(service, deployment, decision, checks, elapsed)
-    body = PredictResponse(
-        model=model,
-        version=deployment.info.version,
-        request_id=request_id,
-        decision=decision,
-        predictions=outputs,
-        checks=[c.to_dict() for c in checks] if service.policy.output.expose_evidence else None,
-    ).model_dump(exclude_none=True)
+    # PredictResponse's shape, built directly (every field is already of its type; validating it cost more than
+    # the range check).
+    body: dict[str, Any] = {
+        "model": model,
+        "version": deployment.info.version,
+        "request_id": request_id,
+        "decision": decision,
+        "predictions": outputs,
+    }
+    if service.policy.output.expose_evidence:
+        body["checks"] = [c.to_dict() for c in checks]
     return Reply(200, body, audit=pending, audit_required=True)
 
 
@@ -375,13 +378,14 @@ def _finish_refusal(
 ) -> Reply:
     reason_label = {403: "forbidden", 413: "too_large", 422: "schema", 429: "rate", 500: "model_error"}
     if refused.code in ("blocked_by_guard", "extraction_suspected"):
-        service.metrics.requests.labels(service.name, str(deployment.info.version), decision).inc()
+        service.metrics.child(service.metrics.requests, service.name, str(deployment.info.version), decision).inc()
         latency = time.perf_counter() - started
         service.monitor.observe(features=None, confidence=None, latency_s=latency, error=False, flagged=True)
     else:
-        service.metrics.rejections.labels(service.name, reason_label.get(refused.status, "other")).inc()
+        reason = reason_label.get(refused.status, "other")
+        service.metrics.child(service.metrics.rejections, service.name, reason).inc()
     for check in checks:
-        service.metrics.checks.labels(service.name, check.check, check.outcome).inc()
+        service.metrics.child(service.metrics.checks, service.name, check.check, check.outcome).inc()
     event = _event(service, principal, deployment, request_id, decision, checks, n_rows, refused.detail)
     # Guard blocks are evidence: written before the reply. Rate and schema refusals are batched (a flood of
     # them must not turn into a flood of synchronous writes).
@@ -431,10 +435,10 @@ def _count(
     service: GuardService, deployment: Deployment, decision: str, checks: list[CheckResult], took: float
 ) -> None:
     metrics = service.metrics
-    metrics.requests.labels(service.name, str(deployment.info.version), decision).inc()
-    metrics.latency.labels(service.name).observe(took)
+    metrics.child(metrics.requests, service.name, str(deployment.info.version), decision).inc()
+    metrics.child(metrics.latency, service.name).observe(took)
     for check in checks:
-        metrics.checks.labels(service.name, check.check, check.outcome).inc()
+        metrics.child(metrics.checks, service.name, check.check, check.outcome).inc()
 
 
 def _extraction_alert(principal: Principal, check: CheckResult) -> Alert:

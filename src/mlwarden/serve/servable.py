@@ -64,6 +64,14 @@ class Servable(ABC):
         """The numeric probability function for the detectors (``None``: text models, regressors)."""
         return None
 
+    def proba_fns(self) -> tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]] | None:
+        """What :meth:`predict_fn` computes on a validated ``(n, d)`` batch, as (cached, uncached) functions.
+
+        The cached one shares results with :meth:`predict` (a request's own rows); the uncached one is for rows
+        asked once (the detectors' squeezed and noisy copies). ``None``: the detectors query :meth:`predict_fn`.
+        """
+        return None
+
 
 class SklearnServable(Servable):
     """A scikit-learn estimator or pipeline (classifier with or without ``predict_proba``, regressor)."""
@@ -110,6 +118,11 @@ class SklearnServable(Servable):
             raise RuntimeError("internal invariant broken: self._memo is not None")
         # A bare linear model keeps its coefficients (the analytic gradient); a pipeline is query-only.
         return SklearnModel(_Queried(self.estimator, self._memo, linear=not hasattr(self.estimator, "steps")))
+
+    def proba_fns(self) -> tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]] | None:  # noqa: D102
+        if self._memo is None:
+            return None
+        return self._memo, self._raw_proba
 
 
 class _Queried:

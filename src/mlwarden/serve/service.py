@@ -3,9 +3,19 @@
 :class:`GuardService` is what ``mlwarden serve`` runs and what the HTTP app calls. It holds the
 :class:`~mlwarden.serve.deployment.Deployment` being served and swaps it atomically (one reference assignment)
 when a playbook rolls back or the registry moves the alias, so a request is always answered by exactly one
-version and no request waits for a load: the rollback target is kept loaded as a warm standby. A background
-thread runs the drift tests when due, hands alerts to the playbooks, keeps the standby warm, and follows the
-registry (a version quarantined or retired there stops being served within ``poll_s``).
+version and no request waits for a load: the rollback target is kept loaded as a warm standby.
+
+Where the background work runs is ``ServiceOptions.monitor``:
+
+* ``"process"`` (what ``mlwarden serve`` runs): audit writes, the monitor's windows, drift tests, control charts,
+  history, alerts and playbooks run in a **monitor process** (:mod:`.monitor_host`), fed through a bounded,
+  non-blocking buffer (:mod:`.monitor_link`), so none of it holds this process's interpreter lock while requests
+  wait. This process keeps only what a decision needs, the standby, and the registry poll.
+* ``"thread"`` (the library default, and what most tests use): the same work in a background thread of this
+  process.
+
+Either way a background thread keeps the standby warm and follows the registry (a version quarantined or retired
+there stops being served within ``poll_s``; at once when a playbook of the monitor process asks).
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from mlwarden.core.errors import MlwardenError
 from mlwarden.monitor.alerts import Alert
@@ -35,6 +45,8 @@ from mlwarden.serve.auditor import DecisionAuditor
 from mlwarden.serve.auth import TokenCache
 from mlwarden.serve.deployment import Deployment, ServeError, prepare
 from mlwarden.serve.metrics import ServiceMetrics
+from mlwarden.serve.monitor_host import HostConfig, signer_pem
+from mlwarden.serve.monitor_link import ForwardedRecords, MonitorLink, MonitorUnavailable
 from mlwarden.serve.policy import GuardPolicy
 from mlwarden.serve.requests import Reply, handle_predict, settle
 from mlwarden.serve.state import StateBackend, make_state
@@ -56,6 +68,14 @@ class ServiceOptions:
         standby: keep the rollback target loaded.
         redis_url: keep per-client state (rate buckets, extraction statistics) in this Redis, shared by every
             worker using it (``mlwarden serve --redis``; overrides the policy's ``state.redis_url``).
+        monitor: where the background work runs: ``"thread"`` (in this process) or ``"process"`` (a monitor
+            process of its own; see the module docstring).
+        log_level: the monitor process's log level.
+        monitor_buffer: items (observations, batched audit events, records) the request process holds for the
+            monitor process; when it is full they are dropped and counted, and allowed answers get 503 (unaudited
+            answers never leave).
+        monitor_conn: with ``monitor="process"``, attach to a monitor process shared by several request processes
+            over this pipe (``mlwarden serve --workers N``: see :func:`monitor_host_config`).
     """
 
     history_dir: Path | None = None
@@ -66,6 +86,10 @@ class ServiceOptions:
     tick_s: float = 0.25
     standby: bool = True
     redis_url: str | None = None
+    monitor: Literal["thread", "process"] = "thread"
+    log_level: str = "WARNING"
+    monitor_buffer: int = 50_000
+    monitor_conn: Any = None
 
 
 @dataclass
@@ -107,32 +131,48 @@ class GuardService:
             max_clients=policy.limits.max_clients,
             redis_url=self.options.redis_url,
         )
-        self.records: deque[dict[str, Any]] = deque(maxlen=policy.limits.records_kept)
+        self.records: deque[dict[str, Any]] | ForwardedRecords = deque(maxlen=policy.limits.records_kept)
         self._current = _bound(prepare(registry, actor, model, policy, dynamic=self.options.dynamic))
         self._standby: Deployment | None = None
         self._standby_checked = 0.0
         self._halt: _Halt | None = None
         self._swap_lock = threading.Lock()
         self._alerts: queue.Queue[Alert] = queue.Queue(maxsize=10_000)
-        self.auditor = DecisionAuditor(
-            registry.audit(), on_failure=lambda n: self.metrics.audit_dropped.labels(self.name).inc(n)
-        )
-        history = History(self.options.history_dir) if self.options.history_dir else None
-        self.monitor = Monitor(
-            policy.monitor,
-            self._current.baseline.baseline if self._current.baseline else None,
-            model=self.name,
-            confidence_reference=self._confidence_reference(self._current),
-            history=history,
-            registry=self.metrics.registry,
-        )
-        self.runner = PlaybookRunner(
-            policy.playbooks,
-            self,
-            audit=self._audit_now,
-            signer=self.options.signer,
-            forensics_dir=self.options.forensics_dir or Path("forensics"),
-        )
+        self.link: MonitorLink | None = None
+        self.auditor: DecisionAuditor | MonitorLink
+        self.monitor: Monitor | MonitorLink
+        self.runner: PlaybookRunner | None = None
+        if self.options.monitor == "process":
+            self.link = self._start_monitor_process()
+            try:
+                self.link.wait_ready()  # never serve before the process that audits the decisions runs
+            except MonitorUnavailable as exc:
+                self.link.close(timeout=5)
+                self.state.close()
+                raise ServeError(str(exc)) from None
+            self.auditor = self.monitor = self.link
+            self.records = ForwardedRecords(self.link, policy.limits.records_kept)
+            self._announce(self._current)
+        else:
+            self.auditor = DecisionAuditor(
+                registry.audit(), on_failure=lambda n: self.metrics.audit_dropped.labels(self.name).inc(n)
+            )
+            history = History(self.options.history_dir) if self.options.history_dir else None
+            self.monitor = Monitor(
+                policy.monitor,
+                self._current.baseline.baseline if self._current.baseline else None,
+                model=self.name,
+                confidence_reference=self._confidence_reference(self._current),
+                history=history,
+                registry=self.metrics.registry,
+            )
+            self.runner = PlaybookRunner(
+                policy.playbooks,
+                self,
+                audit=self._audit_now,
+                signer=self.options.signer,
+                forensics_dir=self.options.forensics_dir or Path("forensics"),
+            )
         self._show(self._current)
         self._stop = threading.Event()
         self._last_poll = time.monotonic()
@@ -156,6 +196,35 @@ class GuardService:
         """Why the service refuses to serve (the registry quarantined or retired the version), or ``None``."""
         return self._halt.reason if self._halt else None
 
+    def _start_monitor_process(self) -> MonitorLink:
+        config = monitor_host_config(self.registry, self.actor, str(self.ref), self.policy, self.options)
+        return MonitorLink(
+            config,
+            model=self.name,
+            registry=self.metrics.registry,
+            max_pending=self.options.monitor_buffer,
+            conn=self.options.monitor_conn,
+        )
+
+    def _announce(self, deployment: Deployment) -> None:
+        """Start the monitor's windows over for ``deployment`` (its baseline; in the monitor process, its identity)."""
+        base = deployment.baseline
+        baseline = base.baseline if base else None
+        reference = self._confidence_reference(deployment)
+        if isinstance(self.monitor, MonitorLink):
+            info = {
+                "ref": deployment.info.ref,
+                "digest": deployment.info.digest,
+                "signature_bundle": deployment.signature_bundle,
+            }
+            self.monitor.serving(info, baseline, reference)
+        else:
+            self.monitor.reset(baseline, reference)
+
+    def extra_metrics(self) -> bytes:
+        """The monitor process's Prometheus series (empty in ``thread`` mode: they are in this registry)."""
+        return self.link.metrics_text() if self.link is not None else b""
+
     def _show(self, deployment: Deployment) -> None:
         self.metrics.serving.clear()
         self.metrics.serving.labels(self.name, str(deployment.info.version), deployment.info.digest).set(1)
@@ -177,8 +246,7 @@ class GuardService:
             if self._standby is not None and self._standby.info.ref == deployment.info.ref:
                 self._standby = None
             self._standby_checked = 0.0
-        base = deployment.baseline
-        self.monitor.reset(base.baseline if base else None, self._confidence_reference(deployment))
+        self._announce(deployment)
         self.metrics.swaps.labels(self.name, reason).inc()
         self._show(deployment)
         log.warning("now serving %s (was %s): %s", deployment.info.ref, before.info.ref, reason)
@@ -207,6 +275,9 @@ class GuardService:
 
     def alert(self, alert: Alert) -> None:
         """Queue an alert raised on the request path (e.g. extraction) for the monitor and the playbooks."""
+        if self.link is not None:
+            self.link.alert(alert)
+            return
         try:
             self._alerts.put_nowait(alert)
         except queue.Full:
@@ -237,6 +308,8 @@ class GuardService:
 
     def forensic_material(self, window: int) -> ForensicMaterial:
         """What a forensics bundle holds: the served version, its signature, recent requests, alerts, state."""
+        if not isinstance(self.monitor, Monitor) or not isinstance(self.records, deque):
+            raise ServeError("forensics bundles are written by the monitor process")
         current = self._current
         records = list(self.records)[-window:] if window > 0 else []
         return ForensicMaterial(
@@ -263,6 +336,11 @@ class GuardService:
 
     def tick(self) -> None:
         """One round of background work (the thread calls it every ``tick_s``; tests may call it directly)."""
+        if self.link is not None:
+            self._tick_process_mode()
+            return
+        if not isinstance(self.monitor, Monitor) or self.runner is None:
+            raise RuntimeError("internal invariant broken: thread mode without its monitor")
         while True:
             try:
                 raised = self.monitor.raise_alert(self._alerts.get_nowait())
@@ -279,8 +357,20 @@ class GuardService:
         if self.options.standby and self._standby is None and self.ref.alias is not None:
             self._warm_standby()
 
+    def _tick_process_mode(self) -> None:
+        """The monitor process does alerts and drift; here: follow the registry (at once when it asks), standby."""
+        asked = self.link is not None and self.link.take_poll()
+        held = self.link is not None and self.link.held()  # a playbook is half-way: do not read the registry yet
+        if asked or (not held and time.monotonic() - self._last_poll >= self.options.poll_s):
+            self._last_poll = time.monotonic()
+            self.poll_registry()
+        if self.options.standby and self._standby is None and self.ref.alias is not None:
+            self._warm_standby()
+
     def _respond(self, alert: Alert) -> None:
         log.warning("alert %s (%s): %s", alert.rule, alert.severity, alert.message)
+        if self.runner is None:
+            raise RuntimeError("internal invariant broken: no playbook runner in thread mode")
         for step in self.runner.handle(alert):
             self.metrics.playbook_steps.labels(self.name, step.action, str(step.ok).lower()).inc()
 
@@ -306,8 +396,10 @@ class GuardService:
             log.error("cannot check the registry (still serving %s): %s", self._current.info.ref, exc)
             return
         if info.ref != self._current.info.ref and info.state in (State.APPROVED, State.DEPLOYED):
+            standby = self._standby
             try:
-                self._swap(self._prepare(info.ref), "registry")
+                warm = standby is not None and standby.info.ref == info.ref
+                self._swap(standby if warm and standby is not None else self._prepare(info.ref), "registry")
             except MlwardenError as exc:
                 log.error("the alias now points at %s but it cannot be served: %s", info.ref, exc)
             return
@@ -323,8 +415,27 @@ class GuardService:
         """Stop the background thread and write the pending audit events."""
         self._stop.set()
         self._thread.join(10)
-        self.auditor.close()
+        self.auditor.close()  # in process mode: the link, which stops the monitor process after its last writes
         self.state.close()
+
+
+def monitor_host_config(
+    registry: Registry, actor: Principal, model: str, policy: GuardPolicy, options: ServiceOptions
+) -> HostConfig:
+    """What a monitor process for this service needs (the registry it opens, the principal it acts as, ...)."""
+    return HostConfig(
+        db_url=registry.database.url,
+        home=str(registry.home),
+        gates=registry.gates,
+        actor=actor,
+        model=model,
+        policy=policy,
+        history_dir=str(options.history_dir) if options.history_dir else None,
+        forensics_dir=str(options.forensics_dir or Path("forensics")),
+        signer_pem=signer_pem(options.signer),
+        tick_s=options.tick_s,
+        log_level=options.log_level,
+    )
 
 
 def _bound(deployment: Deployment) -> Deployment:

@@ -19,7 +19,8 @@ import multiprocessing
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection
 from types import FrameType
 from typing import Any
 
@@ -27,24 +28,49 @@ from typing import Any
 STOP_GRACE_S = 30.0
 
 
-def supervise(target: Callable[[Any], int], args: Any, workers: int) -> int:
+def supervise(
+    target: Callable[[Any], int],
+    args: Any,
+    workers: int,
+    *,
+    monitor: tuple[Any, Sequence[Connection]] | None = None,
+) -> int:
     """Run ``target(args_i)`` in ``workers`` spawned processes, ``args_i`` being ``args`` with ``worker_index = i``.
 
     Args:
         target: a module-level function (it is pickled by name), e.g. the CLI's serve entry point.
         args: an ``argparse.Namespace`` (picklable).
         workers: how many processes.
+        monitor: a monitor process shared by the workers and its pipe ends, one per worker
+            (:func:`mlwarden.serve.monitor_host.spawn_shared`): worker ``i`` gets ``monitor_conn`` = pipe ``i``. It
+            is supervised like a worker (when it dies, the service stops: its audit trail went with it) and stops
+            by itself after the last worker, once its pending audit events are written.
 
     Returns:
-        0 when every worker stopped cleanly after a signal; otherwise the first failing worker's exit status.
+        0 when every worker stopped cleanly after a signal; otherwise the first failing process's exit status.
     """
     ctx = multiprocessing.get_context("spawn")
     procs = []
     for i in range(workers):
-        worker_args = type(args)(**{**vars(args), "worker_index": i})
+        extra: dict[str, Any] = {"worker_index": i}
+        if monitor is not None:
+            extra["monitor_conn"] = monitor[1][i]
+        worker_args = type(args)(**{**vars(args), **extra})
         proc = ctx.Process(target=_worker, args=(target, worker_args), name=f"mlwarden-worker-{i}", daemon=False)
         proc.start()
         procs.append(proc)
+    if monitor is not None:
+        for conn in monitor[1]:
+            conn.close()  # the workers hold them now: the monitor process sees each worker go
+    status = _run(procs, monitor[0] if monitor is not None else None)
+    if monitor is not None:
+        monitor[0].join(STOP_GRACE_S)
+        if monitor[0].is_alive():
+            monitor[0].terminate()
+    return status
+
+
+def _run(procs: list[Any], companion: Any) -> int:
     stopping = False
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -58,6 +84,14 @@ def supervise(target: Callable[[Any], int], args: Any, workers: int) -> int:
     try:
         status = 0
         while any(p.is_alive() for p in procs):
+            if companion is not None and not companion.is_alive() and not stopping:
+                print(
+                    f"mlwarden: the monitor process exited with status {companion.exitcode}; stopping the workers",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                status = _status(companion.exitcode) or 1
+                stop(signal.SIGTERM, None)
             for proc in procs:
                 if not proc.is_alive() and proc.exitcode not in (None, 0) and not stopping:
                     print(

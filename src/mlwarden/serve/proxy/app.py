@@ -26,13 +26,16 @@ from mlwarden.http.auth import MAX_TOKEN_LENGTH, bearer
 from mlwarden.http.errors import ApiError
 from mlwarden.http.limits import BodyLimit, Limits
 from mlwarden.registry.errors import AuthError
-from mlwarden.registry.roles import Principal
+from mlwarden.registry.roles import Permission, Principal
 from mlwarden.serve.app import _metrics_router, check_metrics_token
 from mlwarden.serve.auditor import AuditBacklog
 from mlwarden.serve.proxy.budget import usage_from
-from mlwarden.serve.proxy.service import ENDPOINTS, Exchange, ProxyRefusal, ProxyService
+from mlwarden.serve.proxy.control import KINDS, ProxyRefusal
+from mlwarden.serve.proxy.outputs import StreamExtras
+from mlwarden.serve.proxy.service import ENDPOINTS, Exchange, ProxyService
 from mlwarden.serve.proxy.stream import StreamMasker
 from mlwarden.serve.proxy.upstream import Upstream, UpstreamError
+from mlwarden.serve.state import StateUnavailableError
 
 #: Largest non-streamed upstream answer read.
 MAX_ANSWER_BYTES = 32 * 1024 * 1024
@@ -119,17 +122,20 @@ async def handle(service: ProxyService, caller: Caller, endpoint: str, request: 
             raise ProxyRefusal(400, "prompt_rejected", "the prompt was rejected by the guard's prompt screen")
         started = loop.time()
         service.metrics.overhead_seconds.observe(started - arrived)
+        fallback_first = service.controls.fallback_first()
         if exchange.stream:
-            upstream = await service.upstream.send(endpoint, exchange.body, stream=True)
-            service.metrics.upstream_seconds.labels(endpoint).observe(loop.time() - started)
+            upstream = await service.upstream.send(endpoint, exchange.body, stream=True, fallback_first=fallback_first)
+            exchange.upstream_s = loop.time() - started
+            service.metrics.upstream_seconds.labels(endpoint).observe(exchange.upstream_s)
             return StreamingResponse(
                 relay(service, exchange, upstream),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
         async with asyncio.timeout(service.settings.upstream.total_timeout_s):
-            upstream = await service.upstream.send(endpoint, exchange.body, stream=False)
-            service.metrics.upstream_seconds.labels(endpoint).observe(loop.time() - started)
+            upstream = await service.upstream.send(endpoint, exchange.body, stream=False, fallback_first=fallback_first)
+            exchange.upstream_s = loop.time() - started
+            service.metrics.upstream_seconds.labels(endpoint).observe(exchange.upstream_s)
             raw = await _read_bounded(service.upstream, upstream)
         return await _answer(service, exchange, raw)
     except TimeoutError:
@@ -183,9 +189,13 @@ def _content(endpoint: str, choice: dict[str, Any]) -> tuple[dict[str, Any] | No
 
 
 def _filter_chunk(
-    service: ProxyService, exchange: Exchange, chunk: dict[str, Any], maskers: dict[int, StreamMasker]
+    service: ProxyService,
+    exchange: Exchange,
+    chunk: dict[str, Any],
+    maskers: dict[int, StreamMasker],
+    extras: dict[int, StreamExtras],
 ) -> None:
-    """Mask the chunk's text in place, flushing a choice's masker on its ``finish_reason``."""
+    """Mask the chunk's text (content, tool-call arguments, logprob tokens) in place; flush on ``finish_reason``."""
     for choice in chunk.get("choices") or []:
         if not isinstance(choice, dict):
             continue
@@ -194,6 +204,12 @@ def _filter_chunk(
         masker = maskers.get(index)
         if masker is None:
             masker = maskers[index] = service.masker(exchange)
+        extra = extras.get(index)
+        if extra is None:
+            extra = extras[index] = StreamExtras(
+                exchange.endpoint == "chat/completions", lambda: service.masker(exchange)
+            )
+        extra.filter(choice)
         text = holder.get(key) if holder is not None else None
         out = ""
         if isinstance(text, str):
@@ -201,7 +217,9 @@ def _filter_chunk(
             out = masker.feed(text)
         if choice.get("finish_reason") is not None:
             out += masker.flush()
-            service.count_refusal(None, holder.get("refusal") if holder is not None else None)
+            extra.flush_into(choice)
+            holder, key = _content(exchange.endpoint, choice)  # flush_into may have added the delta
+            service.count_refusal(exchange, None, holder.get("refusal") if holder is not None else None)
         if holder is not None and (isinstance(text, str) or out):
             holder[key] = out
 
@@ -209,6 +227,7 @@ def _filter_chunk(
 async def relay(service: ProxyService, exchange: Exchange, upstream: httpx.Response) -> AsyncIterator[bytes]:
     """Relay the upstream's SSE stream, masked, chunk by chunk; charge and audit at the end."""
     maskers: dict[int, StreamMasker] = {}
+    extras: dict[int, StreamExtras] = {}
     usage_doc: dict[str, Any] | None = None
     last: dict[str, Any] = {}
     error: str | None = None
@@ -230,21 +249,19 @@ async def relay(service: ProxyService, exchange: Exchange, upstream: httpx.Respo
             if isinstance(chunk.get("usage"), dict):
                 usage_doc = chunk
             last = chunk
-            _filter_chunk(service, exchange, chunk, maskers)
+            _filter_chunk(service, exchange, chunk, maskers, extras)
             if not chunk.get("choices") and usage_doc is chunk and not exchange.client_wants_usage:
                 continue  # the usage chunk the proxy asked for on its own behalf
             yield _sse(chunk)
         rest = {i: m.flush() for i, m in maskers.items()}
-        if any(rest.values()):  # the upstream ended without a finish_reason: emit what the tail still held
-            choices = [
-                {
-                    "index": i,
-                    **({"delta": {"content": t}} if exchange.endpoint == "chat/completions" else {"text": t}),
-                    "finish_reason": None,
-                }
-                for i, t in rest.items()
-                if t
-            ]
+        chat = exchange.endpoint == "chat/completions"
+        choices = []
+        for i, t in rest.items():  # the upstream ended without a finish_reason: emit what the tails still held
+            choice: dict[str, Any] = {"index": i, **({"delta": {"content": t}} if chat else {"text": t})}
+            choice["finish_reason"] = None
+            if (i in extras and extras[i].flush_into(choice)) or t:
+                choices.append(choice)
+        if choices:
             yield _sse({k: last[k] for k in ("id", "object", "created", "model") if k in last} | {"choices": choices})
         yield b"data: [DONE]\n\n"
     except (httpx.HTTPError, ValueError) as exc:
@@ -266,12 +283,56 @@ async def relay(service: ProxyService, exchange: Exchange, upstream: httpx.Respo
         usage = usage_from(usage_doc or {}, exchange.prompt_chars, exchange.completion_chars)
         # Shielded: a client that hangs up mid-stream is still charged and audited (finish runs exactly once).
         settle = asyncio.ensure_future(
-            run_in_threadpool(service.finish, exchange, usage, list(maskers.values()), error)
+            run_in_threadpool(
+                service.finish,
+                exchange,
+                usage,
+                [*maskers.values(), *(m for e in extras.values() for m in e.maskers())],
+                error,
+            )
         )
         try:
             await service.upstream.release(upstream)
         finally:
             await asyncio.shield(settle)
+
+
+def _may_manage(caller: Principal) -> None:
+    if not caller.can(Permission.QUARANTINE):
+        raise ApiError(403, "forbidden", f"{caller.username} may not manage the proxy (needs role deployer or admin)")
+
+
+def _admin_routes(app: FastAPI) -> None:
+    """``/v1/mlwarden/...``: the holds playbooks put (cut-off clients, quarantined routes, the upstream switch)."""
+
+    @app.get("/v1/mlwarden/holds", tags=["admin"], summary="Current cut-offs, quarantines and upstream switch")
+    async def holds(service: ServiceDep, caller: Caller) -> dict[str, Any]:
+        _may_manage(caller)
+        try:
+            return await run_in_threadpool(service.controls.holds_snapshot)
+        except StateUnavailableError:
+            raise ApiError(503, "state_unavailable", "the shared state store is unavailable") from None
+
+    @app.delete("/v1/mlwarden/holds/{kind}/{name:path}", tags=["admin"], summary="Lift a hold (audited)")
+    async def lift(kind: str, name: str, service: ServiceDep, caller: Caller) -> dict[str, Any]:
+        _may_manage(caller)
+        if kind not in KINDS:
+            raise ApiError(404, "not_found", f"no kind of hold {kind!r} (kinds: {', '.join(KINDS)})")
+        try:
+            doc = await run_in_threadpool(service.controls.lift, kind, name, caller)
+        except StateUnavailableError:
+            raise ApiError(503, "state_unavailable", "the shared state store is unavailable") from None
+        if doc is None:
+            raise ApiError(404, "not_held", f"no {kind} hold on {name!r}")
+        return {"lifted": {"kind": kind, "name": name, **doc}}
+
+    @app.get("/v1/mlwarden/monitor", tags=["admin"], summary="The traffic monitor's state per route")
+    async def monitor(service: ServiceDep, caller: Caller) -> dict[str, Any]:
+        _may_manage(caller)
+        if service.monitor is None:
+            return {"enabled": False}
+        alerts = [a.to_dict() for a in service.monitor.recent_alerts()]
+        return {"enabled": True, **service.monitor.snapshot(), "alerts": alerts}
 
 
 def _routes(app: FastAPI) -> None:
@@ -311,6 +372,7 @@ def create_proxy_app(service: ProxyService, *, metrics_token: str | None = None)
     if token is not None:
         app.include_router(_metrics_router(token))
     _routes(app)
+    _admin_routes(app)
     app.add_middleware(errors.CatchAll)
     app.add_middleware(
         BodyLimit, limits=Limits(max_body_bytes=service.policy.limits.max_body_bytes, max_upload_bytes=1)

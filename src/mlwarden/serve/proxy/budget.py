@@ -11,13 +11,12 @@ is only known afterwards), so a client can exceed the budget by at most one answ
 from __future__ import annotations
 
 import math
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from mlwarden.serve.proxy.settings import BudgetSettings
+from mlwarden.serve.proxy.shared import LocalUsage, UsageStore
 
 
 def estimate_tokens(chars: int) -> int:
@@ -60,35 +59,39 @@ class BudgetState:
 
 
 class Budgets:
-    """Per-client use, refused once a limit is reached (see the module docstring)."""
+    """Per-client use, refused once a limit is reached (see the module docstring).
 
-    def __init__(self, settings: BudgetSettings, *, clock: Callable[[], float] = time.monotonic) -> None:
+    The use is kept by ``store``: in this process by default, in Redis (shared by the workers) when given a
+    :class:`~mlwarden.serve.proxy.shared.RedisUsage`.
+    """
+
+    def __init__(
+        self, settings: BudgetSettings, *, clock: Callable[[], float] = time.monotonic, store: UsageStore | None = None
+    ) -> None:
         self.settings = settings
-        self._clock = clock
-        self._use: OrderedDict[str, tuple[float, int, float]] = OrderedDict()  # client -> (window start, tok, cost)
-        self._lock = threading.Lock()
-
-    def _current(self, client: str, now: float) -> tuple[float, int, float]:
-        start, tokens, cost = self._use.pop(client, (now, 0, 0.0))
-        if now - start >= self.settings.window_s:
-            start, tokens, cost = now, 0, 0.0
-        self._use[client] = (start, tokens, cost)
-        while len(self._use) > self.settings.max_clients:
-            self._use.popitem(last=False)
-        return start, tokens, cost
+        self.store = store or LocalUsage(settings.max_clients, clock)
 
     def check(self, client: str) -> BudgetState:
-        """Whether ``client`` may send another request now."""
-        now = self._clock()
-        with self._lock:
-            start, tokens, cost = self._current(client, now)
+        """Whether ``client`` may send another request now.
+
+        Raises:
+            StateUnavailableError: the shared store did not answer.
+        """
         s = self.settings
+        if s.tokens is None and s.cost is None:
+            return BudgetState(0, 0.0, None, s.window_s)  # unlimited: no round trip to a shared store
+        use = self.store.add(client, 0, 0.0, s.window_s)
         refused = None
-        if s.tokens is not None and tokens >= s.tokens:
-            refused = f"token budget used up: {tokens} of {s.tokens} tokens in this window"
-        elif s.cost is not None and cost >= s.cost:
-            refused = f"cost budget used up: {cost:.4f} of {s.cost:.4f} in this window"
-        return BudgetState(tokens, cost, refused, max(0.0, start + s.window_s - now))
+        if s.tokens is not None and use.tokens >= s.tokens:
+            refused = f"token budget used up: {use.tokens} of {s.tokens} tokens in this window"
+        elif s.cost is not None and use.cost >= s.cost:
+            refused = f"cost budget used up: {use.cost:.4f} of {s.cost:.4f} in this window"
+        return BudgetState(use.tokens, use.cost, refused, use.resets_in_s)
+
+    def used(self, client: str) -> BudgetState:
+        """``client``'s use in its window, whether or not a limit is set (nothing refused)."""
+        use = self.store.add(client, 0, 0.0, self.settings.window_s)
+        return BudgetState(use.tokens, use.cost, None, use.resets_in_s)
 
     def price(self, model: str, usage: Usage) -> float:
         """The cost of ``usage`` on ``model`` by the price table (0 for a model without a price)."""
@@ -98,10 +101,11 @@ class Budgets:
         return (usage.prompt_tokens * price.prompt + usage.completion_tokens * price.completion) / 1000.0
 
     def charge(self, client: str, model: str, usage: Usage) -> float:
-        """Add ``usage`` to ``client``'s window; returns its cost."""
+        """Add ``usage`` to ``client``'s window; returns its cost.
+
+        Raises:
+            StateUnavailableError: the shared store did not answer.
+        """
         cost = self.price(model, usage)
-        now = self._clock()
-        with self._lock:
-            start, tokens, spent = self._current(client, now)
-            self._use[client] = (start, tokens + usage.total, spent + cost)
+        self.store.add(client, usage.total, cost, self.settings.window_s)
         return cost

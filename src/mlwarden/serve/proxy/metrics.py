@@ -53,6 +53,27 @@ class ProxyMetrics:
             "mlwarden_proxy_masked", "PII and secrets masked in completions", ["detector"], registry=r
         )
         self.leaks = Counter("mlwarden_proxy_prompt_leaks", "Completions reproducing the system message", registry=r)
+        self.monitor_dropped = Counter(
+            "mlwarden_proxy_monitor_dropped",
+            "Monitor records dropped (queue_full: the consumer is behind; max_routes: too many routes)",
+            ["reason"],
+            registry=r,
+        )
+        self.monitor_alerts = Counter(
+            "mlwarden_proxy_monitor_alerts", "Alerts raised on the traffic", ["route", "rule", "severity"], registry=r
+        )
+        self.playbook_actions = Counter(
+            "mlwarden_proxy_playbook_actions", "Playbook steps run on proxy alerts", ["action", "ok"], registry=r
+        )
+        self.holds = Counter(
+            "mlwarden_proxy_holds",
+            "Holds put (cut-offs, quarantines, switches) and lifted",
+            ["kind", "event"],
+            registry=r,
+        )
+        self.state_errors = Counter(
+            "mlwarden_proxy_state_errors", "Shared-state failures after the answer (budget not charged)", registry=r
+        )
         self.audit_dropped = Counter(
             "mlwarden_proxy_audit_failures", "Audit events that could not be written", registry=r
         )

@@ -9,9 +9,11 @@ the screen's evidence, what was masked, the leak check, the tokens and the cost.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mlwarden.guard.prompt_screen import PromptScreen, ScreenResult, load_screen
@@ -23,10 +25,17 @@ from mlwarden.serve.auditor import DecisionAuditor
 from mlwarden.serve.auth import TokenCache
 from mlwarden.serve.policy import GuardPolicy
 from mlwarden.serve.proxy.budget import Budgets, Usage
+from mlwarden.serve.proxy.control import ProxyControls, ProxyRefusal, unavailable
 from mlwarden.serve.proxy.metrics import ProxyMetrics
+from mlwarden.serve.proxy.monitor import ProxyMonitor, Record
+from mlwarden.serve.proxy.outputs import mask_extras
+from mlwarden.serve.proxy.playbooks import ProxyPlaybookRunner
+from mlwarden.serve.proxy.shared import HoldStore, LocalHolds, RedisHolds, RedisUsage, connect
 from mlwarden.serve.proxy.stream import LeakIndex, StreamMasker
 from mlwarden.serve.proxy.upstream import Upstream, UpstreamError
-from mlwarden.serve.ratelimit import RateLimiter
+from mlwarden.serve.state import LocalState, RedisState, StateBackend, StateUnavailableError
+
+log = logging.getLogger("mlwarden.proxy")
 
 #: The endpoints proxied, by the path they have under the upstream's base URL.
 ENDPOINTS = ("chat/completions", "completions", "embeddings")
@@ -35,10 +44,6 @@ _REFUSAL = re.compile(
     r"i (?:can(?:no|')t|won'?t|am unable|'m unable|cannot)\b",
     re.I,
 )
-
-
-class ProxyRefusal(UpstreamError):  # noqa: N818 - a refusal, answered like an upstream error
-    """A request the proxy itself refuses (same OpenAI-shaped answer as an upstream failure)."""
 
 
 @dataclass
@@ -57,6 +62,14 @@ class Exchange:
     leak: LeakIndex | None
     started: float = field(default_factory=time.perf_counter)
     completion_chars: int = 0
+    screen_score: float = 0.0
+    upstream_s: float | None = None  # time to the upstream's headers (None: not called)
+    refused: bool | None = None  # a completion was a refusal (None: no completion seen)
+
+    @property
+    def route(self) -> str:
+        """``<endpoint>:<model>``: what monitoring, alerts and quarantines are kept by."""
+        return f"{self.endpoint}:{self.model}"
 
 
 def _texts(content: Any) -> list[str]:
@@ -80,9 +93,26 @@ class ProxyService:
         policy: the guard policy (its ``proxy``, ``output`` and ``limits`` sections apply).
         upstream: the upstream API.
         name: the upstream's name in audit subjects and scopes (``upstream:NAME``).
+        redis_url: keep budgets and holds in this Redis, shared with other workers (default: the policy's
+            ``state.redis_url``; neither: in this process).
+        signer: signs the forensics bundles of playbooks (without it a forensics step fails, audited).
+        forensics_dir: where those bundles go.
+
+    Raises:
+        UsageError: a bad Redis URL or baseline file; StateUnavailableError: Redis does not answer.
     """
 
-    def __init__(self, registry: Registry, policy: GuardPolicy, upstream: Upstream, *, name: str = "openai") -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        policy: GuardPolicy,
+        upstream: Upstream,
+        *,
+        name: str = "openai",
+        redis_url: str | None = None,
+        signer: Any = None,
+        forensics_dir: Path | None = None,
+    ) -> None:
         self.registry, self.policy, self.settings, self.upstream, self.name = (
             registry,
             policy,
@@ -92,8 +122,18 @@ class ProxyService:
         )
         self.metrics = ProxyMetrics()
         self.tokens = TokenCache(registry, policy.limits.token_cache_s)
-        self.limiter = RateLimiter(policy.limits.rate_per_s, policy.limits.burst, max_clients=policy.limits.max_clients)
-        self.budgets = Budgets(self.settings.budget)
+        url = redis_url or policy.state.redis_url
+        self.redis = connect(url, policy.state) if url else None
+        lim = policy.limits
+        # Rate buckets as the guard keeps them (serve/state.py): in Redis too when the workers share one.
+        self.limiter: StateBackend = (
+            RedisState(url, lim.rate_per_s, lim.burst, policy.state, client=self.redis)
+            if url and self.redis is not None
+            else LocalState(lim.rate_per_s, lim.burst, max_clients=lim.max_clients)
+        )
+        self.holds: HoldStore = RedisHolds(self.redis, policy.state) if self.redis is not None else LocalHolds()
+        store = RedisUsage(self.redis, policy.state) if self.redis is not None else None
+        self.budgets = Budgets(self.settings.budget, store=store)
         s = self.settings.screen
         self.screens: list[PromptScreen] = []
         if s.action != "off":
@@ -106,6 +146,18 @@ class ProxyService:
             policy.output.redaction() if policy.output.pii_action != "off" else None
         )
         self.auditor = DecisionAuditor(registry.audit(), on_failure=lambda n: self.metrics.audit_dropped.inc(n))
+        self.controls = ProxyControls(self)
+        self.runner = ProxyPlaybookRunner(
+            self.settings.playbooks,
+            self.controls,
+            on_step=lambda action, ok: self.metrics.playbook_actions.labels(action, str(ok).lower()).inc(),
+            audit=lambda event: self.auditor.record(event, now=True),
+            signer=signer,
+            forensics_dir=forensics_dir or Path("forensics"),
+            subject=f"upstream:{name}",
+        )
+        m = self.settings.monitor
+        self.monitor = ProxyMonitor(m, self.metrics, self.runner.handle) if m.enabled else None
 
     # -- the request ------------------------------------------------------------------------------------------
 
@@ -117,22 +169,30 @@ class ProxyService:
         """
         subject = f"upstream:{self.name}"
         if not caller.can(Permission.READ) or (caller.scope is not None and caller.scope != subject):
-            raise self._reject("forbidden", ProxyRefusal(403, "forbidden", f"{caller.username} may not call {subject}"))
-        rate = self.limiter.take(caller.username)
+            raise self.reject("forbidden", ProxyRefusal(403, "forbidden", f"{caller.username} may not call {subject}"))
+        try:
+            self.controls.check(caller.username, None)
+            rate = self.limiter.take(caller.username)
+        except StateUnavailableError:
+            raise self.reject("state_unavailable", unavailable()) from None
         if not rate.allowed:
             retry = str(max(1, round(rate.retry_after_s)))
-            raise self._reject("rate", ProxyRefusal(429, "rate_limited", "too many requests", retry_after=retry))
-        budget = self.budgets.check(caller.username)
+            raise self.reject("rate", ProxyRefusal(429, "rate_limited", "too many requests", retry_after=retry))
+        try:
+            budget = self.budgets.check(caller.username)
+        except StateUnavailableError:
+            raise self.reject("state_unavailable", unavailable()) from None
         if budget.refused is not None:
             retry = str(max(1, round(budget.resets_in_s)))
-            raise self._reject("budget", ProxyRefusal(429, "insufficient_quota", budget.refused, retry_after=retry))
+            raise self.reject("budget", ProxyRefusal(429, "insufficient_quota", budget.refused, retry_after=retry))
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise _invalid("'model' is required")
+        self.controls.check(None, f"{endpoint}:{model}")
         screened, system = self._screened(endpoint, body)
         chars = sum(len(t) for _, t in screened)
         if chars > self.settings.max_prompt_chars:
-            raise self._reject(
+            raise self.reject(
                 "size", ProxyRefusal(413, "prompt_too_long", f"{chars} characters > {self.settings.max_prompt_chars}")
             )
         self.metrics.prompt_chars.observe(chars)
@@ -149,7 +209,8 @@ class ProxyService:
             exchange.body["stream_options"] = {**options, "include_usage": True}  # count tokens from the upstream
         return exchange
 
-    def _reject(self, reason: str, error: ProxyRefusal) -> ProxyRefusal:
+    def reject(self, reason: str, error: ProxyRefusal) -> ProxyRefusal:
+        """Count a refusal by ``reason``; returns ``error`` to be raised."""
         self.metrics.rejections.labels(reason).inc()
         return error
 
@@ -197,6 +258,7 @@ class ProxyService:
                     )
         for name, score in best.items():
             self.metrics.screen_score.labels(name).observe(score)
+        exchange.screen_score = max(best.values(), default=0.0)
         if not flagged:
             return
         action = self.settings.screen.action
@@ -219,35 +281,46 @@ class ProxyService:
         return StreamMasker(self.redaction, exchange.leak, mask_leaks=mask_leaks, tail=self.settings.stream_tail_chars)
 
     def filter_body(self, exchange: Exchange, doc: dict[str, Any]) -> tuple[list[StreamMasker], bool]:
-        """Mask a whole (non-streamed) answer in place; returns the maskers and whether a leak must block it."""
+        """Mask a whole (non-streamed) answer in place; returns the maskers and whether a leak must block it.
+
+        The content, tool-call arguments and logprob tokens of every choice are masked (:mod:`.outputs`).
+        """
         maskers: list[StreamMasker] = []
+        chat = exchange.endpoint == "chat/completions"
         for choice in doc.get("choices") or []:
             if not isinstance(choice, dict):
                 continue
-            holder, key = (
-                (choice.get("message"), "content") if exchange.endpoint == "chat/completions" else (choice, "text")
-            )
+            holder, key = (choice.get("message"), "content") if chat else (choice, "text")
             if not isinstance(holder, dict):
                 continue
-            self.count_refusal(holder.get(key), holder.get("refusal"))
+            self.count_refusal(exchange, holder.get(key), holder.get("refusal"))
             if isinstance(holder.get(key), str):
                 masker = self.masker(exchange)
                 text = holder[key]
                 exchange.completion_chars += len(text)
                 holder[key] = masker.feed(text) + masker.flush()
                 maskers.append(masker)
+            maskers += mask_extras(chat, choice, lambda: self.masker(exchange))
         blocked = self.settings.leak_action == "block" and any(m.leaked_chars for m in maskers)
         return maskers, blocked
 
-    def count_refusal(self, content: Any, refusal: Any = None) -> None:
+    def count_refusal(self, exchange: Exchange, content: Any, refusal: Any = None) -> None:
         """Count a completion, and a refusal if it is one."""
         self.metrics.completions.inc()
-        if refusal or (isinstance(content, str) and _REFUSAL.match(content[:200])):
+        refused = bool(refusal or (isinstance(content, str) and _REFUSAL.match(content[:200])))
+        if refused:
             self.metrics.refusals.inc()
+        exchange.refused = bool(exchange.refused) or refused
 
     def finish(self, exchange: Exchange, usage: Usage, maskers: list[StreamMasker], error: str | None = None) -> None:
         """Charge the budget, count, and audit the served request (queued: the answer is already out)."""
-        cost = self.budgets.charge(exchange.caller.username, exchange.model, usage)
+        try:
+            cost = self.budgets.charge(exchange.caller.username, exchange.model, usage)
+        except StateUnavailableError as exc:  # the answer is out: count and audit it, never fail the request now
+            self.metrics.state_errors.inc()
+            log.error("proxy: budget of %s not charged: %s", exchange.caller.username, exc)
+            cost = self.budgets.price(exchange.model, usage)
+        self._observe(exchange, blocked=False, error=error is not None)
         self.metrics.tokens.labels("prompt", str(usage.estimated).lower()).inc(usage.prompt_tokens)
         self.metrics.tokens.labels("completion", str(usage.estimated).lower()).inc(usage.completion_tokens)
         masked = [m for masker in maskers for m in masker.matches]
@@ -281,6 +354,7 @@ class ProxyService:
         else:
             decision = "error" if not isinstance(error, ProxyRefusal) else "refuse"
         if exchange is not None:
+            self._observe(exchange, blocked=decision == "block", error=decision == "error")
             self.metrics.requests.labels(endpoint, decision).inc()
             details = self._details(exchange)
             event = self._event(exchange, decision, False, details | {"code": error.code}, reason=str(error))
@@ -313,7 +387,38 @@ class ProxyService:
             exchange.caller.username, f"proxy.{decision}", subject, allowed, reason[:500], details=details
         )
 
+    def _observe(self, exchange: Exchange, *, blocked: bool, error: bool) -> None:
+        """Hand the request's record to the monitor (a non-blocking put; see :mod:`.monitor`)."""
+        if self.monitor is None:
+            return
+        self.monitor.record(
+            Record(
+                exchange.endpoint,
+                exchange.model,
+                exchange.caller.username,
+                exchange.prompt_chars,
+                exchange.screen_score,
+                blocked,
+                None if blocked or error else exchange.refused,
+                error,
+                exchange.upstream_s,
+                time.time(),
+            )
+        )
+
+    def extra_metrics(self) -> bytes:
+        """Series kept outside :attr:`metrics` (none: the proxy's monitor counts into the same registry)."""
+        return b""
+
     async def close(self) -> None:
         """Close the upstream pool and write pending audit events."""
         await self.upstream.close()
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """Stop the monitor, write pending audit events, drop the Redis connection."""
+        if self.monitor is not None:
+            self.monitor.stop()
         self.auditor.close()
+        if self.redis is not None:
+            self.redis.close()

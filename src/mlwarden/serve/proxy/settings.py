@@ -11,6 +11,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mlwarden.monitor.alerts import AlertRule
+from mlwarden.monitor.runtime import MonitorConfig
+from mlwarden.serve.proxy.playbooks import ProxyPlaybook
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -97,6 +101,46 @@ class UpstreamSettings(_Section):
     max_connections: int = Field(default=512, ge=1, le=100_000)
 
 
+#: The proxy's alert rules unless the policy gives its own (``proxy.monitor.alerts``).
+PROXY_RULES = (
+    AlertRule(name="proxy-blocks", on="rate:block_rate", above=0.3, severity="warning"),
+    AlertRule(name="upstream-errors", on="rate:upstream_error_rate", above=0.2, severity="critical"),
+    AlertRule(name="refusal-shift", on="chart:refusal_rate:cusum", severity="warning"),
+    AlertRule(name="upstream-latency-shift", on="chart:upstream_latency_ms:ewma", severity="info"),
+    AlertRule(name="prompt-drift", on="drift", consecutive=2, severity="warning", cooldown_s=600),
+)
+
+
+class ProxyMonitorSettings(MonitorConfig):
+    """Monitoring of the proxy's traffic per route: the guard's ``monitor`` keys plus the proxy's own.
+
+    The windows, drift tests (on prompt characters, screen score and upstream latency), control charts and
+    alert rules are the guard's (:class:`~mlwarden.monitor.runtime.MonitorConfig`; rules name the metrics of
+    :data:`~mlwarden.monitor.alerts.PROXY_METRICS`). See ``docs/llm-proxy.md``.
+
+    Attributes:
+        enabled: monitor at all.
+        queue: records held for the background consumer; a full queue drops (and counts) new records, never
+            blocking a request.
+        evaluate_every_s: how often the consumer applies the alert rules (drift tests follow ``check_every`` and
+            ``min_interval_s``).
+        min_requests: a route's alerts wait until it has this many records (a rate over 3 requests is noise).
+        max_routes: routes (endpoint and model) monitored; records of further routes are dropped and counted.
+        warmup: served requests of a route that form its drift reference, when no ``baseline`` file is given.
+        baseline: a baseline JSON file (``mlwarden.baseline/1``, numeric features among ``prompt_chars``,
+            ``screen_score``, ``upstream_latency_ms``) used as the reference of every route instead of a warm-up.
+    """
+
+    alerts: tuple[AlertRule, ...] = PROXY_RULES
+    enabled: bool = True
+    queue: int = Field(default=10_000, ge=1, le=1_000_000)
+    evaluate_every_s: float = Field(default=1.0, gt=0.0, le=3600.0)
+    min_requests: int = Field(default=20, ge=1)
+    max_routes: int = Field(default=100, ge=1, le=100_000)
+    warmup: int = Field(default=500, ge=10, le=1_000_000)
+    baseline: str | None = None
+
+
 class ProxySettings(_Section):
     """The ``proxy:`` section (see the module docstring and ``docs/llm-proxy.md``).
 
@@ -104,6 +148,8 @@ class ProxySettings(_Section):
         screen: prompt screening.
         budget: per-client budgets.
         upstream: timeouts and retries.
+        monitor: monitoring of the traffic (:class:`ProxyMonitorSettings`).
+        playbooks: what to do on the monitor's alerts (:mod:`mlwarden.serve.proxy.playbooks`).
         leak_action: what a completion reproducing the system message does: ``flag`` audits it, ``mask`` also
             replaces the reproduced span, ``block`` withholds a non-streamed answer (a streamed one is masked).
         leak_min_chars: shortest reproduced span of the system message that counts (after case and whitespace
@@ -116,6 +162,8 @@ class ProxySettings(_Section):
     screen: ProxyScreenSettings = Field(default_factory=ProxyScreenSettings)
     budget: BudgetSettings = Field(default_factory=BudgetSettings)
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
+    monitor: ProxyMonitorSettings = Field(default_factory=ProxyMonitorSettings)
+    playbooks: tuple[ProxyPlaybook, ...] = ()
     leak_action: Literal["off", "flag", "mask", "block"] = "flag"
     leak_min_chars: int = Field(default=40, ge=8, le=10_000)
     stream_tail_chars: int = Field(default=128, ge=32, le=65_536)

@@ -90,7 +90,9 @@ class LeakIndex:
 
 
 @dataclass(frozen=True, slots=True)
-class _Span:
+class Span:
+    """A span of text to mask: its label, and whether it may be emitted piecewise."""
+
     start: int
     end: int
     label: str
@@ -133,19 +135,25 @@ class StreamMasker:
         """The end of the text: return everything still held, masked."""
         return self._emit(final=True)
 
-    def _spans(self, work: str) -> list[_Span]:
-        found: list[_Span] = []
+    @property
+    def keep(self) -> int:
+        """Characters of emitted text kept as left context for the detectors."""
+        return self._keep
+
+    def spans(self, work: str, base: int) -> list[Span]:
+        """The spans to mask in ``work`` (context of ``base`` characters, then new text), non-overlapping, in order."""
+        found: list[Span] = []
         if self.redaction is not None:
             template, last4 = self.redaction.template, self.redaction.card_style == "last4"
             for m in find(work, self.redaction.pii):
                 label = (
                     m.evidence_masked if last4 and m.detector == "credit_card" else template.format(detector=m.detector)
                 )
-                found.append(_Span(m.start, m.end, label, False, m))
+                found.append(Span(m.start, m.end, label, False, m))
         if self.leak is not None:
-            found += [_Span(a, b, LEAK_LABEL, True) for a, b in self.leak.spans(work, len(self._context))]
+            found += [Span(a, b, LEAK_LABEL, True) for a, b in self.leak.spans(work, base)]
         found.sort(key=lambda s: (s.start, -s.end))
-        kept: list[_Span] = []
+        kept: list[Span] = []
         for span in found:  # PII first at equal starts would need ranking; overlaps are rare: first wins
             if not kept or span.start >= kept[-1].end:
                 kept.append(span)
@@ -157,7 +165,7 @@ class StreamMasker:
         cut = len(work) if final else len(work) - self.tail
         if cut <= base or (not final and cut - base < EMIT_STEP):
             return ""  # nothing final yet, or too little to be worth a detector pass (token-sized chunks)
-        spans = self._spans(work)
+        spans = self.spans(work, base)
         for span in spans:  # a value still visible at the cut is held whole (never emitted half masked)
             if not span.splittable and span.start >= base and span.start < cut < span.end:
                 cut = span.start

@@ -8,6 +8,9 @@ that is already failing (the approach of Envoy's and Finagle's retry budgets).
 
 The key (``--upstream-key-env NAME`` / ``--upstream-key-file PATH``) is held by :class:`Credential`, whose
 ``repr`` never shows it; every text taken from the upstream into an error message is scrubbed of it.
+
+The connections themselves are aiohttp's when it is installed (the ``server`` extra), under httpx's API
+(:mod:`mlwarden.serve.proxy.transport`); without it, httpx's own transport over several small pools.
 """
 
 from __future__ import annotations
@@ -154,17 +157,26 @@ class Upstream:
         timeout = httpx.Timeout(
             settings.read_timeout_s, connect=settings.connect_timeout_s, pool=settings.connect_timeout_s
         )
-        # Several small pools, not one big one: httpcore matches each request against every connection of its
-        # pool (quadratic in the pool's size), which cost more than the rest of the proxy together at 100
-        # concurrent streams with one pool of 100+ connections (benchmarks/llm_proxy.py, cProfile).
-        shards = max(1, -(-settings.max_connections // POOL_SHARD))
-        per_shard = -(-settings.max_connections // shards)
-        limits = httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)
-        tls = httpx.create_ssl_context()  # one TLS context shared by the shards (each costs milliseconds to build)
-        self.clients = [
-            httpx.AsyncClient(timeout=timeout, limits=limits, verify=tls, follow_redirects=False, trust_env=False)
-            for _ in range(shards)
-        ]
+        tls = httpx.create_ssl_context()  # one TLS context shared by the pools (each costs milliseconds to build)
+        try:  # the wire on aiohttp (the server extra installs it): a quarter of httpcore's CPU per chunk
+            from mlwarden.serve.proxy.transport import AiohttpTransport
+        except ImportError:
+            AiohttpTransport = None  # type: ignore[assignment,misc]  # noqa: N806
+        if AiohttpTransport is not None:
+            transport = AiohttpTransport(timeout, settings.max_connections, tls)
+            self.clients = [httpx.AsyncClient(transport=transport, timeout=timeout, trust_env=False)]
+        else:
+            # Several small pools, not one big one: httpcore matches each request against every connection of its
+            # pool (quadratic in the pool's size), which cost more than the rest of the proxy together at 100
+            # concurrent streams with one pool of 100+ connections (benchmarks/llm_proxy.py, cProfile).
+            shards = max(1, -(-settings.max_connections // POOL_SHARD))
+            per_shard = -(-settings.max_connections // shards)
+            limits = httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)
+            self.clients = [
+                httpx.AsyncClient(timeout=timeout, limits=limits, verify=tls, follow_redirects=False, trust_env=False)
+                for _ in range(shards)
+            ]
+        shards = len(self.clients)
         self._active = [0] * shards  # requests in flight per pool: the least busy (lowest first) is used
         self._shard_of: dict[int, int] = {}
 
@@ -184,20 +196,31 @@ class Upstream:
     async def _backoff(self, attempt: int) -> None:
         await asyncio.sleep(min(1.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
 
-    async def send(self, path: str, body: Mapping[str, Any], *, stream: bool) -> httpx.Response:
+    @property
+    def has_fallback(self) -> bool:
+        """Whether a fallback upstream is configured."""
+        return len(self.urls) > 1
+
+    async def send(
+        self, path: str, body: Mapping[str, Any], *, stream: bool, fallback_first: bool = False
+    ) -> httpx.Response:
         """POST ``body`` to ``path``; returns a 200 response (its body not yet read when ``stream``).
+
+        ``fallback_first`` starts with the fallback (a ``switch_upstream`` playbook step is in force); the primary
+        is then the one a retry goes to.
 
         Raises:
             UpstreamError: 502 (unreachable, 5xx, refused credentials), 504 (timeout), or the upstream's 4xx.
         """
         self.budget.request()
         last: UpstreamError | None = None
+        offset = 1 if fallback_first and self.has_fallback else 0
         for attempt in range(self._attempts()):
             if attempt and not (last is not None and last.status == 502 and self.budget.try_retry()):
                 break
             if attempt:
                 await self._backoff(attempt - 1)
-            url = f"{self.urls[attempt % len(self.urls)]}/{path}"
+            url = f"{self.urls[(attempt + offset) % len(self.urls)]}/{path}"
             shard = min(range(len(self.clients)), key=self._active.__getitem__)  # warm connections first
             client = self.clients[shard]
             self._active[shard] += 1
