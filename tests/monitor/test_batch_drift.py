@@ -17,7 +17,9 @@ from mlwarden.monitor.drift import DriftConfig, ks_two_sample
 from mlwarden.monitor.tables import read_table
 
 
-def _table(rng: np.random.Generator, n: int, *, shift: float = 0.0, weights: tuple[float, ...] = (0.5, 0.3, 0.2)):
+def _table(
+    rng: np.random.Generator, n: int, *, shift: float = 0.0, weights: tuple[float, ...] = (0.5, 0.3, 0.2)
+) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "a": rng.normal(shift, 1.0, n),
@@ -144,7 +146,9 @@ def test_parquet_jsonl_and_npy_read_like_csv(tmp_path: Path) -> None:
         np.testing.assert_allclose(t.numeric["0"], tables[0].numeric["0"])
 
 
-def test_cli_exit_codes_formats_and_escaping(tables: dict[str, Path], tmp_path: Path, capsys) -> None:
+def test_cli_exit_codes_formats_and_escaping(
+    tables: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["monitor", "drift", str(tables["ref"]), str(tables["same"])]) == 0
     assert "drift: no" in capsys.readouterr().out
     assert main(["monitor", "drift", str(tables["ref"]), str(tables["shifted"]), "-f", "json"]) == 1
@@ -172,3 +176,67 @@ def test_correction_and_test_choice_change_the_verdict_as_configured(tables: dic
     assert {r.test for r in only_psi.results} == {"psi"}
     none = compare(ref, cur, DriftConfig(tests=("ks",), correction="none"))
     assert all(r.threshold == 0.05 for r in none.results)
+
+
+def _categorical_columns(rng: np.random.Generator, n: int, *, extra: tuple[str, ...] = ()) -> np.ndarray:
+    """Many categories (more than batch drift keeps), count ties, and long values equal after truncation."""
+    long_a, long_b = "L" * 300 + "a", "L" * 300 + "b"  # the same first 256 characters
+    common = [f"v{i}" for i in range(1_200)] + [long_a, long_b, "<missing>", *extra]
+    weights = np.r_[np.full(40, 30.0), np.ones(len(common) - 40)]
+    return rng.choice(np.array(common), n, p=weights / weights.sum())
+
+
+def test_counted_categories_give_the_profile_and_chi2_of_the_string_path() -> None:
+    from mlwarden.monitor.baseline import Baseline
+    from mlwarden.monitor.batch import _baseline_config, _categorical_profile
+    from mlwarden.monitor.drift import DriftDetector
+    from mlwarden.monitor.tables import Table
+
+    rng = np.random.default_rng(5)
+    ref_col = _categorical_columns(rng, 30_000)
+    cur_col = _categorical_columns(rng, 20_000, extra=("new-1", "new-2"))  # unseen values too
+    cfg = _baseline_config(ref_col.size)
+    by_strings = Baseline.from_reference({"k": ref_col}, categorical=["k"], config=cfg)
+    ref_table = Table("r", ref_col.size, {}, {"k": ref_col})
+    (profile,) = by_strings.features
+    assert _categorical_profile("k", ref_table.value_counts("k"), ref_col.size, cfg) == profile
+    assert profile.other_count > 0  # more categories than kept: the "other" bucket is exercised
+    chi = DriftConfig(tests=("chi2",), min_window=2)
+    detector = DriftDetector(by_strings, chi)
+    counts = Table("c", cur_col.size, {}, {"k": cur_col}).value_counts("k")
+    assert detector.check_counts({"k": (list(counts), list(counts.values()))}) == detector.check({"k": cur_col})
+
+
+def test_csv_strings_come_dictionary_encoded_and_equal_pandas_across_blocks(tmp_path: Path) -> None:
+    # ~3 MB: pyarrow reads it in several blocks, each with its own dictionary (values first seen in other orders).
+    rng = np.random.default_rng(9)
+    n = 120_000
+    frame = pd.DataFrame(
+        {
+            "colour": np.r_[np.repeat(["blue", "red"], 1_000), rng.choice(["red", "green", "blue", "teal"], n - 2_000)],
+            "count": rng.integers(-5, 50, n),
+            "x": rng.normal(0, 1, n),
+            "y": rng.normal(0, 1, n),
+        }
+    )
+    frame.loc[rng.choice(n, 500, replace=False), "x"] = np.nan
+    frame.loc[rng.choice(n, 300, replace=False), "colour"] = None
+    path = tmp_path / "t.csv"
+    frame.to_csv(path, index=False)
+    table = read_table(path)
+    assert sorted(table.numeric) == ["count", "x", "y"]
+    np.testing.assert_array_equal(table.numeric["count"], frame["count"].to_numpy(np.float64))
+    np.testing.assert_array_equal(table.numeric["x"], frame["x"].to_numpy())  # NaN where missing
+    expected = frame["colour"].fillna("").to_numpy(str)  # an empty CSV field of a string column is the value ""
+    np.testing.assert_array_equal(table.categorical["colour"], expected)
+    values, counts = np.unique(expected, return_counts=True)
+    assert table.value_counts("colour") == dict(zip(values.tolist(), counts.tolist(), strict=True))
+    only = read_table(path, columns=["y", "colour"])
+    assert (sorted(only.numeric), sorted(only.categorical), sorted(only.codes)) == (["y"], ["colour"], ["colour"])
+    frame.to_parquet(tmp_path / "t.parquet")
+    assert sorted(read_table(tmp_path / "t.parquet", columns=["x"]).numeric) == ["x"]
+    from_parquet = read_table(tmp_path / "t.parquet")  # there a missing string is a null: the <missing> level
+    np.testing.assert_array_equal(from_parquet.categorical["colour"], frame["colour"].fillna("<missing>").to_numpy(str))
+    np.testing.assert_array_equal(from_parquet.numeric["x"], table.numeric["x"])
+    with pytest.raises(UsageError, match=r"no column\(s\) \['nope'\]"):
+        read_table(tmp_path / "t.parquet", columns=["x", "nope"])

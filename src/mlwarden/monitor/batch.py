@@ -28,7 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mlwarden.core.errors import UsageError
-from mlwarden.monitor.baseline import Baseline, BaselineConfig, bin_index
+from mlwarden.monitor.baseline import Baseline, BaselineConfig, FeatureProfile, bin_index
 from mlwarden.monitor.drift import (
     DriftConfig,
     DriftDetector,
@@ -121,33 +121,62 @@ def compare(reference: Table, current: Table, config: DriftConfig | None = None)
     raw = DriftConfig(**{**_fields(config), "correction": "none"})  # p-values raw; corrected below, across all
     results: list[DriftResult] = []
     missing: dict[str, tuple[float, float]] = {}
-    categorical = dict(reference.categorical)
-    current_cat = dict(current.categorical)
+    # Categorical features as value counts (counted from dictionary codes, not strings): the chi-squared tests need
+    # nothing else.
+    chi2 = "chi2" in config.tests
+    ref_counts = {n: reference.value_counts(n) for n in reference.categorical} if chi2 else {}
+    cur_counts = {n: current.value_counts(n) for n in reference.categorical} if chi2 else {}
     numeric_cfg = DriftConfig(**{**_fields(raw), "tests": tuple(t for t in raw.tests if t in ("ks", "psi")) or ("ks",)})
     jobs: list[tuple[str, NDArray[np.float64], NDArray[np.float64]]] = []
     for name, ref in reference.numeric.items():
         cur = current.numeric[name]
         ref_ok, cur_ok = np.isfinite(ref), np.isfinite(cur)
-        if not (ref_ok.all() and cur_ok.all()):
+        ref_all, cur_all = bool(ref_ok.all()), bool(cur_ok.all())
+        if not (ref_all and cur_all):
             missing[name] = (1 - float(ref_ok.mean()), 1 - float(cur_ok.mean()))
-            categorical[f"{name}.missing"] = np.where(ref_ok, "present", MISSING)
-            current_cat[f"{name}.missing"] = np.where(cur_ok, "present", MISSING)
-        jobs.append((name, ref[ref_ok], cur[cur_ok]))
+            ref_counts[f"{name}.missing"] = _presence(ref_ok)
+            cur_counts[f"{name}.missing"] = _presence(cur_ok)
+        jobs.append((name, ref if ref_all else ref[ref_ok], cur if cur_all else cur[cur_ok]))  # no copy if complete
     if set(raw.tests) & {"ks", "psi"}:
         # numpy's sort and searchsorted release the GIL: features run in parallel threads.
         with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1) or 1) as pool:
             for part in pool.map(lambda job: _one_numeric(job[0], job[1], job[2], numeric_cfg), jobs):
                 results += part
-    if categorical and "chi2" in config.tests:
-        base = Baseline.from_reference(
-            categorical, categorical=list(categorical), config=_baseline_config(reference.rows)
-        )
+    if ref_counts and chi2:
+        base_cfg = _baseline_config(reference.rows)
+        if reference.rows < base_cfg.min_reference:
+            raise UsageError(f"reference data has {reference.rows} rows; at least {base_cfg.min_reference} are needed")
+        profiles = tuple(_categorical_profile(k, v, reference.rows, base_cfg) for k, v in ref_counts.items())
+        base = Baseline(profiles, reference.rows, (), (), base_cfg)
         chi = DriftConfig(**{**_fields(raw), "tests": ("chi2",), "min_window": 2})
-        results += DriftDetector(base, chi).check(current_cat).results
+        window = {k: (list(v), list(v.values())) for k, v in cur_counts.items()}
+        results += DriftDetector(base, chi).check_counts(window).results
     if "mmd" in config.tests and reference.numeric:
         results += _mmd(reference, current, raw)
     results = _correct(results, config)
     return BatchDriftReport(reference, current, tuple(results), config, missing, time.perf_counter() - started)
+
+
+def _presence(finite: NDArray[np.bool_]) -> dict[str, int]:
+    """The ``<col>.missing`` feature's counts: rows with a value (``present``) and without (:data:`MISSING`)."""
+    present = int(np.count_nonzero(finite))
+    return {k: c for k, c in (("present", present), (MISSING, finite.size - present)) if c}
+
+
+def _categorical_profile(name: str, counts: dict[str, int], rows: int, cfg: BaselineConfig) -> FeatureProfile:
+    """The baseline profile :meth:`Baseline.from_reference` builds for a column with these value counts.
+
+    Values truncated to ``max_value_len``, the ``max_categories`` most frequent kept (ties by value), the rest
+    counted as "other" (``tests/monitor/test_batch_drift.py`` checks it equals ``from_reference``'s profile).
+    """
+    merged: dict[str, int] = {}
+    for value, count in counts.items():
+        key = value[: cfg.max_value_len]
+        merged[key] = merged.get(key, 0) + count
+    ranked = sorted(merged.items(), key=lambda kv: (-kv[1], kv[0]))
+    kept = tuple((k, int(c)) for k, c in ranked[: cfg.max_categories])
+    other = sum(c for _, c in ranked[cfg.max_categories :])
+    return FeatureProfile(name=name, kind="categorical", n=rows, categories=kept, other_count=int(other))
 
 
 def _fields(config: DriftConfig) -> dict[str, Any]:
@@ -198,17 +227,25 @@ def _one_numeric(name: str, ref: NDArray[np.float64], cur: NDArray[np.float64], 
 
 def _mmd(reference: Table, current: Table, cfg: DriftConfig) -> list[DriftResult]:
     names = list(reference.numeric)
-    ref = np.column_stack([reference.numeric[n] for n in names])
-    cur = np.column_stack([current.numeric[n] for n in names])
-    ref, cur = ref[np.isfinite(ref).all(axis=1)], cur[np.isfinite(cur).all(axis=1)]
-    if len(ref) < 2 or len(cur) < 2:
+    ref, cur = _complete_rows(reference, names), _complete_rows(current, names)
+    n_ref, n_cur = len(ref[names[0]]), len(cur[names[0]])
+    if n_ref < 2 or n_cur < 2:
         return []
     rng = np.random.default_rng(cfg.seed)  # MMD subsamples anyway: build its baseline from that many rows only
-    if len(ref) > cfg.mmd_max_samples:
-        ref = ref[np.sort(rng.choice(len(ref), cfg.mmd_max_samples, replace=False))]
-    base = Baseline.from_reference(ref, feature_names=names, config=_baseline_config(len(ref)))
+    if n_ref > cfg.mmd_max_samples:
+        keep = np.sort(rng.choice(n_ref, cfg.mmd_max_samples, replace=False))
+        ref = {n: v[keep] for n, v in ref.items()}
+    base = Baseline.from_reference(ref, feature_names=names, config=_baseline_config(len(ref[names[0]])))
     detector = DriftDetector(base, DriftConfig(**{**_fields(cfg), "tests": ("mmd",), "min_window": 2}))
     return list(detector.check(cur).results)
+
+
+def _complete_rows(table: Table, names: list[str]) -> dict[str, NDArray[np.float64]]:
+    """The numeric columns on the rows where every one is finite (the columns themselves when all are)."""
+    finite = np.logical_and.reduce([np.isfinite(table.numeric[n]) for n in names])
+    if finite.all():
+        return {n: table.numeric[n] for n in names}
+    return {n: table.numeric[n][finite] for n in names}
 
 
 def _correct(results: list[DriftResult], config: DriftConfig) -> list[DriftResult]:

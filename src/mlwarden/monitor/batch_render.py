@@ -12,7 +12,6 @@ import numpy as np
 
 from mlwarden.monitor.baseline import bin_index
 from mlwarden.monitor.batch import BatchDriftReport
-from mlwarden.monitor.svgplot import bar_chart
 
 FORMATS = ("text", "json", "html")
 #: Features drawn in the HTML report (the drifted ones first); the table lists them all.
@@ -64,6 +63,8 @@ def _numeric_plot(report: BatchDriftReport, name: str) -> str:
     edges = np.unique(np.quantile(ref, np.linspace(0, 1, 11)[1:-1]))
     a = np.bincount(bin_index(ref, edges), minlength=edges.size + 1) / ref.size
     b = np.bincount(bin_index(cur, edges), minlength=edges.size + 1) / cur.size
+    from mlwarden.monitor.svgplot import bar_chart  # HTML only (it imports xml.sax, urllib and http.client)
+
     return bar_chart({"reference": a.tolist(), "current": b.tolist()}, title=name,
                      xlabel="reference decile bin", ylabel="share of rows")  # fmt: skip
 
@@ -76,6 +77,8 @@ def _categorical_plot(report: BatchDriftReport, name: str) -> str:
     top = [str(v) for v in values[np.argsort(-counts)][:12]]
     a = [float(np.mean(ref == v)) for v in top]
     b = [float(np.mean(cur == v)) for v in top]
+    from mlwarden.monitor.svgplot import bar_chart
+
     return bar_chart({"reference": a, "current": b}, title=f"{name} ({', '.join(top)[:80]})",
                      xlabel="category (most frequent first)", ylabel="share of rows")  # fmt: skip
 

@@ -30,16 +30,16 @@ flags, so with every family enabled the report's false-positive rate is at most 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import stats
 
 from mlwarden.core.errors import UsageError
 from mlwarden.monitor.baseline import Baseline, FeatureProfile, bin_index
+from mlwarden.monitor.pvalues import chi2_homogeneity, ks_sf
 from mlwarden.monitor.windows import Clock, FeatureWindow
 
 Test = Literal["ks", "psi", "chi2", "mmd"]
@@ -170,6 +170,8 @@ class DriftDetector:
     def __init__(self, baseline: Baseline, config: DriftConfig | None = None) -> None:
         self.baseline = baseline
         self.config = config or DriftConfig()
+        if "ks" in self.config.tests:  # KS on a window uses scipy.stats: imported now, not during a check
+            from scipy import stats  # noqa: F401
 
     def window(self, capacity: int, *, max_age_s: float | None = None, clock: Clock | None = None) -> FeatureWindow:
         """A :class:`FeatureWindow` with this baseline's features, ready to be filled and checked."""
@@ -246,6 +248,8 @@ class DriftDetector:
         return cols
 
     def _ks(self, feats: list[FeatureProfile], cols: dict[str, NDArray]) -> list[DriftResult]:
+        from scipy import stats
+
         tests = [stats.ks_2samp(np.asarray(f.sample), cols[f.name]) for f in feats]
         p = np.array([float(t.pvalue) for t in tests])
         cut = corrected_thresholds(p, self.config.alpha, self.config.correction)
@@ -280,8 +284,48 @@ class DriftDetector:
             f"from bin {worst}: reference {f.fractions[worst]:.4f}, window {actual[worst]:.4f}",
         )
 
+    def check_counts(self, counts: Mapping[str, tuple[Sequence[str], Sequence[int]]]) -> DriftReport:
+        """The chi-squared tests of :meth:`check` from each categorical feature's distinct values and their counts.
+
+        For callers that have counted already (batch drift counts dictionary codes, not strings): the same results
+        as :meth:`check` on columns with these values, these many times. Values are truncated to the baseline's
+        ``max_value_len`` as :meth:`check` does.
+
+        Raises:
+            UsageError: a categorical feature of the baseline is missing, or counts differ in total.
+        """
+        feats = [f for f in self.baseline.features if f.kind == "categorical"]
+        missing = [f.name for f in feats if f.name not in counts]
+        if missing:
+            raise UsageError(f"counts lack baseline feature(s) {missing}")
+        limit = self.baseline.config.max_value_len
+        merged: dict[str, dict[str, int]] = {}
+        for f in feats:
+            values, numbers = counts[f.name]
+            acc: dict[str, int] = {}
+            for v, c in zip(values, numbers, strict=True):
+                if c:
+                    acc[v[:limit]] = acc.get(v[:limit], 0) + int(c)
+            merged[f.name] = acc
+        totals = {sum(acc.values()) for acc in merged.values()}
+        if len(totals) > 1:
+            raise UsageError("counts of the features differ in total")
+        n = totals.pop() if totals else 0
+        if n < self.config.min_window:
+            return DriftReport((), n, drifted=False, insufficient=True)
+        results: list[DriftResult] = []
+        if "chi2" in self.config.tests and feats:
+            results = self._chi2_results(feats, [self._chi2_counts(f, merged[f.name]) for f in feats])
+        return DriftReport(tuple(results), n, drifted=any(r.drifted for r in results))
+
     def _chi2(self, feats: list[FeatureProfile], cols: dict[str, NDArray]) -> list[DriftResult]:
-        raw = [self._chi2_one(f, cols[f.name]) for f in feats]
+        raw = []
+        for f in feats:
+            values, counts = np.unique(cols[f.name], return_counts=True)
+            raw.append(self._chi2_counts(f, dict(zip(values.tolist(), counts.tolist(), strict=True))))
+        return self._chi2_results(feats, raw)
+
+    def _chi2_results(self, feats: list[FeatureProfile], raw: list[tuple[float, float, str]]) -> list[DriftResult]:
         p = np.array([r[1] for r in raw])
         cut = corrected_thresholds(p, self.config.alpha, self.config.correction)
         return [
@@ -289,16 +333,16 @@ class DriftDetector:
             for i, (f, (stat, pv, detail)) in enumerate(zip(feats, raw, strict=True))
         ]
 
-    def _chi2_one(self, f: FeatureProfile, col: NDArray[np.str_]) -> tuple[float, float, str]:
+    def _chi2_counts(self, f: FeatureProfile, window: Mapping[str, int]) -> tuple[float, float, str]:
+        """``(statistic, p-value, detail)`` of one feature from the window's count of each distinct value."""
         known = dict(f.categories)
         pool = OTHER if f.other_count else UNSEEN
         labels = [k for k, _ in f.categories] + [pool]
         index = {k: i for i, k in enumerate(labels)}
         ref = np.array([c for _, c in f.categories] + [f.other_count], dtype=np.float64)
-        values, counts = np.unique(col, return_counts=True)
         cur = np.zeros(len(labels), dtype=np.float64)
         unseen: dict[str, int] = {}
-        for v, c in zip(values.tolist(), counts.tolist(), strict=True):
+        for v, c in sorted(window.items()):
             if v in known:
                 cur[index[v]] += c
             else:
@@ -318,25 +362,26 @@ class DriftDetector:
         )
         if table.shape[1] < 2:
             return 0.0, 1.0, f"fewer than two categories with enough data; {seen}"
-        res = stats.chi2_contingency(table, correction=False)
+        statistic, p_value, _ = chi2_homogeneity(table)
         detail = (
             f"chi-squared homogeneity, {int(table[0].sum())} reference vs {int(table[1].sum())} window values, "
             f"{table.shape[1]} columns ({int(small.sum())} rare merged into {RARE}); {seen}; "
             f"{self.config.correction} over categorical features at alpha {self.config.alpha}"
         )
-        return float(res.statistic), float(res.pvalue), detail
+        return statistic, p_value, detail
 
     def _mmd(self, feats: list[FeatureProfile], cols: dict[str, NDArray]) -> DriftResult:
         cfg = self.config
         rng = np.random.default_rng(cfg.seed)
         mu = np.array([f.mean for f in feats])
         sd = np.array([f.std if f.std > 0 else 1.0 for f in feats])
-        x = (np.column_stack([np.asarray(f.sample) for f in feats]) - mu) / sd
-        y = (np.column_stack([cols[f.name] for f in feats]) - mu) / sd
-        if x.shape[0] > cfg.mmd_max_samples:
-            x = x[rng.choice(x.shape[0], cfg.mmd_max_samples, replace=False)]
-        if y.shape[0] > cfg.mmd_max_samples:
-            y = y[rng.choice(y.shape[0], cfg.mmd_max_samples, replace=False)]
+        # The subsamples are drawn first (reference, then window: the seeded sequence), so only the rows kept
+        # are stacked and standardised.
+        picks = []
+        for n in (len(feats[0].sample), cols[feats[0].name].size):
+            picks.append(rng.choice(n, cfg.mmd_max_samples, replace=False) if n > cfg.mmd_max_samples else None)
+        x = (np.column_stack([_rows(np.asarray(f.sample), picks[0]) for f in feats]) - mu) / sd
+        y = (np.column_stack([_rows(cols[f.name], picks[1]) for f in feats]) - mu) / sd
         stat, p, bandwidth = mmd_permutation_test(x, y, cfg.mmd_permutations, rng)
         return DriftResult(
             "mmd",
@@ -349,6 +394,10 @@ class DriftDetector:
             f"{x.shape[0]} reference vs {y.shape[0]} window rows over {len(feats)} numeric feature(s), "
             f"{cfg.mmd_permutations} permutations",
         )
+
+
+def _rows(column: NDArray[np.float64], picked: NDArray[np.intp] | None) -> NDArray[np.float64]:
+    return column if picked is None else column[picked]
 
 
 def population_stability_index(
@@ -369,18 +418,31 @@ def ks_two_sample(a_sorted: NDArray[np.float64], b_sorted: NDArray[np.float64]) 
     """Two-sided two-sample Kolmogorov-Smirnov ``(D, p)`` of two *sorted* samples, as ``scipy.stats.ks_2samp``.
 
     The same statistic and the same p-value as scipy's ``method="auto"``: exact (scipy itself) while the larger
-    sample has at most 10,000 values, Smirnov's asymptotic distribution (``kstwo.sf(D, round(n m / (n + m)))``)
-    beyond. Taking sorted input lets a caller sort each column once for KS and PSI's quantiles.
+    sample has at most 10,000 values, Smirnov's asymptotic distribution (``kstwo.sf(D, round(n m / (n + m)))``,
+    :func:`~mlwarden.monitor.pvalues.ks_sf`) beyond. Taking sorted input lets a caller sort each column once for
+    KS and PSI's quantiles. The two empirical CDFs are compared at every value of both samples: a sample's own CDF
+    at its values is ``1..n / n`` unless values repeat, so each sample is looked up in the other only (in sorted
+    order, which keeps the binary searches in cache).
     """
     n1, n2 = a_sorted.size, b_sorted.size
     if max(n1, n2) <= 10_000:
+        from scipy import stats
+
         res = stats.ks_2samp(a_sorted, b_sorted)
         return float(res.statistic), float(res.pvalue)
-    both = np.concatenate([a_sorted, b_sorted])
-    diff = np.searchsorted(a_sorted, both, side="right") / n1 - np.searchsorted(b_sorted, both, side="right") / n2
-    d = float(max(diff.max(), -diff.min(), 0.0))
+    d = 0.0
+    for values, other, own_n, other_n in ((a_sorted, b_sorted, n1, n2), (b_sorted, a_sorted, n2, n1)):
+        diff = _right_counts(values) / own_n - np.searchsorted(other, values, side="right") / other_n
+        d = max(d, float(diff.max()), float(-diff.min()))
     m, n = max(n1, n2), min(n1, n2)
-    return d, float(np.clip(stats.kstwo.sf(d, np.round(m * n / (m + n))), 0.0, 1.0))
+    return d, float(np.clip(ks_sf(d, int(np.round(m * n / (m + n)))), 0.0, 1.0))
+
+
+def _right_counts(sorted_values: NDArray[np.float64]) -> NDArray[np.int64]:
+    """How many values of a sorted sample are ``<=`` each of its values: ``1..n`` unless values repeat."""
+    if sorted_values.size > 1 and bool(np.any(sorted_values[1:] == sorted_values[:-1])):
+        return np.searchsorted(sorted_values, sorted_values, side="right")
+    return np.arange(1, sorted_values.size + 1)
 
 
 def mmd_permutation_test(
