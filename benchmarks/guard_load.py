@@ -294,6 +294,13 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1, help="bare/guard alternations (default 1)")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds of unmeasured load first (default 5)")
     parser.add_argument("--wrk", action="store_true", help="also measure saturation with wrk: bare, guard, 2 workers")
+    parser.add_argument(
+        "--guard-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for `mlwarden serve` (repeat; e.g. --guard-arg=--monitor --guard-arg=thread)",
+    )
     parser.add_argument("--wrk-only", action="store_true", help="only the wrk saturation runs (no open-loop runs)")
     parser.add_argument("--wrk-duration", type=float, default=15.0, help="seconds per wrk run (default 15)")
     parser.add_argument("--wrk-connections", type=int, default=32, help="wrk connections (default 32)")
@@ -343,6 +350,7 @@ def main() -> int:
                 str(guard_port),
                 "--log-level",
                 "error",
+                *args.guard_arg,
             ],
             env,
             guard_port,

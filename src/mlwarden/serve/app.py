@@ -35,7 +35,7 @@ from mlwarden.http.responses import errors as error_responses
 from mlwarden.registry.errors import AuthError
 from mlwarden.registry.roles import Permission, Principal
 from mlwarden.serve.monitor_link import MonitorLink
-from mlwarden.serve.requests import PredictRequest, PredictResponse, handle_predict, settle
+from mlwarden.serve.requests import PredictRequest, PredictResponse, handle_predict, settle_async
 from mlwarden.serve.service import GuardService
 
 
@@ -129,8 +129,8 @@ class _PredictRoute(APIRoute):
 
 async def _answer(service: GuardService, caller: Principal, name: str, payload: Mapping[str, Any]) -> JSONResponse:
     reply = handle_predict(service, caller, name, payload)
-    if reply.audit is not None:  # a database write: never on the event loop
-        reply = await run_in_threadpool(settle, service, reply)
+    if reply.audit is not None:  # written before the reply, never by the event loop itself
+        reply = await settle_async(service, reply)
     return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers or None)
 
 

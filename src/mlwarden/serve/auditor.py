@@ -36,6 +36,8 @@ class DecisionAuditor:
         max_batch: most events per transaction.
         max_pending: queued events beyond which :meth:`record` refuses.
         on_failure: called with the number of events a failed flush could not write (they are retried).
+        urgent: :meth:`record_urgent` will be used: batches are written in chunks of :attr:`urgent_chunk` so an
+            urgent event waits for at most one chunk.
     """
 
     def __init__(
@@ -46,13 +48,16 @@ class DecisionAuditor:
         max_batch: int = 1000,
         max_pending: int = 50_000,
         on_failure: Callable[[int], None] | None = None,
+        urgent: bool = False,
     ) -> None:
         self.audit = audit
         self.flush_every_s = flush_every_s
         self.max_batch = max_batch
         self.max_pending = max_pending
         self._on_failure = on_failure
+        self._urgent_possible = urgent
         self._queue: deque[AuditEvent] = deque()
+        self._urgent: deque[tuple[AuditEvent, Callable[[str | None], None]]] = deque()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -81,12 +86,37 @@ class DecisionAuditor:
                 raise AuditBacklog(f"{len(self._queue)} audit events are waiting; the audit log is not keeping up")
             self._queue.append(event)
 
+    def record_urgent(self, event: AuditEvent, done: Callable[[str | None], None]) -> None:
+        """Have the writer thread append ``event`` in a transaction of its own, ahead of the queued batches.
+
+        ``done(error)`` is called from that thread once it is written (``None``) or could not be. One writer for
+        both kinds: an urgent event never waits for the database's write lock held by a batch of this process,
+        only for the batch chunk being written (at most ``urgent_chunk`` events).
+        """
+        self._urgent.append((event, done))
+        self._wake.set()
+
+    #: Events per batch transaction while urgent events may be waiting (bounds how long one waits).
+    urgent_chunk = 25
+
+    def _write_urgent(self) -> None:
+        while self._urgent:
+            event, done = self._urgent.popleft()
+            try:
+                self.audit.append_now(event)
+            except (DatabaseError, MlwardenError) as exc:
+                done(f"the audit log is unavailable: {exc}")
+            else:
+                done(None)
+
     def flush(self) -> int:
-        """Write every queued event now; returns how many were written."""
+        """Write every queued event now (urgent ones first, and between batch chunks); returns batched ones written."""
         written = 0
         while True:
+            self._write_urgent()
             with self._lock:
-                batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
+                size = self.urgent_chunk if self._urgent_possible else self.max_batch
+                batch = [self._queue.popleft() for _ in range(min(size, len(self._queue)))]
             if not batch:
                 return written
             try:
@@ -113,3 +143,4 @@ class DecisionAuditor:
         self._wake.set()
         self._thread.join(timeout)
         self.flush()
+        self._write_urgent()

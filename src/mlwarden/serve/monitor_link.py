@@ -18,6 +18,7 @@ what is served; events waiting for a confirmation fail (503), queued ones are se
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import logging
@@ -49,12 +50,28 @@ class MonitorUnavailable(MlwardenError):  # noqa: N818 - a condition, reported a
 
 
 class _Waiter:
-    __slots__ = ("done", "error", "state")
+    __slots__ = ("done", "error", "future", "loop", "state")
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.done = threading.Event()
         self.error: str | None = None
         self.state: dict[str, Any] = {}
+        self.loop = loop
+        self.future: asyncio.Future[None] | None = loop.create_future() if loop is not None else None
+
+    def finish(self, error: str | None = None) -> None:
+        """Mark it done (``error``: why not), waking a thread or an event loop that waits on it."""
+        if error is not None:
+            self.error = error
+        self.done.set()
+        if self.loop is not None and self.future is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits any more
+                self.loop.call_soon_threadsafe(_resolve, self.future)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class ForwardedRecords:
@@ -288,6 +305,39 @@ class MonitorLink:
         if waiter.error is not None:
             raise AuditBacklog(waiter.error)
 
+    async def record_now(self, event: AuditEvent) -> None:
+        """:meth:`record` with ``now``, awaited on an event loop (the receiver thread resolves it).
+
+        Raises:
+            AuditBacklog: as :meth:`record` with ``now``.
+        """
+        if not self.alive:
+            raise AuditBacklog("the monitor process is not running")
+        if self.stalled():
+            raise AuditBacklog(f"the monitor process has not answered for {self.silent_s():.1f} s")
+        ident = next(self._ids)
+        waiter = _Waiter(asyncio.get_running_loop())
+        if waiter.future is None:
+            raise RuntimeError("internal invariant broken: a loop waiter without its future")
+        self._waiters[ident] = waiter
+        message = ("audit_now", ident, event)
+        self._urgent.append(message)
+        self._wake.set()
+        deadline = time.monotonic() + self.ack_timeout_s
+        try:
+            while not waiter.done.is_set():
+                await asyncio.wait((waiter.future,), timeout=0.1)
+                if not waiter.done.is_set() and (self.stalled() or time.monotonic() > deadline):
+                    with contextlib.suppress(ValueError):  # not sent yet: take it back (sent: it may still land)
+                        self._urgent.remove(message)
+                    raise AuditBacklog(
+                        f"the monitor process did not confirm the audit write (silent for {self.silent_s():.1f} s)"
+                    )
+        finally:
+            self._waiters.pop(ident, None)
+        if waiter.error is not None:
+            raise AuditBacklog(waiter.error)
+
     def _put(self, item: tuple[Any, ...], kind: str) -> None:
         if len(self._buffer) >= self.max_pending:
             self.dropped.labels(self.model, kind).inc()
@@ -420,11 +470,9 @@ class MonitorLink:
         if kind in ("ack", "snapshot"):
             waiter = self._waiters.get(message[1])
             if waiter is not None:
-                if kind == "ack":
-                    waiter.error = message[2]
-                else:
+                if kind == "snapshot":
                     waiter.state = message[2]
-                waiter.done.set()
+                waiter.finish(message[2] if kind == "ack" else None)
         elif kind == "metrics":
             self._metrics_text = message[1]
         elif kind == "hold":
@@ -436,5 +484,4 @@ class MonitorLink:
     def _fail_waiters(self, why: str) -> None:
         for waiter in list(self._waiters.values()):
             if not waiter.done.is_set():
-                waiter.error = why
-                waiter.done.set()
+                waiter.finish(why)

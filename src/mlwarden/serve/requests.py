@@ -126,12 +126,40 @@ def settle(service: GuardService, reply: Reply) -> Reply:
     try:
         service.audit(reply.audit, now=True)
     except AuditBacklog as exc:
-        request_id = reply.body.get("request_id") or reply.body.get("error", {}).get("request_id", "")
-        log.error("could not audit request %s: %s", request_id, exc)
-        if reply.audit_required:  # fail closed: no answer leaves without its audit record
-            service.metrics.rejections.labels(service.name, "audit").inc()
-            return _error(503, "audit_unavailable", "the audit log is unavailable; try again later", request_id)
-        service.metrics.audit_dropped.labels(service.name).inc()
+        return _unaudited(service, reply, exc)
+    return Reply(reply.status, reply.body, reply.headers)
+
+
+async def settle_async(service: GuardService, reply: Reply) -> Reply:
+    """:func:`settle` for the event loop: the monitor process confirms the write to the loop itself.
+
+    With the monitor in a process of its own, waiting in a pool thread cost four handovers of the interpreter lock
+    per blocked or flagged request (to the pool thread, the sender, the receiver, back to the loop), each up to the
+    switch interval while the loop was busy with other requests: those requests were the guard's p99. Here the
+    loop awaits a future the receiver resolves. In ``thread`` mode the write is a database call: a pool thread.
+    """
+    if reply.audit is None:
+        return reply
+    link = service.link
+    if link is None:
+        from fastapi.concurrency import run_in_threadpool
+
+        return await run_in_threadpool(settle, service, reply)
+    try:
+        await link.record_now(reply.audit)
+    except AuditBacklog as exc:
+        return _unaudited(service, reply, exc)
+    return Reply(reply.status, reply.body, reply.headers)
+
+
+def _unaudited(service: GuardService, reply: Reply, exc: AuditBacklog) -> Reply:
+    """The reply whose pending audit event could not be written: a 503 for an answer; a refusal stands."""
+    request_id = reply.body.get("request_id") or reply.body.get("error", {}).get("request_id", "")
+    log.error("could not audit request %s: %s", request_id, exc)
+    if reply.audit_required:  # fail closed: no answer leaves without its audit record
+        service.metrics.rejections.labels(service.name, "audit").inc()
+        return _error(503, "audit_unavailable", "the audit log is unavailable; try again later", request_id)
+    service.metrics.audit_dropped.labels(service.name).inc()
     return Reply(reply.status, reply.body, reply.headers)
 
 

@@ -415,6 +415,7 @@ class GuardService:
         """Stop the background thread and write the pending audit events."""
         self._stop.set()
         self._thread.join(10)
+        self.tokens.close()
         self.auditor.close()  # in process mode: the link, which stops the monitor process after its last writes
         self.state.close()
 
