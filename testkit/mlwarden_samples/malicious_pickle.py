@@ -590,7 +590,11 @@ def _trailing(ctx: BuildContext, folder: Path) -> list[Made]:
 @register("malicious", "pickle-compressed")
 def _compressed(ctx: BuildContext, folder: Path) -> list[Made]:
     out: list[Made] = []
-    for name, compress in (("gz", gzip.compress), ("bz2", bz2.compress), ("xz", lzma.compress)):
+
+    def gz(data: bytes) -> bytes:
+        return gzip.compress(data, mtime=0)  # a fixed header time: the same bytes whenever it is built
+
+    for name, compress in (("gz", gz), ("bz2", bz2.compress), ("xz", lzma.compress)):
         path = folder / f"model.pkl.{name}"
         path.write_bytes(compress(os_system(ctx, f"pickle-compressed-{name}")))
         out.append(Made(path, f"{name}-compressed os.system pickle", ("os.system",)))
