@@ -36,7 +36,7 @@ from mlwarden.serve.proxy.stream import LEAK_LABEL, LeakIndex, StreamMasker
 from mlwarden.serve.proxy.upstream import Credential, Upstream
 from mlwarden.serve.server import Listen, uvicorn_config
 from tests.serve.llm_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, Script, running, upstream_app
-from tests.serve.world import METRICS_TOKEN, World, make_world
+from tests.serve.world import METRICS_TOKEN, World, opened_world
 
 EMAIL, CARD = "jane.doe@example.com", "4111 1111 1111 1111"
 SYSTEM = (
@@ -48,12 +48,9 @@ SYSTEM = (
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("proxy")
-    w = make_world(f"sqlite:///{tmp / 'registry.db'}", tmp)
-    w.user("carol", "viewer")
-    try:
+    with opened_world(f"sqlite:///{tmp / 'registry.db'}", tmp) as w:
+        w.user("carol", "viewer")
         yield w
-    finally:
-        w.registry.close()
 
 
 @dataclass

@@ -21,7 +21,7 @@ from mlwarden.serve.proxy.outputs import PieceMasker
 from mlwarden.serve.proxy.stream import LEAK_LABEL, StreamMasker
 from tests.serve.llm_proxy_live import Proxy, proxy
 from tests.serve.llm_upstream import Script, running, upstream_app
-from tests.serve.world import World, make_world
+from tests.serve.world import World, opened_world
 
 EMAIL, CARD = "jane.doe@example.com", "4111 1111 1111 1111"
 SYSTEM = (
@@ -36,12 +36,9 @@ FRAGMENTS = ("jane", "@exam", "ple.com", "4111", "1111")
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("proxy-outputs")
-    w = make_world(f"sqlite:///{tmp / 'registry.db'}", tmp)
-    w.user("carol", "viewer")
-    try:
+    with opened_world(f"sqlite:///{tmp / 'registry.db'}", tmp) as w:
+        w.user("carol", "viewer")
         yield w
-    finally:
-        w.registry.close()
 
 
 @contextmanager

@@ -21,7 +21,7 @@ from mlwarden.serve.state import StateSettings, StateUnavailableError
 from tests.serve.llm_proxy_live import proxy
 from tests.serve.llm_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, Script, running, upstream_app
 from tests.serve.test_shared_state import RedisServer, free_port
-from tests.serve.world import World, make_world
+from tests.serve.world import World, opened_world
 
 PER_CALL = PROMPT_TOKENS + COMPLETION_TOKENS  # 20 tokens, as the upstream reports them
 
@@ -38,11 +38,8 @@ def redis_server() -> Iterator[RedisServer]:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("proxy-shared")
-    w = make_world(f"sqlite:///{tmp / 'registry.db'}", tmp)
-    try:
+    with opened_world(f"sqlite:///{tmp / 'registry.db'}", tmp) as w:
         yield w
-    finally:
-        w.registry.close()
 
 
 def _policy(prefix: str) -> dict[str, object]:

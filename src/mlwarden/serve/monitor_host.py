@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -265,16 +265,7 @@ class MonitorHost:
 
     def tick(self) -> None:
         """Admit queued alerts, run the drift tests when due, and respond to every new alert."""
-        while True:
-            try:
-                raised = self.monitor.raise_alert(self._alerts.get_nowait())
-            except queue.Empty:
-                break
-            if raised is not None:
-                self._respond(raised)
-        if self.monitor.due():
-            for alert in self.monitor.evaluate():
-                self._respond(alert)
+        alert_round(self.monitor, self._alerts, self._respond)
 
     def _respond(self, alert: Alert) -> None:
         log.warning("alert %s (%s): %s", alert.rule, alert.severity, alert.message)
@@ -348,6 +339,24 @@ class MonitorHost:
         if self._tick_thread.is_alive():
             self._tick_thread.join(10)
         self.auditor.close()
+
+
+def alert_round(monitor: Monitor, alerts: queue.Queue[Alert], respond: Callable[[Alert], None]) -> None:
+    """One round of the monitor's background work (here, or in a thread of the request process).
+
+    Alerts raised on the request path are admitted (cooldowns apply), the drift tests and chart rules run when
+    due, and ``respond`` gets every alert that came out of either.
+    """
+    while True:
+        try:
+            raised = monitor.raise_alert(alerts.get_nowait())
+        except queue.Empty:
+            break
+        if raised is not None:
+            respond(raised)
+    if monitor.due():
+        for alert in monitor.evaluate():
+            respond(alert)
 
 
 def spawn_shared(config: HostConfig, clients: int) -> tuple[Any, list[Connection]]:

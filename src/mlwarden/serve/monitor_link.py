@@ -281,25 +281,10 @@ class MonitorLink:
                 raise AuditBacklog(f"{len(self._buffer)} events wait for the monitor process; it is not keeping up")
             self._buffer.append(("audit", event))
             return
-        if not self.alive:
-            raise AuditBacklog("the monitor process is not running")
-        if self.stalled():
-            raise AuditBacklog(f"the monitor process has not answered for {self.silent_s():.1f} s")
-        ident = next(self._ids)
-        waiter = _Waiter()
-        self._waiters[ident] = waiter
-        message = ("audit_now", ident, event)
-        self._urgent.append(message)
-        self._wake.set()
-        deadline = time.monotonic() + self.ack_timeout_s
+        ident, waiter, message, deadline = self._ask_audit(event, None)
         try:
             while not waiter.done.wait(0.1):
-                if self.stalled() or time.monotonic() > deadline:
-                    with contextlib.suppress(ValueError):  # not sent yet: take it back (sent: it may still land)
-                        self._urgent.remove(message)
-                    raise AuditBacklog(
-                        f"the monitor process did not confirm the audit write (silent for {self.silent_s():.1f} s)"
-                    )
+                self._give_up_if_overdue(message, deadline)
         finally:
             self._waiters.pop(ident, None)
         if waiter.error is not None:
@@ -311,32 +296,42 @@ class MonitorLink:
         Raises:
             AuditBacklog: as :meth:`record` with ``now``.
         """
+        ident, waiter, message, deadline = self._ask_audit(event, asyncio.get_running_loop())
+        if waiter.future is None:
+            raise RuntimeError("internal invariant broken: a loop waiter without its future")
+        try:
+            while not waiter.done.is_set():
+                await asyncio.wait((waiter.future,), timeout=0.1)
+                if not waiter.done.is_set():
+                    self._give_up_if_overdue(message, deadline)
+        finally:
+            self._waiters.pop(ident, None)
+        if waiter.error is not None:
+            raise AuditBacklog(waiter.error)
+
+    def _ask_audit(
+        self, event: AuditEvent, loop: asyncio.AbstractEventLoop | None
+    ) -> tuple[int, _Waiter, tuple[Any, ...], float]:
+        """Queue ``event`` to be written at once; (its id, its waiter, the message, the deadline of the wait)."""
         if not self.alive:
             raise AuditBacklog("the monitor process is not running")
         if self.stalled():
             raise AuditBacklog(f"the monitor process has not answered for {self.silent_s():.1f} s")
         ident = next(self._ids)
-        waiter = _Waiter(asyncio.get_running_loop())
-        if waiter.future is None:
-            raise RuntimeError("internal invariant broken: a loop waiter without its future")
+        waiter = _Waiter(loop)
         self._waiters[ident] = waiter
         message = ("audit_now", ident, event)
         self._urgent.append(message)
         self._wake.set()
-        deadline = time.monotonic() + self.ack_timeout_s
-        try:
-            while not waiter.done.is_set():
-                await asyncio.wait((waiter.future,), timeout=0.1)
-                if not waiter.done.is_set() and (self.stalled() or time.monotonic() > deadline):
-                    with contextlib.suppress(ValueError):  # not sent yet: take it back (sent: it may still land)
-                        self._urgent.remove(message)
-                    raise AuditBacklog(
-                        f"the monitor process did not confirm the audit write (silent for {self.silent_s():.1f} s)"
-                    )
-        finally:
-            self._waiters.pop(ident, None)
-        if waiter.error is not None:
-            raise AuditBacklog(waiter.error)
+        return ident, waiter, message, time.monotonic() + self.ack_timeout_s
+
+    def _give_up_if_overdue(self, message: tuple[Any, ...], deadline: float) -> None:
+        """Raise :class:`AuditBacklog` when the monitor process went silent or the deadline passed."""
+        if not self.stalled() and time.monotonic() <= deadline:
+            return
+        with contextlib.suppress(ValueError):  # not sent yet: take it back (sent: it may still land)
+            self._urgent.remove(message)
+        raise AuditBacklog(f"the monitor process did not confirm the audit write (silent for {self.silent_s():.1f} s)")
 
     def _put(self, item: tuple[Any, ...], kind: str) -> None:
         if len(self._buffer) >= self.max_pending:

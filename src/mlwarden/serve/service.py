@@ -45,7 +45,7 @@ from mlwarden.serve.auditor import DecisionAuditor
 from mlwarden.serve.auth import TokenCache
 from mlwarden.serve.deployment import Deployment, ServeError, prepare
 from mlwarden.serve.metrics import ServiceMetrics
-from mlwarden.serve.monitor_host import HostConfig, signer_pem
+from mlwarden.serve.monitor_host import HostConfig, alert_round, signer_pem
 from mlwarden.serve.monitor_link import ForwardedRecords, MonitorLink, MonitorUnavailable
 from mlwarden.serve.policy import GuardPolicy
 from mlwarden.serve.requests import Reply, handle_predict, settle
@@ -341,16 +341,7 @@ class GuardService:
             return
         if not isinstance(self.monitor, Monitor) or self.runner is None:
             raise RuntimeError("internal invariant broken: thread mode without its monitor")
-        while True:
-            try:
-                raised = self.monitor.raise_alert(self._alerts.get_nowait())
-            except queue.Empty:
-                break
-            if raised is not None:
-                self._respond(raised)
-        if self.monitor.due():
-            for alert in self.monitor.evaluate():
-                self._respond(alert)
+        alert_round(self.monitor, self._alerts, self._respond)
         if time.monotonic() - self._last_poll >= self.options.poll_s:
             self._last_poll = time.monotonic()
             self.poll_registry()
