@@ -184,7 +184,7 @@ class _Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
 
-    async def post(self, host: str, path: str, body: bytes, token: str | None) -> int:
+    async def post(self, host: str, path: str, body: bytes, token: str | None) -> tuple[int, bytes]:
         auth = f"Authorization: Bearer {token}\r\n" if token else ""
         head = (
             f"POST {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: application/json\r\n"
@@ -199,13 +199,13 @@ class _Connection:
                 break
             if line.lower().startswith(b"content-length:"):
                 length = int(line.split(b":", 1)[1])
-        await self.reader.readexactly(length)
-        return int(status_line.split()[1])
+        return int(status_line.split()[1]), await self.reader.readexactly(length)
 
 
 async def load(server: Server, tokens: list[str], rate: float, duration: float, rows: np.ndarray) -> dict[str, Any]:
     """Open-loop load: one request every 1/rate s for ``duration`` s, round-robin over the clients' tokens."""
     latencies: list[float] = []
+    timeline: list[tuple[float, float, int, bool]] = []  # (due s, latency ms, status, flagged)
     statuses: dict[int, int] = {}
     errors = 0
     host = server.url.removeprefix("http://")
@@ -220,13 +220,14 @@ async def load(server: Server, tokens: list[str], rate: float, duration: float, 
         connection = await pool.get()  # waiting for a free connection counts: latency runs from the schedule
         try:
             token = tokens[i % len(tokens)] if tokens else None
-            status = await connection.post(host, "/v1/models/fraud/predict", bodies[i % len(bodies)], token)
+            status, reply = await connection.post(host, "/v1/models/fraud/predict", bodies[i % len(bodies)], token)
         except (OSError, ValueError, asyncio.IncompleteReadError):
             errors += 1
             connection = _Connection(*await asyncio.open_connection(address, int(port)))
             pool.put_nowait(connection)
             return
         latencies.append(time.perf_counter() - due)
+        timeline.append((due - began, latencies[-1] * 1000, status, b'"flagged"' in reply))
         pool.put_nowait(connection)
         statuses[status] = statuses.get(status, 0) + 1
         if status != 200:
@@ -247,6 +248,7 @@ async def load(server: Server, tokens: list[str], rate: float, duration: float, 
         pool.get_nowait().writer.close()
     lat = np.array(latencies) * 1000
     return {
+        "timeline": timeline,
         "requests": total,
         "answered": len(latencies),
         "errors": errors,
@@ -300,6 +302,11 @@ def main() -> int:
         default=[],
         metavar="ARG",
         help="extra argument for `mlwarden serve` (repeat; e.g. --guard-arg=--monitor --guard-arg=thread)",
+    )
+    parser.add_argument(
+        "--timeline",
+        action="store_true",
+        help="also write every request's (due s, latency ms, status, flagged) to bench-out/guard_load_timeline_*.json",
     )
     parser.add_argument("--wrk-only", action="store_true", help="only the wrk saturation runs (no open-loop runs)")
     parser.add_argument("--wrk-duration", type=float, default=15.0, help="seconds per wrk run (default 15)")
@@ -360,11 +367,16 @@ def main() -> int:
         try:
             plan = ((bare, []), (guard, client_tokens)) if not args.wrk_only else ()
             for server, tokens in plan:
-                run(server, tokens, args.rate, args.warmup, take(server.name, args.warmup))
+                run(server, tokens, args.rate, args.warmup, take(server.name, args.warmup)).pop("timeline")
                 server.rss.clear()
             for _ in range(args.rounds):
                 for server, tokens in plan:
                     result = run(server, tokens, args.rate, args.duration, take(server.name, args.duration))
+                    timeline = result.pop("timeline")
+                    if args.timeline:
+                        name = f"guard_load_timeline_{server.name}_{len(results[server.name])}.json"
+                        (OUT / name).write_text(json.dumps(timeline), encoding="utf-8")
+                    result["flagged"] = sum(1 for *_, flagged in timeline if flagged)
                     rss = [r for _, r in server.rss]
                     result["rss_mib"] = {
                         "first": round(rss[0] / 2**20, 1) if rss else None,

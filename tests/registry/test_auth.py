@@ -197,3 +197,32 @@ def test_parse_duration(text: str, expected: timedelta | None) -> None:
 def test_parse_duration_refuses(text: str) -> None:
     with pytest.raises(BadInput, match="invalid duration"):
         auth.parse_duration(text)
+
+
+def test_recheck_tokens_answers_by_id_for_live_tokens_only_and_records_use(
+    w: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    live = w.registry.issue_token(admin(w), "vic", scope="model:fraud")
+    revoked = w.registry.issue_token(admin(w), "vic")
+    expiring = w.registry.issue_token(admin(w), "vic", expires_in=timedelta(hours=1))
+    of_disabled = w.registry.issue_token(admin(w), "alice")
+    w.registry.revoke_token(admin(w), revoked.id)
+    w.registry.disable_user(admin(w), "alice")
+    w.registry.set_roles(admin(w), "vic", ["submitter"])
+    later = utcnow() + timedelta(hours=2)
+    monkeypatch.setattr("mlwarden.registry._users.utcnow", lambda: later)
+    ids = [live.id, revoked.id, expiring.id, of_disabled.id, 9999]
+    answer = w.registry.recheck_tokens(ids, used=[live.id, revoked.id])
+    assert set(answer) == {live.id}  # revoked, expired, disabled user and unknown are all left out
+    assert (answer[live.id].username, answer[live.id].roles) == ("vic", frozenset({Role.SUBMITTER}))
+    assert (answer[live.id].token_id, answer[live.id].scope) == (live.id, "model:fraud")
+    used = {t.id: t.last_used_at for t in w.registry.list_tokens(admin(w), "vic")}
+    assert used[live.id] == later  # its use is recorded
+    assert used[revoked.id] is None  # a dead token's use is not
+    assert w.registry.recheck_tokens([]) == {}
+
+
+def test_recheck_tokens_reads_many_ids_in_batches(w: World) -> None:
+    issued = [w.registry.issue_token(admin(w), "vic").id for _ in range(3)]
+    ids = [*issued, *range(100_000, 101_200)]  # more ids than one query binds
+    assert set(w.registry.recheck_tokens(ids)) == set(issued)

@@ -6,14 +6,14 @@ disabled nor demoted, so the registry can never lock everybody out of user manag
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from datetime import timedelta
 
-from sqlalchemy import func, select, text, update
-from sqlalchemy.orm import Session
+from sqlalchemy import func, or_, select, text, update
+from sqlalchemy.orm import Session, joinedload
 
 from mlwarden.registry._core import Core, attempt, token_info, user_info
-from mlwarden.registry.auth import find_token, new_token
+from mlwarden.registry.auth import find_token, new_token, why_dead
 from mlwarden.registry.errors import AuthError, BadInput, Conflict, NotFound
 from mlwarden.registry.models import TokenRow, UserRow, utcnow
 from mlwarden.registry.roles import Permission, Principal, Role, parse_roles
@@ -23,6 +23,8 @@ from mlwarden.registry.values import IssuedToken, TokenInfo, UserInfo, check_nam
 _BOOTSTRAP_LOCK = 0x6D6C7762
 #: ``last_used_at`` is written at most this often per token, so authenticating is not always a write.
 LAST_USED_GRANULARITY = timedelta(minutes=1)
+#: Token ids per query of :func:`recheck_tokens` (well under every database's limit on bound parameters).
+_RECHECK_CHUNK = 500
 SYSTEM_BOOTSTRAP = Principal("system:bootstrap", frozenset({Role.ADMIN}))
 
 
@@ -73,6 +75,34 @@ def authenticate(core: Core, token: str, client: str | None = None) -> Principal
             prefix = token[:12] if isinstance(token, str) and token.startswith("mlw_") else "?"
             core.audit.append_now(AuditEvent("anonymous", "auth", f"token:{prefix}", False, reason=str(exc)))
         raise
+
+
+def recheck_tokens(core: Core, token_ids: Collection[int], used: Collection[int]) -> dict[int, Principal]:
+    """The principals of those of ``token_ids`` that still authenticate (read again: roles, scope, user).
+
+    A token that is missing from the answer was revoked, has expired or belongs to a disabled user. ``used``
+    (token ids presented since the last call) get their last use written, at most once per
+    :data:`LAST_USED_GRANULARITY` as :func:`authenticate` does. Nothing is audited: this re-reads tokens that
+    were authenticated before, by id; it never sees a token's text.
+    """
+    now = utcnow()
+    live: dict[int, Principal] = {}
+    ids = sorted(set(token_ids))
+    with core.database.reading() as session:
+        for start in range(0, len(ids), _RECHECK_CHUNK):
+            query = select(TokenRow).options(joinedload(TokenRow.user))
+            for row in session.scalars(query.where(TokenRow.id.in_(ids[start : start + _RECHECK_CHUNK]))):
+                if why_dead(row, now) is None:
+                    roles = frozenset(Role(r) for r in row.user.roles)
+                    live[row.id] = Principal(row.user.username, roles, row.id, row.scope)
+    touched = sorted(set(used) & live.keys())
+    if touched:
+        with core.database.transaction() as session:
+            for start in range(0, len(touched), _RECHECK_CHUNK):
+                chunk = touched[start : start + _RECHECK_CHUNK]
+                stale = or_(TokenRow.last_used_at.is_(None), TokenRow.last_used_at <= now - LAST_USED_GRANULARITY)
+                session.execute(update(TokenRow).where(TokenRow.id.in_(chunk), stale).values(last_used_at=now))
+    return live
 
 
 def create_user(core: Core, actor: Principal, username: str, roles: Iterable[Role | str]) -> UserInfo:

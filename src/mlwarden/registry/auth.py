@@ -32,6 +32,7 @@ __all__ = [
     "TOKEN_PREFIX",
     "NewToken",
     "find_token",
+    "why_dead",
     "hash_token",
     "new_token",
     "parse_duration",
@@ -89,13 +90,21 @@ def find_token(session: Session, token: str, now: datetime) -> TokenRow:
             match = row
     if match is None:
         raise AuthError("invalid token: not recognised (check MLWARDEN_TOKEN or --token)")
-    if match.revoked_at is not None:
-        raise AuthError(f"token {match.id} was revoked on {match.revoked_at:%Y-%m-%d %H:%M} UTC")
-    if match.expires_at is not None and match.expires_at <= now:
-        raise AuthError(f"token {match.id} expired on {match.expires_at:%Y-%m-%d %H:%M} UTC; ask an admin for another")
-    if match.user.disabled:
-        raise AuthError(f"user {match.user.username} is disabled")
+    dead = why_dead(match, now)
+    if dead is not None:
+        raise AuthError(dead)
     return match
+
+
+def why_dead(row: TokenRow, now: datetime) -> str | None:
+    """Why the token in ``row`` no longer authenticates (revoked, expired, its user disabled), or ``None``."""
+    if row.revoked_at is not None:
+        return f"token {row.id} was revoked on {row.revoked_at:%Y-%m-%d %H:%M} UTC"
+    if row.expires_at is not None and row.expires_at <= now:
+        return f"token {row.id} expired on {row.expires_at:%Y-%m-%d %H:%M} UTC; ask an admin for another"
+    if row.user.disabled:
+        return f"user {row.user.username} is disabled"
+    return None
 
 
 def parse_duration(text: str) -> timedelta | None:

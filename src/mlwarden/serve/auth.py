@@ -2,29 +2,31 @@
 
 Every request carries ``Authorization: Bearer mlw_...``. Asking the database on every request would put a
 query on the hot path, so an authenticated principal is cached (keyed by the SHA-256 of the token, never the
-token itself) for between half of ``ttl`` and ``ttl`` seconds (spread at random, so many clients' entries do not
-expire together): a revoked token stops working within ``ttl``. Failures are not cached, so a newly issued token
-works at once; each failure is counted on ``/metrics`` and audited by the registry.
+token itself). An entry is trusted for at most ``ttl`` seconds after the registry last confirmed it: a revoked
+token, a disabled user or changed roles take effect within ``ttl``. Failures are not cached, so a newly issued
+token works at once; each failure is counted on ``/metrics`` and audited by the registry.
 
-**Refresh ahead.** Once an entry is past half of ``ttl``, the next request that uses it is still answered from
-the cache and the token is checked again by a background thread; the refreshed entry replaces it, a failed check
-(revoked, expired, disabled user) removes it. A busy client therefore never waits for the registry (whose check
-is a write: the token's last use), and a revoked token still stops working within ``ttl``: an entry is never used
-past ``ttl``. The token is handed to the background thread for that one check and not kept.
+**Kept fresh in the background.** A sweeper thread wakes every ``ttl / 4`` and confirms, in one read query per
+500 tokens (:meth:`~mlwarden.registry.service.Registry.recheck_tokens`, by token id), every entry older than
+``ttl / 2`` whose client sent a request in the last ``keep_warm`` seconds; it also records those clients' last
+use (a write at most once a minute per token, as :meth:`~mlwarden.registry.service.Registry.authenticate`
+does). A client that keeps calling, even after a pause of up to ``keep_warm``, is therefore answered from memory
+and never waits for the registry; an entry confirmed by a sweep is ``ttl / 2 + ttl / 4`` old at most when the next
+sweep confirms it again, so a healthy sweeper never lets one lapse. If the registry cannot be read, entries are
+not confirmed and lapse at ``ttl`` as they would without the sweeper (the next request of that client asks the
+registry itself and gets a clear error if it is down). Entries idle past ``keep_warm`` are forgotten.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import random
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
-from mlwarden.registry.errors import AuthError
 from mlwarden.registry.roles import Permission, Principal
 from mlwarden.registry.service import Registry
 
@@ -32,81 +34,133 @@ log = logging.getLogger("mlwarden.serve")
 
 #: Cached principals at most (least recently used evicted).
 MAX_CACHED = 10_000
+#: Default ``keep_warm``: how long after its last request a client's entry is still kept confirmed.
+KEEP_WARM_S = 900.0
+
+
+@dataclass(slots=True)
+class _Entry:
+    principal: Principal
+    checked: float  # when the registry last confirmed it (the cache's clock)
+    used: float  # the client's last request
 
 
 class TokenCache:
-    """Authenticate bearer tokens through the registry, caching successes (see the module docstring)."""
+    """Authenticate bearer tokens through the registry, caching successes (see the module docstring).
 
-    def __init__(self, registry: Registry, ttl: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+    Args:
+        registry: where tokens are checked.
+        ttl: seconds an entry is trusted after the registry confirmed it; 0 disables caching.
+        keep_warm: seconds after a client's last request during which the sweeper keeps its entry confirmed.
+        background: run the sweeper thread (started with the first cached entry); without it, call
+            :meth:`refresh` yourself.
+        clock: monotonic seconds (tests pass their own).
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        ttl: float,
+        *,
+        keep_warm: float = KEEP_WARM_S,
+        background: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.registry = registry
         self.ttl = ttl
+        self.keep_warm = keep_warm
+        self._background = background
         self._clock = clock
-        self._cache: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()
+        self._cache: OrderedDict[bytes, _Entry] = OrderedDict()
+        self._used_ids: set[int] = set()
         self._lock = threading.Lock()
-        self._refreshing: set[bytes] = set()
-        self._refresher: ThreadPoolExecutor | None = None
+        self._stop = threading.Event()
+        self._sweeper: threading.Thread | None = None
 
     def cached(self, token: str) -> Principal | None:
-        """The principal behind ``token`` if it was authenticated less than ``ttl`` ago, else ``None``.
-
-        Past half of ``ttl`` the entry is still returned and a background check of the token is started (once).
-        """
-        key = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-        with self._lock:
-            hit = self._cache.get(key)
-            if hit is None:
-                return None
-            age = self._clock() - hit[1]
-            if age >= self.ttl:
-                return None
-            self._cache.move_to_end(key)
-            if age >= self.ttl / 2 and key not in self._refreshing:
-                self._refreshing.add(key)
-                if self._refresher is None:
-                    self._refresher = ThreadPoolExecutor(1, thread_name_prefix="mlwarden-token-refresh")
-                self._refresher.submit(self._refresh, key, token)
-            return hit[0]
-
-    def _refresh(self, key: bytes, token: str) -> None:
-        try:
-            principal = self.registry.authenticate(token)
-        except AuthError:
-            with self._lock:
-                self._cache.pop(key, None)  # revoked, expired or disabled: the next request is refused
-        except Exception:  # e.g. the database is down: the entry ages out as it would have
-            log.warning("background token check failed; the cached entry expires at its time", exc_info=True)
-        else:
-            with self._lock:
-                if key in self._cache:
-                    self._cache[key] = (principal, self._clock())
-        finally:
-            with self._lock:
-                self._refreshing.discard(key)
-
-    def authenticate(self, token: str) -> Principal:
-        """The principal behind ``token``.
-
-        Raises:
-            AuthError: unknown, expired, revoked or malformed token, or a disabled user.
-            DatabaseError: the registry is unreachable and the token is not cached.
-        """
+        """The principal behind ``token`` if the registry confirmed it less than ``ttl`` ago, else ``None``."""
         key = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
         now = self._clock()
         with self._lock:
-            hit = self._cache.get(key)
-            if hit is not None and now - hit[1] < self.ttl:
-                self._cache.move_to_end(key)
-                return hit[0]
+            entry = self._cache.get(key)
+            if entry is None or now - entry.checked >= self.ttl:
+                return None
+            self._cache.move_to_end(key)
+            entry.used = now
+            if entry.principal.token_id is not None:
+                self._used_ids.add(entry.principal.token_id)
+            return entry.principal
+
+    def authenticate(self, token: str) -> Principal:
+        """The principal behind ``token``, from the cache or else from the registry (then cached).
+
+        Raises:
+            AuthError: unknown, expired, revoked or malformed token, or a disabled user.
+            DatabaseError: the registry is unreachable and the token is not cached (or not confirmed within ttl).
+        """
+        hit = self.cached(token)
+        if hit is not None:
+            return hit
+        now = self._clock()
         principal = self.registry.authenticate(token)
         if self.ttl > 0:
-            # Entries expire at spread-out times (a random part of the ttl is used up at once), so the tokens of
-            # many clients that arrived together are not all checked again in the same instant.
-            aged = now - random.uniform(0.0, 0.5) * self.ttl  # noqa: S311 - jitter, not a secret
+            key = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
             with self._lock:
-                self._cache[key] = (principal, aged)
+                self._cache[key] = _Entry(principal, now, now)
+                self._cache.move_to_end(key)
                 while len(self._cache) > MAX_CACHED:
                     self._cache.popitem(last=False)
+                if self._background and self._sweeper is None and not self._stop.is_set():
+                    self._sweeper = threading.Thread(target=self._sweep, name="mlwarden-token-refresh", daemon=True)
+                    self._sweeper.start()
         return principal
+
+    def refresh(self) -> int:
+        """Confirm the entries due with the registry; the number confirmed.
+
+        Due: older than ``ttl / 2`` and used within ``keep_warm``. Entries the registry no longer accepts are
+        dropped, and so are those idle past ``keep_warm``.
+
+        Raises:
+            DatabaseError: the registry could not be read (nothing changed; entries lapse at ``ttl``).
+        """
+        started = self._clock()
+        with self._lock:
+            for key in [k for k, e in self._cache.items() if started - e.used > self.keep_warm]:
+                del self._cache[key]
+            due = {
+                e.principal.token_id: key
+                for key, e in self._cache.items()
+                if started - e.checked >= self.ttl / 2 and e.principal.token_id is not None
+            }
+            used, self._used_ids = self._used_ids, set()
+        if not due and not used:
+            return 0
+        try:
+            live = self.registry.recheck_tokens(due.keys(), used)
+        except Exception:
+            with self._lock:
+                self._used_ids |= used  # written by the next sweep that reaches the registry
+            raise
+        with self._lock:
+            for token_id, key in due.items():
+                entry = self._cache.get(key)
+                if entry is None:
+                    continue
+                principal = live.get(token_id)
+                if principal is None:
+                    del self._cache[key]  # revoked, expired or disabled: the next request is refused
+                else:
+                    entry.principal, entry.checked = principal, max(entry.checked, started)
+        return sum(1 for token_id in due if token_id in live)
+
+    def _sweep(self) -> None:
+        interval = max(self.ttl / 4, 0.05)
+        while not self._stop.wait(interval):
+            try:
+                self.refresh()
+            except Exception:  # e.g. the database is down: entries lapse at ttl, requests then ask themselves
+                log.warning("background token check failed; cached entries lapse at their ttl", exc_info=True)
 
     def clear(self) -> None:
         """Forget every cached principal (e.g. after tokens were revoked in bulk)."""
@@ -114,9 +168,10 @@ class TokenCache:
             self._cache.clear()
 
     def close(self) -> None:
-        """Stop the background refresher (after the checks it has started)."""
-        if self._refresher is not None:
-            self._refresher.shutdown(wait=True)
+        """Stop the sweeper (after the check it may be running)."""
+        self._stop.set()
+        if self._sweeper is not None:
+            self._sweeper.join()
 
 
 def may_predict(principal: Principal, subject: str) -> str | None:

@@ -130,8 +130,10 @@ class LimitSettings(_Section):
         max_body_bytes: largest request body (413 beyond it; counted while reading, not trusted from a header).
         rate_per_s / burst: per-client token bucket (429 with ``Retry-After`` when empty).
         max_clients: clients whose rate state is kept (least recently seen evicted).
-        token_cache_s: how long an authenticated token is trusted before the registry is asked again (a
-            revocation takes effect within this time).
+        token_cache_s: how long an authenticated token is trusted after the registry last confirmed it (a
+            revocation takes effect within this time); a background sweep confirms the tokens in use.
+        token_keep_warm_s: how long after a client's last request its token is still confirmed in the
+            background, so that a client coming back after a pause is answered from memory.
         require_signature: refuse to serve a version whose signature does not verify with a deploy-trusted key.
         records_kept: recent requests kept in memory for forensics bundles.
     """
@@ -141,6 +143,7 @@ class LimitSettings(_Section):
     burst: int = Field(default=200, ge=1)
     max_clients: int = Field(default=10_000, ge=1)
     token_cache_s: float = Field(default=30.0, ge=0.0, le=3600.0)
+    token_keep_warm_s: float = Field(default=900.0, ge=0.0, le=86400.0)
     require_signature: bool = True
     records_kept: int = Field(default=1000, ge=0, le=1_000_000)
 

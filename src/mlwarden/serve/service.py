@@ -123,7 +123,7 @@ class GuardService:
         self.policy = policy
         self.options = options or ServiceOptions()
         self.metrics = ServiceMetrics()
-        self.tokens = TokenCache(registry, policy.limits.token_cache_s)
+        self.tokens = TokenCache(registry, policy.limits.token_cache_s, keep_warm=policy.limits.token_keep_warm_s)
         self.state: StateBackend = make_state(
             policy.state,
             policy.limits.rate_per_s,

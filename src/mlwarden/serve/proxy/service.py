@@ -121,7 +121,7 @@ class ProxyService:
             name,
         )
         self.metrics = ProxyMetrics()
-        self.tokens = TokenCache(registry, policy.limits.token_cache_s)
+        self.tokens = TokenCache(registry, policy.limits.token_cache_s, keep_warm=policy.limits.token_keep_warm_s)
         url = redis_url or policy.state.redis_url
         self.redis = connect(url, policy.state) if url else None
         lim = policy.limits
@@ -419,6 +419,7 @@ class ProxyService:
         """Stop the monitor, write pending audit events, drop the Redis connection."""
         if self.monitor is not None:
             self.monitor.stop()
+        self.tokens.close()
         self.auditor.close()
         if self.redis is not None:
             self.redis.close()
