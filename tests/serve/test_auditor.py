@@ -83,3 +83,59 @@ def test_a_dead_database_refuses_instead_of_dropping(log: AuditLog) -> None:
         assert [e.details["request_id"] for e in log.entries()] == [f"r{i}" for i in range(5)]
     finally:
         a._stop.set()
+
+
+def test_an_urgent_event_is_written_in_the_callers_thread_when_the_writer_is_idle(log: AuditLog) -> None:
+    import threading
+
+    a = DecisionAuditor(log, flush_every_s=30, urgent=True)
+    try:
+        outcome: list[tuple[str | None, str]] = []
+        a.record_urgent(
+            _event(0, allowed=False), lambda error: outcome.append((error, threading.current_thread().name))
+        )
+        assert outcome == [(None, threading.current_thread().name)]  # done before record_urgent returned
+        assert log.size() == 1
+    finally:
+        a.close()
+
+
+def test_an_urgent_event_waits_for_one_batch_chunk_not_the_whole_batch(log: AuditLog) -> None:
+    import threading
+
+    class _SlowLog:
+        """The real log, with each batch chunk held until the test lets it go."""
+
+        def __init__(self, real: AuditLog) -> None:
+            self.database, self.real = real.database, real
+            self.chunk_started, self.release = threading.Event(), threading.Event()
+
+        def append_now(self, event: AuditEvent) -> None:
+            self.real.append_now(event)
+
+        def append_many(self, session: object, events: list[AuditEvent]) -> None:
+            self.chunk_started.set()
+            assert self.release.wait(10)
+            self.real.append_many(session, events)  # type: ignore[arg-type]
+
+    slow = _SlowLog(log)
+    a = DecisionAuditor(slow, flush_every_s=30, urgent=True)  # type: ignore[arg-type]
+    try:
+        for i in range(1, 3 * a.urgent_chunk + 1):
+            a.record(_event(i))
+        a._wake.set()  # the writer starts on the batch
+        assert slow.chunk_started.wait(10)
+        written = threading.Event()
+        outcome: list[str | None] = []
+        a.record_urgent(_event(0, allowed=False), lambda error: (outcome.append(error), written.set()))
+        assert outcome == []  # the writer is busy: handed over, the caller does not wait
+        slow.release.set()
+        assert written.wait(10)
+        assert outcome == [None]
+        a.flush()
+        ids = [e.details["request_id"] for e in log.entries()]
+        assert ids.index("r0") == a.urgent_chunk  # written right after the first chunk, ahead of the rest
+        assert len(ids) == 3 * a.urgent_chunk + 1
+    finally:
+        slow.release.set()
+        a.close()

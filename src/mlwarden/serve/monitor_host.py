@@ -187,7 +187,7 @@ class MonitorHost:
         if kind == "batch":
             for item in message[1]:
                 self._item(item)
-        elif kind == "audit_now":  # written by the auditor's thread ahead of its batches; acknowledged from there
+        elif kind == "audit_now":  # written at once, or by the auditor thread between batch chunks; then acknowledged
             _, ident, event = message
 
             def done(error: str | None, conn: Connection = conn, ident: int = ident) -> None:
