@@ -3,7 +3,8 @@
 The request path only builds a small :class:`Record` per request and puts it on a bounded queue without
 waiting (:meth:`ProxyMonitor.record`); a full queue drops the record and counts it
 (``mlwarden_proxy_monitor_dropped_total{reason="queue_full"}``), so monitoring can never stall a request. A
-background thread consumes the queue: per **route** (endpoint and model, e.g. ``chat/completions:gpt-4o``) it
+background thread empties the queue ten times a second (one wake per round, not per request: see
+:attr:`ProxyMonitor.drain_every_s`): per **route** (endpoint and model, e.g. ``chat/completions:gpt-4o``) it
 keeps one :class:`~mlwarden.monitor.runtime.Monitor` — the guard's windows, drift tests, control charts and
 alert rules — fed with the metrics of :data:`~mlwarden.monitor.alerts.PROXY_METRICS`:
 
@@ -144,22 +145,34 @@ class ProxyMonitor:
         self._stop.set()
         self._thread.join(timeout=10)
 
+    #: Seconds between the consumer's rounds. Each round takes every queued record at once: the consumer wakes
+    #: ten times a second, not once per request, so it takes the interpreter lock from the event loop ten times
+    #: a second (each wake of a thread in this process can cost the loop up to the switch interval).
+    drain_every_s = 0.1
+
     def _loop(self) -> None:
         every = self.settings.evaluate_every_s
         last = time.monotonic()
-        while not self._stop.is_set():
+        while not self._stop.wait(min(every, self.drain_every_s)):
             try:
-                rec: Record | None = self.queue.get(timeout=min(every, 0.25))
-            except queue.Empty:
-                rec = None
-            try:
-                if rec is not None:
-                    self._observe(rec)
+                self._drain()
                 if time.monotonic() - last >= every:
                     last = time.monotonic()
                     self.evaluate()
             except Exception:
                 log.exception("proxy monitor: a record or evaluation failed")
+
+    def _drain(self) -> None:
+        """Observe every record queued now (at most one queue's worth: a busy proxy cannot keep it here)."""
+        for _ in range(self.settings.queue):
+            try:
+                rec = self.queue.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                self._observe(rec)
+            except Exception:
+                log.exception("proxy monitor: a record failed")
 
     def _route(self, rec: Record) -> _Route | None:
         route = self._routes.get(rec.route)
