@@ -1,4 +1,4 @@
-"""The guard detectors' shortcuts (ASCII masking in C, short digit runs skipped) give the reference answers."""
+"""The guard detectors' shortcuts (ASCII masking in C, short digit runs skipped, triggers) give reference answers."""
 
 from __future__ import annotations
 
@@ -31,3 +31,55 @@ def test_shortest_card_still_found_and_shorter_runs_are_not() -> None:
     assert [m.detector for m in find("card 4222222222222 end", config)] == ["credit_card"]  # 13 digits, Luhn-valid
     assert find("card 422222222222 end", config) == []  # 12 digits: no issuer uses that length
     assert [(m.start, m.end) for m in find("ref 12 4111 1111 1111 1111 x", config)] == [(7, 26)]
+
+
+def reference_find(text: str, config: PiiConfig) -> list:  # type: ignore[type-arg]
+    """Every detector run on the whole text, no trigger consulted."""
+    from mlwarden.guard.pii import DETECTORS, resolve_overlaps
+
+    found = [m for d in DETECTORS.values() for m in d.scan(text, config) if m.confidence >= config.min_confidence]
+    return resolve_overlaps(found)
+
+
+def _pieces() -> list[str]:
+    from mlwarden.guard.pii import DETECTORS
+
+    examples = [d.example.replace("\\n", "\n") for d in DETECTORS.values()]
+    near_misses = ["AKIA", "ASIA", "A3T", "gh", "ghp_", "github_pat_", "glpat-", "xoxb-", "xapp-1-", "sk_live_",
+                   "whsec_", "-----BEGIN ", "PRIVATE KEY-----", "ey", "eyJ", "aws", "SECRET", "password: ", "@", ":",
+                   "::", ".", "-", "+", "(415) ", "555-2671", "1", "42", "4111", "0958"]  # fmt: skip
+    # one value of every alternative of every detector's pattern, not only the examples
+    alternatives = ["ASIA" + "B" * 16, "ABIA" + "C" * 16, "ACCA" + "D" * 16, "A3TX" + "E" * 16, "gho_" + "b" * 36,
+                    "github_pat_" + "c" * 82, "glsoat-" + "d" * 20, "gldt-" + "e" * 20, "xoxp-" + "1" * 12,
+                    "xapp-1-A1B2-123-abc1", "https://hooks.slack.com/services/T0001/B0001/" + "a" * 16,
+                    "rk_test_" + "f" * 16, "whsec_" + "g" * 24, "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1r",
+                    "aws_secret = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "SSN 123 45 6789", "(415) 555-2671",
+                    "415.555.2671", "01 23 45 67 89", "020 7946 0958", "DE89370400440532013000",
+                    "::ffff:192.0.2.128", "fe80::1:2:3", "10.0.0.1", "jane@example.org",
+                    "5500 0000 0000 0004"]  # fmt: skip
+    prose = ["the answer is", "Paris", "kilometres", "café", "٣", "\n", " ", "version", "IP", "call"]
+    return examples + alternatives + near_misses + prose
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(st.sampled_from(_pieces()), max_size=12), st.lists(st.sampled_from(["", " ", "\n", ", "]), max_size=12))
+def test_triggers_never_change_what_find_reports(pieces: list[str], gaps: list[str]) -> None:
+    text = "".join(p + (gaps[i] if i < len(gaps) else "") for i, p in enumerate(pieces))
+    config = PiiConfig()
+    assert find(text, config) == reference_find(text, config)
+
+
+def test_every_detector_example_contains_its_trigger_and_is_found() -> None:
+    from mlwarden.guard.pii import DETECTORS
+
+    config = PiiConfig()
+    for detector in DETECTORS.values():
+        example = detector.example.replace("\\n", "\n")
+        assert any(m.detector == detector.id for m in find(f"see {example} here", config)), detector.id
+        if detector.trigger is not None:
+            assert detector.trigger.search(example), detector.id
+    for value in _pieces():  # every planted value is found exactly as without triggers
+        assert find(f"x {value} y", config) == reference_find(f"x {value} y", config), value
+    gated = [d.id for d in DETECTORS.values() if d.trigger is not None]
+    assert len(gated) >= 12  # most detectors are skipped on plain prose
+    assert find("The capital of France is Paris, a city on the Seine.", config) == []

@@ -69,11 +69,17 @@ class PiiConfig:
 
 
 class Detector(ABC):
-    """One kind of PII or secret. Subclasses set the metadata and implement :meth:`scan`."""
+    """One kind of PII or secret. Subclasses set the metadata and implement :meth:`scan`.
+
+    ``trigger``, when set, is a pattern that every match of the detector contains (a digit, ``@``, the issuer's
+    prefix): :func:`find` skips the detector on a text without it. A trigger must be implied by the detector's
+    own pattern, never a guess (tests/guard/test_pii_fast_paths.py compares :func:`find` with every detector run).
+    """
 
     id: str
     description: str
     example: str
+    trigger: re.Pattern[str] | None = None
 
     @abstractmethod
     def scan(self, text: str, config: PiiConfig) -> Iterator[Match]:
@@ -93,11 +99,21 @@ class RegexDetector(Detector):
     """
 
     def __init__(
-        self, id: str, description: str, example: str, pattern: str, validate: Validator, mask: Masker, group: int = 0
+        self,
+        id: str,
+        description: str,
+        example: str,
+        pattern: str,
+        validate: Validator,
+        mask: Masker,
+        group: int = 0,
+        *,
+        trigger: re.Pattern[str] | None = None,
     ) -> None:
         self.id, self.description, self.example = id, description, example
         self.pattern = re.compile(pattern)
         self.validate, self.mask, self.group = validate, mask, group
+        self.trigger = trigger
 
     def scan(self, text: str, config: PiiConfig) -> Iterator[Match]:  # noqa: D102 - documented on Detector
         pos = 0
@@ -112,6 +128,10 @@ class RegexDetector(Detector):
 
 
 DETECTORS: dict[str, Detector] = {}
+
+#: Triggers shared by several detectors (one search per text for all of them): a digit, and ``@``.
+DIGIT = re.compile(r"\d")
+AT_SIGN = re.compile("@")
 
 
 def register(detector: Detector) -> Detector:
@@ -135,7 +155,18 @@ def find(text: str, config: PiiConfig | None = None) -> list[Match]:
     if len(text) > config.max_chars:
         raise LimitExceeded("PII input size", f"{len(text)} characters > max_chars={config.max_chars}")
     ids = config.detectors if config.detectors is not None else tuple(DETECTORS)
-    found = [m for d in ids for m in DETECTORS[d].scan(text, config) if m.confidence >= config.min_confidence]
+    present: dict[re.Pattern[str], bool] = {}
+    found: list[Match] = []
+    for d in ids:
+        detector = DETECTORS[d]
+        trigger = detector.trigger
+        if trigger is not None:
+            hit = present.get(trigger)
+            if hit is None:
+                hit = present[trigger] = trigger.search(text) is not None
+            if not hit:
+                continue  # no match of this detector can lack its trigger
+        found.extend(m for m in detector.scan(text, config) if m.confidence >= config.min_confidence)
     return resolve_overlaps(found)
 
 
@@ -267,6 +298,7 @@ class CardDetector(Detector):
     id = "credit_card"
     description = "Payment card number: issuer prefix and length, Luhn checksum, consistent 4-digit grouping"
     example = "4111 1111 1111 1111"
+    trigger = DIGIT
     _run = re.compile(r"\d+(?:[ -]\d+)*")
     _group = re.compile(r"\d+")
 
@@ -328,6 +360,7 @@ register(
         r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?:[A-Z0-9]{10,30}|(?: [A-Z0-9]{4}){2,7}(?: [A-Z0-9]{1,3})?)(?![A-Za-z0-9])",
         _validate_iban,
         lambda v: mask_keep(v, keep_start=2, keep_end=2),
+        trigger=DIGIT,
     )
 )
 
@@ -357,6 +390,7 @@ register(
         r"(?<![\d-])(\d{3})([- ]?)(\d{2})\2(\d{4})(?![\d-])",
         _validate_ssn,
         lambda v: mask_keep(v, keep_end=4),
+        trigger=DIGIT,
     )
 )
 
@@ -378,6 +412,7 @@ register(
         r"(?<![\w.%+-])([A-Za-z0-9._%+-]{1,64})@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![\w-])",
         _validate_email,
         _mask_email,
+        trigger=AT_SIGN,
     )
 )
 
@@ -410,6 +445,7 @@ register(
         _PHONE,
         _validate_phone,
         lambda v: mask_keep(v, keep_end=2),
+        trigger=DIGIT,
     )
 )
 
@@ -447,6 +483,7 @@ register(
         r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w]|\.\d)",
         _validate_ipv4,
         lambda v: v.rsplit(".", 1)[0].split(".", 1)[0] + ".*.*.*",
+        trigger=DIGIT,
     )
 )
 register(
@@ -457,6 +494,7 @@ register(
         r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:\d{1,3}\.){3}\d{1,3})?(?![\w:]|\.\w)",
         _validate_ipv6,
         lambda v: v.split(":", 1)[0] + ":****",
+        trigger=re.compile(":"),
     )
 )
 

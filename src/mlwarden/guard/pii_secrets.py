@@ -24,8 +24,12 @@ def _always(confidence: float) -> Validator:
     return lambda m, text, config: confidence
 
 
-def _token(id: str, description: str, example: str, pattern: str, prefix_len: int, confidence: float) -> None:
-    register(RegexDetector(id, description, example, pattern, _always(confidence), mask_secret(prefix_len)))
+def _token(
+    id: str, description: str, example: str, pattern: str, prefix_len: int, confidence: float, trigger: str
+) -> None:
+    """Register a prefixed-token detector; ``trigger``: the prefixes of ``pattern``, exactly as it spells them."""
+    validate, mask = _always(confidence), mask_secret(prefix_len)
+    register(RegexDetector(id, description, example, pattern, validate, mask, trigger=re.compile(trigger)))
 
 
 _token(
@@ -35,6 +39,7 @@ _token(
     r"(?<![A-Za-z0-9])(?:AKIA|ASIA|ABIA|ACCA|A3T[A-Z0-9])[A-Z0-9]{16}(?![A-Za-z0-9])",
     4,
     0.95,
+    "AKIA|ASIA|ABIA|ACCA|A3T",
 )
 _token(
     "github_token",
@@ -43,6 +48,7 @@ _token(
     r"(?<![A-Za-z0-9_])(?:gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{82})(?![A-Za-z0-9_])",
     4,
     0.97,
+    "gh[pousr]_|github_pat_",
 )
 _token(
     "gitlab_token",
@@ -51,6 +57,7 @@ _token(
     r"(?<![A-Za-z0-9_-])(?:glpat|gldt|glrt|glcbt|glptt|glsoat)-[A-Za-z0-9_-]{20,64}(?![A-Za-z0-9_-])",
     6,
     0.95,
+    "glpat|gldt|glrt|glcbt|glptt|glsoat",
 )
 _token(
     "slack_token",
@@ -60,6 +67,7 @@ _token(
     r"|https://hooks\.slack\.com/services/T[A-Z0-9]+/B[A-Z0-9]+/[A-Za-z0-9]{16,})(?![A-Za-z0-9-])",
     5,
     0.95,
+    r"xox[abprs]-|xapp-|https://hooks\.slack\.com/services/",
 )
 _token(
     "stripe_key",
@@ -68,6 +76,7 @@ _token(
     r"(?<![A-Za-z0-9_])(?:(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,247}|whsec_[A-Za-z0-9]{24,})(?![A-Za-z0-9_])",
     8,
     0.95,
+    "(?:sk|rk)_(?:live|test)_|whsec_",
 )
 
 # --- PEM private keys (RFC 7468); a block without its END line is still a key -----------------------------------
@@ -82,6 +91,7 @@ register(
         r"|(?:\r?\n[A-Za-z0-9+/=:,-][A-Za-z0-9+/=:, -]{0,200}){0,400})",
         _always(0.99),
         lambda v: v.split("\n", 1)[0].strip() + f" … ({len(v)} chars)",
+        trigger=re.compile("-----BEGIN "),
     )
 )
 
@@ -111,6 +121,7 @@ register(
         r"(?<![\w-])(ey[A-Za-z0-9_-]{8,2048})\.([A-Za-z0-9_-]{2,8192})\.([A-Za-z0-9_-]{0,2048})(?![\w-])",
         _validate_jwt,
         lambda v: f"{v.split('.', 1)[0][:12]}….**** ({len(v)} chars)",
+        trigger=re.compile("ey"),
     )
 )
 
@@ -140,6 +151,7 @@ register(
         r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])",
         _validate_aws_secret,
         mask_secret(0),
+        trigger=re.compile("(?i)aws|secret"),  # the validator wants one of them in the 60 characters before
     )
 )
 
