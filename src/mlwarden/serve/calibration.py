@@ -255,9 +255,10 @@ def calibrate_prada(
     data: np.ndarray,
     scores: np.ndarray,
     *,
-    clients: int = 20,
+    clients: int = 100,
     queries: int = 300,
     margin: float = 0.03,
+    sigmas: float = 5.0,
     cap: float = 0.96,
     seed: int = 0,
 ) -> float | None:
@@ -265,27 +266,34 @@ def calibrate_prada(
 
     Juuti et al. set ``delta`` per model from benign traffic; a fixed value does not carry over (measured: the
     paper's 0.96 blocked 6% of benign requests to the 8-feature tabular model of the benchmark, whose benign
-    distance distributions are skewed). Each simulated client sends ``queries`` reference rows in random order;
-    the threshold is the lowest Shapiro-Wilk ``W`` any of them reached, less ``margin``, at most ``cap``
-    (measured on that model: 4 simulated clients gave 0.939 and still blocked 1.4% of benign requests; 20 clients
-    and a 0.03 margin block none).
-    ``None`` when the reference is too small to simulate a client.
+    distance distributions are skewed). Each simulated client sends ``queries`` reference rows in random order and
+    has its own detector state; the threshold is the lower of the lowest Shapiro-Wilk ``W`` any client reached less
+    ``margin``, and the mean of the clients' lowest ``W`` less ``sigmas`` standard deviations; at most ``cap``.
+
+    Why so many clients and both bounds (measured on the benchmark's model): 20 simulated clients gave 0.907,
+    and one of 100 benign clients of the guard benchmark dipped to W = 0.904 near its 110th query and stayed
+    blocked (the alarm is sticky): a client's lowest ``W`` has a long lower tail (200 simulated clients: mean
+    0.967, standard deviation 0.013, lowest 0.920). ``None`` when the reference is too small to simulate a client.
     """
     from mlwarden.guard.extraction import ExtractionConfig, ExtractionMonitor
 
     if len(data) < 150:
         return None
     config = ExtractionConfig(delta=0.999, prada_action="throttle", throttle_queries=10**9, block_queries=10**9)
-    monitor = ExtractionMonitor(config, n_classes=scores.shape[1])
     labels = scores.argmax(axis=1)
     rng = np.random.default_rng(seed)
-    lowest = 1.0
+    lowest_per_client = []
     for client in range(clients):
+        monitor = ExtractionMonitor(config, n_classes=scores.shape[1])
+        lowest = 1.0
         for k, i in enumerate(rng.permutation(len(data))[:queries]):
             verdict = monitor.observe(f"reference-{client}", data[i], int(labels[i]), now=k * 0.5)
             if verdict.prada_w is not None:
                 lowest = min(lowest, verdict.prada_w)
-    return round(min(cap, lowest - margin), 4)
+        lowest_per_client.append(lowest)
+    w = np.asarray(lowest_per_client)
+    spread = float(w.std(ddof=1)) if len(w) > 1 else 0.0
+    return round(min(cap, float(w.min()) - margin, float(w.mean()) - sigmas * spread), 4)
 
 
 def _finish(
