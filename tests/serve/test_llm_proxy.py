@@ -535,3 +535,22 @@ def test_stream_failures_are_clean_errors(world: World) -> None:
             _ask(client, "hi", stream=True)
         assert caught.value.status_code == 502
         assert _no_traceback(caught.value)["code"] == "upstream_error"
+
+
+@pytest.mark.parametrize(
+    ("redis", "decision", "leaked", "blocks"),
+    [(None, "allow", 0, False), ("redis", "allow", 0, True), (None, "flag", 0, True), (None, "allow", 12, True)],
+)
+def test_finish_runs_on_the_event_loop_only_when_it_cannot_wait(
+    redis: str | None, decision: str, leaked: int, blocks: bool
+) -> None:
+    from types import SimpleNamespace
+
+    from mlwarden.registry.roles import Principal
+    from mlwarden.serve.proxy.service import Exchange, ProxyService
+
+    carol = Principal("carol", frozenset())
+    exchange = Exchange(carol, "chat/completions", "m", {}, True, False, 5, decision, [], None)
+    maskers = [SimpleNamespace(leaked_chars=0), SimpleNamespace(leaked_chars=leaked)]
+    service = SimpleNamespace(redis=redis)  # a Redis budget is a round trip; a flag is written before returning
+    assert ProxyService.finish_blocks(service, exchange, maskers) is blocks  # type: ignore[arg-type]

@@ -29,7 +29,7 @@ from mlwarden.registry.errors import AuthError
 from mlwarden.registry.roles import Permission, Principal
 from mlwarden.serve.app import _metrics_router, check_metrics_token
 from mlwarden.serve.auditor import AuditBacklog
-from mlwarden.serve.proxy.budget import usage_from
+from mlwarden.serve.proxy.budget import Usage, usage_from
 from mlwarden.serve.proxy.control import KINDS, ProxyRefusal
 from mlwarden.serve.proxy.outputs import StreamExtras
 from mlwarden.serve.proxy.service import ENDPOINTS, Exchange, ProxyService
@@ -175,10 +175,20 @@ async def _answer(service: ProxyService, exchange: Exchange, raw: bytes) -> Resp
         raise UpstreamError(502, "upstream_error", "the upstream answer is not a JSON object")
     maskers, blocked = service.filter_body(exchange, doc)
     usage = usage_from(doc, exchange.prompt_chars, exchange.completion_chars)
-    await run_in_threadpool(service.finish, exchange, usage, maskers)
+    await _finish(service, exchange, usage, maskers, None)
     if blocked:
         return openai_error(403, "output_withheld", "the answer reproduced the system prompt and was withheld")
     return JSONResponse(doc)
+
+
+async def _finish(
+    service: ProxyService, exchange: Exchange, usage: Usage, maskers: list[StreamMasker], error: str | None
+) -> None:
+    """:meth:`ProxyService.finish` on the event loop when it cannot wait, else in a pool thread."""
+    if service.finish_blocks(exchange, maskers):
+        await run_in_threadpool(service.finish, exchange, usage, maskers, error)
+    else:
+        service.finish(exchange, usage, maskers, error)
 
 
 def _content(endpoint: str, choice: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
@@ -281,16 +291,9 @@ async def relay(service: ProxyService, exchange: Exchange, upstream: httpx.Respo
         )
     finally:
         usage = usage_from(usage_doc or {}, exchange.prompt_chars, exchange.completion_chars)
+        all_maskers = [*maskers.values(), *(m for e in extras.values() for m in e.maskers())]
         # Shielded: a client that hangs up mid-stream is still charged and audited (finish runs exactly once).
-        settle = asyncio.ensure_future(
-            run_in_threadpool(
-                service.finish,
-                exchange,
-                usage,
-                [*maskers.values(), *(m for e in extras.values() for m in e.maskers())],
-                error,
-            )
-        )
+        settle = asyncio.ensure_future(_finish(service, exchange, usage, all_maskers, error))
         try:
             await service.upstream.release(upstream)
         finally:

@@ -312,6 +312,15 @@ class ProxyService:
             self.metrics.refusals.inc()
         exchange.refused = bool(exchange.refused) or refused
 
+    def finish_blocks(self, exchange: Exchange, maskers: list[StreamMasker]) -> bool:
+        """Whether :meth:`finish` may wait (a Redis round trip for the budget, a flag written before it returns).
+
+        When it cannot, the event loop runs it itself: handing a few hundred microseconds of work to a pool
+        thread cost the loop a hand-over of the interpreter lock per request.
+        """
+        leaked = any(m.leaked_chars for m in maskers)
+        return self.redis is not None or exchange.decision != "allow" or leaked
+
     def finish(self, exchange: Exchange, usage: Usage, maskers: list[StreamMasker], error: str | None = None) -> None:
         """Charge the budget, count, and audit the served request (queued: the answer is already out)."""
         try:
