@@ -247,6 +247,8 @@ def run_proxy(args: argparse.Namespace) -> int:
         signer=_signer(args.signing_key),
         forensics_dir=Path(args.forensics_dir),
     )
+    gc.collect()  # as for the guard: what is loaded by now lives as long as the process, out of the collector's view
+    gc.freeze()
     warn_if_plain_http(args)
     print(f"mlwarden: proxying {args.api} API on {args.host}:{args.port}", file=sys.stderr, flush=True)
     listen = server.Listen(args.host, args.port, args.tls_cert, args.tls_key, args.log_level)
