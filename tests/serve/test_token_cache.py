@@ -157,13 +157,15 @@ def test_an_entry_is_never_used_past_the_ttl_when_the_registry_cannot_be_read(
 
 def test_the_sweeper_thread_keeps_entries_confirmed_on_its_own() -> None:
     registry = _Registry()
-    tokens = TokenCache(registry, 0.4, keep_warm=60)  # type: ignore[arg-type]
+    # ttl 2 s: sweeps every 0.5 s confirm the entry once it is 1 s old, so a sweep may be late by 0.5 s (a loaded
+    # CI machine) before the entry would lapse.
+    tokens = TokenCache(registry, 2.0, keep_warm=60)  # type: ignore[arg-type]
     try:
         principal = tokens.authenticate("mlw_9")
-        deadline = time.monotonic() + 1.2  # three ttl
+        deadline = time.monotonic() + 3.0  # past the ttl: only a confirmed entry is still answered
         while time.monotonic() < deadline:
             assert tokens.cached("mlw_9") == principal
-            time.sleep(0.05)
+            time.sleep(0.1)
         assert registry.calls == 1
         assert any(9 in due for due, _ in registry.rechecks)
     finally:
