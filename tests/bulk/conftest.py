@@ -7,19 +7,14 @@ under CI.
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from mlwarden.bulk.store import ResultStore
-
-PG_ENV = "MLWARDEN_TEST_POSTGRES_URL"
+from tests.registry.conftest import _postgres_database  # one way to get a throw-away PostgreSQL database
 
 
 @pytest.fixture(scope="session")
@@ -37,31 +32,13 @@ def ray_backend() -> Iterator[Any]:
         ray.shutdown()
 
 
-def _postgres_url() -> Iterator[str]:
-    base = os.environ.get(PG_ENV)
-    if not base:
-        if os.environ.get("CI"):
-            pytest.fail(f"{PG_ENV} is not set under CI: PostgreSQL must be tested")
-        pytest.skip(f"PostgreSQL not available (set {PG_ENV}; `make test` does)")
-    name = f"mlw_bulk_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(base).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh, empty results database URL: a SQLite file, or a new PostgreSQL database."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'results.db'}"
     else:
-        yield from _postgres_url()
+        yield from _postgres_database()
 
 
 @pytest.fixture

@@ -47,6 +47,28 @@ def _answered(metrics: str) -> tuple[float, float]:
     return sum(map(float, served)), sum(map(float, limited))
 
 
+def _start_two_workers(world: World, redis: RedisServer, extra: list[str]) -> tuple[subprocess.Popen[bytes], int, int]:
+    """``mlwarden serve --workers 2 --redis`` on a free port, each worker with its metrics port; once both answer,
+    (the process, the port, the first metrics port). If they do not, the service and ``redis`` are stopped."""
+    port, metrics_port = _free_port(), _free_pair()
+    while port in (metrics_port, metrics_port + 1):
+        port = _free_port()
+    env = {**os.environ, "MLWARDEN_TOKEN": world.tokens["dave"]}
+    env.pop("MLWARDEN_METRICS_TOKEN", None)
+    argv = [sys.executable, "-c", DRIVER, "serve", "--model", "fraud@production", "--port", str(port)]
+    argv += ["--workers", "2", "--redis", redis.url, *extra, "--metrics-port", str(metrics_port)]
+    proc = subprocess.Popen([*argv, *_registry_args(world)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for i in range(2):
+            _wait_healthy(proc, f"http://127.0.0.1:{metrics_port + i}/metrics")
+    except BaseException:  # the caller's clean-up has not started yet: stop what was started here
+        proc.kill()
+        proc.communicate()
+        redis.stop()
+        raise
+    return proc, port, metrics_port
+
+
 def test_two_workers_share_one_port_and_one_clients_limit(world: World, tmp_path: Path) -> None:
     """20 requests, each on a new connection (the kernel spreads them over the workers): 8 allowed (the burst)
     and 12 rate limited in total, with both workers having answered some."""
@@ -57,17 +79,8 @@ def test_two_workers_share_one_port_and_one_clients_limit(world: World, tmp_path
     policy.write_text(
         "limits:\n  rate_per_s: 0.001\n  burst: 8\n  token_cache_s: 0\nextraction:\n  action: 'off'\n", encoding="utf-8"
     )
-    port, metrics_port = _free_port(), _free_pair()
-    while port in (metrics_port, metrics_port + 1):
-        port = _free_port()
-    env = {**os.environ, "MLWARDEN_TOKEN": world.tokens["dave"]}
-    env.pop("MLWARDEN_METRICS_TOKEN", None)
-    argv = [sys.executable, "-c", DRIVER, "serve", "--model", "fraud@production", "--port", str(port)]
-    argv += ["--workers", "2", "--redis", redis.url, "--policy", str(policy), "--metrics-port", str(metrics_port)]
-    proc = subprocess.Popen([*argv, *_registry_args(world)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc, port, metrics_port = _start_two_workers(world, redis, ["--policy", str(policy)])
     try:
-        for i in range(2):
-            _wait_healthy(proc, f"http://127.0.0.1:{metrics_port + i}/metrics")
         row = {"inputs": tabular_data(1, 3)[0].tolist()}
         codes = []
         for _ in range(20):
@@ -123,17 +136,8 @@ def test_workers_stop_when_their_monitor_process_dies(world: World, tmp_path: Pa
     redis = RedisServer()
     world.release("fraud", train_sklearn(tmp_path / "fraud.joblib", seed=1))
     carol = world.user("carol", "viewer")
-    port, metrics_port = _free_port(), _free_pair()
-    while port in (metrics_port, metrics_port + 1):
-        port = _free_port()
-    env = {**os.environ, "MLWARDEN_TOKEN": world.tokens["dave"]}
-    env.pop("MLWARDEN_METRICS_TOKEN", None)
-    argv = [sys.executable, "-c", DRIVER, "serve", "--model", "fraud@production", "--port", str(port)]
-    argv += ["--workers", "2", "--redis", redis.url, "--metrics-port", str(metrics_port)]
-    proc = subprocess.Popen([*argv, *_registry_args(world)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc, port, metrics_port = _start_two_workers(world, redis, [])
     try:
-        for i in range(2):
-            _wait_healthy(proc, f"http://127.0.0.1:{metrics_port + i}/metrics")
         (state, *_) = _monitor_states(port, carol, expect_requests=0)
         os.kill(state["monitor_process"]["pid"], signal.SIGKILL)
         _, err = proc.communicate(timeout=60)

@@ -26,15 +26,6 @@ from tests.serve.world import World, opened_world
 PER_CALL = PROMPT_TOKENS + COMPLETION_TOKENS  # 20 tokens, as the upstream reports them
 
 
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("proxy-shared")

@@ -76,15 +76,6 @@ class RedisServer:
             self.proc.wait(10)
 
 
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def settings() -> StateSettings:
     return StateSettings(key_prefix=f"t{uuid.uuid4().hex[:8]}")
 

@@ -22,7 +22,7 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
@@ -100,6 +100,7 @@ class Playbook(BaseModel):
 
 
 _LIST = TypeAdapter(tuple[Playbook, ...])
+T = TypeVar("T")
 
 
 def parse_playbooks(doc: object, source: str = "<playbooks>") -> tuple[Playbook, ...]:
@@ -110,8 +111,17 @@ def parse_playbooks(doc: object, source: str = "<playbooks>") -> tuple[Playbook,
     """
     if isinstance(doc, dict) and set(doc) == {"playbooks"}:
         doc = doc["playbooks"]
+    return validate_list(_LIST, doc, source)
+
+
+def validate_list(adapter: TypeAdapter[tuple[T, ...]], doc: object, source: str) -> tuple[T, ...]:
+    """``doc`` (a list, or nothing) validated by ``adapter``; the guard's and the proxy's playbooks.
+
+    Raises:
+        PolicyError: naming the source and the first offending field.
+    """
     try:
-        return _LIST.validate_python(doc or [])
+        return adapter.validate_python(doc or [])
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])

@@ -79,7 +79,9 @@ class TokenCache:
 
     def cached(self, token: str) -> Principal | None:
         """The principal behind ``token`` if the registry confirmed it less than ``ttl`` ago, else ``None``."""
-        key = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        return self._cached(_key(token))
+
+    def _cached(self, key: bytes) -> Principal | None:
         now = self._clock()
         with self._lock:
             entry = self._cache.get(key)
@@ -98,13 +100,13 @@ class TokenCache:
             AuthError: unknown, expired, revoked or malformed token, or a disabled user.
             DatabaseError: the registry is unreachable and the token is not cached (or not confirmed within ttl).
         """
-        hit = self.cached(token)
+        key = _key(token)
+        hit = self._cached(key)
         if hit is not None:
             return hit
         now = self._clock()
         principal = self.registry.authenticate(token)
         if self.ttl > 0:
-            key = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
             with self._lock:
                 self._cache[key] = _Entry(principal, now, now)
                 self._cache.move_to_end(key)
@@ -172,6 +174,11 @@ class TokenCache:
         self._stop.set()
         if self._sweeper is not None:
             self._sweeper.join()
+
+
+def _key(token: str) -> bytes:
+    """What the cache keeps a token under: its SHA-256, never the token itself."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
 def may_predict(principal: Principal, subject: str) -> str | None:

@@ -23,9 +23,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import Field, TypeAdapter
 
-from mlwarden.core.errors import MlwardenError, PolicyError
+from mlwarden.core.errors import MlwardenError
 from mlwarden.monitor.alerts import Alert
 from mlwarden.monitor.forensics import ForensicMaterial
 from mlwarden.monitor.playbooks import (
@@ -34,6 +34,7 @@ from mlwarden.monitor.playbooks import (
     PlaybookRunner,
     WebhookStep,
     _Step,
+    validate_list,
 )
 
 _MAX_HOLD_S = 30 * 86_400.0
@@ -85,12 +86,7 @@ def parse_proxy_playbooks(doc: object, source: str = "<proxy playbooks>") -> tup
     Raises:
         PolicyError: naming the source and the offending field.
     """
-    try:
-        return _LIST.validate_python(doc or [])
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise PolicyError(f"playbooks {source}: {where}: {first['msg']}") from None
+    return validate_list(_LIST, doc, source)
 
 
 class ProxyControl(Protocol):
